@@ -1,0 +1,76 @@
+-- Outgoing events: stable ids, envelopes, and the one way rows enter the outbox.
+--
+-- An event id is a name-based UUID (RFC 4122 version 3) of the event type and
+-- the logical identity of the event (the batch for a completion, batch + essay +
+-- text for a slot assignment, batch + text for excess). Republishing a row or
+-- recomputing the same logical event therefore yields the same id, which is what
+-- lets consumers deduplicate; and the outbox's unique index on event_id makes a
+-- second copy of the same logical event impossible.
+
+CREATE OR REPLACE FUNCTION els.stable_event_id(p_event_type text, p_identity text)
+RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN (
+    WITH h AS (SELECT md5('els:' || p_event_type || ':' || p_identity) AS hex)
+    SELECT (substr(h.hex, 1, 12) || '3' || substr(h.hex, 14, 3)
+            || substr('89ab', (('x' || substr(h.hex, 17, 1))::bit(4)::integer % 4) + 1, 1)
+            || substr(h.hex, 18))::uuid
+    FROM h);
+COMMENT ON FUNCTION els.stable_event_id(text, text) IS
+    'Deterministic event id (name-based UUID v3) of an event type and its logical identity.';
+
+-- Topic names of the events we emit (SPEC section 5). The relay may map them
+-- to other topics by configuration; the envelope keeps the canonical name.
+CREATE OR REPLACE FUNCTION els.output_topic(p_event_type text)
+RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE p_event_type
+    WHEN 'BatchContentProvisioningCompleted' THEN 'huleedu.batch.content.provisioning.completed.v1'
+    WHEN 'EssaySlotAssigned' THEN 'huleedu.els.essay.slot.assigned.v1'
+    WHEN 'ExcessContentProvisioned' THEN 'huleedu.els.excess.content.provisioned.v1'
+END;
+
+-- Appends events to the outbox, set-based: one row of p_events per event, each
+-- {"event_type", "key" (message key = batch id), "identity", "correlation_id",
+-- "data"}. Returns the new event ids in input order.
+CREATE OR REPLACE FUNCTION els._emit_events(p_events jsonb)
+RETURNS uuid[]
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_timestamp text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+    v_ids uuid[];
+BEGIN
+    WITH input AS (
+        SELECT e.ord,
+               e.item ->> 'event_type' AS event_type,
+               e.item ->> 'key' AS message_key,
+               e.item ->> 'correlation_id' AS correlation_id,
+               e.item -> 'data' AS data,
+               els.stable_event_id(e.item ->> 'event_type', e.item ->> 'identity') AS event_id
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
+    ), inserted AS (
+        INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+        SELECT i.event_id, i.event_type, els.output_topic(i.event_type), i.message_key,
+               jsonb_build_object(
+                   'event_id', i.event_id,
+                   'event_type', els.output_topic(i.event_type),
+                   'event_timestamp', v_timestamp,
+                   'source_service', 'essay_lifecycle_service',
+                   'schema_version', 1,
+                   'correlation_id', i.correlation_id,
+                   'data', i.data || jsonb_build_object('correlation_id', i.correlation_id,
+                                                        'timestamp', v_timestamp),
+                   'metadata', '{}'::jsonb)
+        FROM input AS i
+        ORDER BY i.ord
+        RETURNING event_outbox.id, event_outbox.event_id
+    )
+    SELECT array_agg(inserted.event_id ORDER BY inserted.id) INTO v_ids FROM inserted;
+    RETURN coalesce(v_ids, '{}'::uuid[]);
+END
+$fn$;
+
+REVOKE ALL ON FUNCTION els.stable_event_id(text, text), els.output_topic(text),
+    els._emit_events(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION els.stable_event_id(text, text), els.output_topic(text)
+    TO els_worker, els_readonly;
