@@ -1,0 +1,587 @@
+#!/usr/bin/env bash
+# Throwaway local stack for development and tests: a PostgreSQL 15 cluster and a
+# single-node Kafka 4 (KRaft, broker+controller in one JVM), both bound to 127.0.0.1
+# on ports picked once per checkout and persisted in .stack/ports.env.
+#
+# Usage: scripts/stack.sh COMMAND
+#   up              start PostgreSQL and Kafka (idempotent; fast when already running)
+#   down            stop both; leaves no process behind
+#   status          print state; exit 0 only when both are up
+#   env             print `export ELS_...=...` lines (eval "$(scripts/stack.sh env)")
+#   pg-up | pg-down | pg-restart | pg-kill          PostgreSQL only
+#   kafka-up | kafka-down | kafka-restart | kafka-kill   Kafka only
+#   (pg-kill / kafka-kill send SIGKILL: for chaos tests; the next *-up recovers)
+#
+# State lives in .stack/ (git-ignored):
+#   .stack/ports.env             persisted ports
+#   .stack/pg/data               cluster; log: .stack/pg/postgres.log
+#   .stack/kafka/libs            broker jars (from scripts/kafka/pom.xml via Maven)
+#   .stack/kafka/data            KRaft metadata + topic logs
+#   .stack/kafka/kafka.log       JVM stdout/stderr; broker logs: .stack/kafka/logs/*.log
+#
+# Environment: ELS_PG_PORT, ELS_KAFKA_PORT, ELS_KAFKA_CONTROLLER_PORT override the
+# persisted ports on `up` (the Kafka controller port is fixed once storage is formatted).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STACK="$ROOT/.stack"
+PORTS_FILE="$STACK/ports.env"
+PGVER=15
+PGBIN="/usr/lib/postgresql/${PGVER}/bin"
+PGDIR="$STACK/pg"
+PGDATA="$PGDIR/data"
+PGLOG="$PGDIR/postgres.log"
+KDIR="$STACK/kafka"
+KLIBS="$KDIR/libs"
+KPOM="$ROOT/scripts/kafka/pom.xml"
+KLOG4J="$ROOT/scripts/kafka/log4j2.xml"
+KPROPS="$KDIR/server.properties"
+KPID="$KDIR/kafka.pid"
+KOUT="$KDIR/kafka.log"
+VENV_PY="$ROOT/.venv/bin/python"
+# ports already handed out to any checkout on this machine (avoid two clones colliding)
+PORT_REGISTRY="${TMPDIR:-/tmp}/els-stack-ports.txt"
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() {
+    printf '[stack] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+IS_ROOT=0
+[[ "$(id -u)" -eq 0 ]] && IS_ROOT=1
+
+# Run a PostgreSQL server binary as the cluster owner (initdb/postgres refuse root).
+as_pg() {
+    if ((IS_ROOT)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# process helpers: pid 1 here may reap orphans late, so a killed process can linger
+# as a zombie (kill -0 still succeeds on it): treat zombies as dead, then wait them out.
+pid_alive() {
+    local st
+    st="$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+    [[ -n "$st" && "$st" != Z && "$st" != X ]]
+}
+
+wait_pids_gone() { # wait_pids_gone TIMEOUT_SECONDS PID... (until not even a zombie is left)
+    local timeout="$1" i p left
+    shift
+    for ((i = 0; i < timeout * 10; i++)); do
+        left=0
+        for p in "$@"; do
+            [[ -e "/proc/$p" ]] && left=1
+        done
+        ((left)) || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------
+# ports
+# ---------------------------------------------------------------------------
+pick_port() { # pick_port EXCLUDED... -> prints a free port in 20000-29999
+    python3 - "$PORT_REGISTRY" "$@" <<'EOF'
+import os, random, socket, sys
+registry, *excl = sys.argv[1:]
+taken = {int(x) for x in excl} | {5432}
+try:
+    with open(registry) as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0].isdigit():
+                taken.add(int(parts[0]))
+except FileNotFoundError:
+    pass
+rnd = random.SystemRandom()
+for _ in range(500):
+    port = rnd.randint(20000, 29999)
+    if port in taken:
+        continue
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    sys.exit(0)
+sys.exit("no free port found")
+EOF
+}
+
+register_port() {
+    printf '%s %s\n' "$1" "$ROOT" >>"$PORT_REGISTRY" 2>/dev/null || true
+}
+
+load_ports() { # reads .stack/ports.env if present (no env overrides)
+    PG_PORT="" KAFKA_PORT="" KAFKA_CONTROLLER_PORT=""
+    if [[ -f "$PORTS_FILE" ]]; then
+        # shellcheck disable=SC1090
+        source "$PORTS_FILE"
+        PG_PORT="${ELS_PG_PORT_SAVED:-}"
+        KAFKA_PORT="${ELS_KAFKA_PORT_SAVED:-}"
+        KAFKA_CONTROLLER_PORT="${ELS_KAFKA_CONTROLLER_PORT_SAVED:-}"
+    fi
+}
+
+ensure_ports() { # picks/persists ports, honouring ELS_*_PORT overrides
+    mkdir -p "$STACK"
+    load_ports
+    local changed=0
+    if [[ -n "${ELS_PG_PORT:-}" && "${ELS_PG_PORT}" != "$PG_PORT" ]]; then
+        PG_PORT="$ELS_PG_PORT" changed=1
+    fi
+    if [[ -n "${ELS_KAFKA_PORT:-}" && "${ELS_KAFKA_PORT}" != "$KAFKA_PORT" ]]; then
+        KAFKA_PORT="$ELS_KAFKA_PORT" changed=1
+    fi
+    if [[ -n "${ELS_KAFKA_CONTROLLER_PORT:-}" && "${ELS_KAFKA_CONTROLLER_PORT}" != "$KAFKA_CONTROLLER_PORT" ]]; then
+        KAFKA_CONTROLLER_PORT="$ELS_KAFKA_CONTROLLER_PORT" changed=1
+    fi
+    if [[ -z "$PG_PORT" ]]; then
+        PG_PORT="$(pick_port)" changed=1
+        register_port "$PG_PORT"
+    fi
+    if [[ -z "$KAFKA_PORT" ]]; then
+        KAFKA_PORT="$(pick_port "$PG_PORT")" changed=1
+        register_port "$KAFKA_PORT"
+    fi
+    if [[ -z "$KAFKA_CONTROLLER_PORT" ]]; then
+        KAFKA_CONTROLLER_PORT="$(pick_port "$PG_PORT" "$KAFKA_PORT")" changed=1
+        register_port "$KAFKA_CONTROLLER_PORT"
+    fi
+    if ((changed)); then
+        cat >"$PORTS_FILE" <<EOF
+# ports of this checkout's local stack (scripts/stack.sh); delete to re-pick
+ELS_PG_PORT_SAVED=$PG_PORT
+ELS_KAFKA_PORT_SAVED=$KAFKA_PORT
+ELS_KAFKA_CONTROLLER_PORT_SAVED=$KAFKA_CONTROLLER_PORT
+EOF
+        log "ports: postgres=$PG_PORT kafka=$KAFKA_PORT controller=$KAFKA_CONTROLLER_PORT"
+    fi
+}
+
+require_ports() {
+    load_ports
+    [[ -n "$PG_PORT" && -n "$KAFKA_PORT" ]] || die "no $PORTS_FILE yet: run 'scripts/stack.sh up' first"
+}
+
+ensure_venv() {
+    if [[ ! -x "$VENV_PY" ]] || ! "$VENV_PY" -c 'import confluent_kafka, psycopg' 2>/dev/null; then
+        log "venv missing or incomplete: running scripts/bootstrap.sh"
+        "$ROOT/scripts/bootstrap.sh"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------
+pg_postmaster_pid() {
+    [[ -f "$PGDATA/postmaster.pid" ]] || return 0
+    head -n1 "$PGDATA/postmaster.pid" 2>/dev/null || true
+}
+
+pg_running() {
+    local pid
+    pid="$(pg_postmaster_pid)"
+    [[ -n "$pid" ]] && pid_alive "$pid"
+}
+
+pg_prepare_dir() {
+    if [[ -e "$PGDIR" ]]; then
+        return 0
+    fi
+    mkdir -p "$STACK"
+    if ((IS_ROOT)); then
+        mkdir -p "$PGDIR"
+        chown postgres: "$PGDIR"
+        chmod 700 "$PGDIR"
+        if ! runuser -u postgres -- test -w "$PGDIR"; then
+            # the checkout is not reachable by the postgres user (e.g. under /root):
+            # keep the cluster elsewhere and link it in.
+            rmdir "$PGDIR"
+            local alt
+            alt="/var/tmp/els-stack-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)/pg"
+            mkdir -p "$alt"
+            chown postgres: "$alt"
+            chmod 700 "$alt"
+            ln -s "$alt" "$PGDIR"
+            log "postgres cannot reach $STACK; cluster lives in $alt"
+        fi
+    else
+        mkdir -p "$PGDIR"
+        chmod 700 "$PGDIR"
+    fi
+}
+
+pg_write_conf() {
+    local conf="$PGDATA/els_stack.conf"
+    local tmp
+    tmp="$(mktemp)"
+    cat >"$tmp" <<EOF
+# written by scripts/stack.sh on every start; edits are overwritten
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = ''
+max_connections = 200
+shared_buffers = 128MB
+# durability stays on: chaos tests restart / kill the server
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+# auto_explain is loadable per session (LOAD 'auto_explain'); nothing preloaded
+shared_preload_libraries = ''
+max_locks_per_transaction = 128
+deadlock_timeout = 1s
+log_lock_waits = on
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_messages = warning
+log_min_error_statement = error
+log_timezone = 'UTC'
+timezone = 'UTC'
+EOF
+    if ((IS_ROOT)); then
+        install -o postgres -g postgres -m 600 "$tmp" "$conf"
+    else
+        install -m 600 "$tmp" "$conf"
+    fi
+    rm -f "$tmp"
+    if ! as_pg grep -q "^include_if_exists = 'els_stack.conf'" "$PGDATA/postgresql.conf"; then
+        as_pg sh -c "printf '%s\n' \"include_if_exists = 'els_stack.conf'\" >>'$PGDATA/postgresql.conf'"
+    fi
+}
+
+pg_up() {
+    ensure_ports
+    [[ -x "$PGBIN/pg_ctl" ]] || die "PostgreSQL $PGVER not installed: run scripts/bootstrap.sh"
+    if pg_running; then
+        log "postgres already running on 127.0.0.1:$PG_PORT"
+    else
+        pg_prepare_dir
+        if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
+            log "initdb $PGDATA"
+            as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust \
+                --encoding=UTF8 --locale=C.UTF-8 >"$PGDIR/initdb.log" 2>&1 ||
+                {
+                    cat "$PGDIR/initdb.log" >&2
+                    die "initdb failed"
+                }
+        fi
+        pg_write_conf
+        local old
+        old="$(pg_postmaster_pid)"
+        if [[ -n "$old" ]] && ! wait_pids_gone 30 "$old"; then
+            die "old postmaster $old (zombie) still present after 30s"
+        fi
+        log "starting postgres on 127.0.0.1:$PG_PORT (log: $PGLOG)"
+        if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -w -t 120 start >/dev/null; then
+            tail -n 30 "$PGLOG" >&2 || true
+            die "postgres did not start"
+        fi
+    fi
+    local i
+    for ((i = 0; i < 120; i++)); do
+        "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres && break
+        sleep 0.5
+    done
+    "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres ||
+        {
+            tail -n 30 "$PGLOG" >&2 || true
+            die "postgres not accepting connections on $PG_PORT"
+        }
+    if [[ "$("$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "select 1 from pg_database where datname = 'els'")" != "1" ]]; then
+        log "creating database els"
+        "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+            -d postgres -c 'CREATE DATABASE els'
+    fi
+}
+
+pg_down() {
+    load_ports
+    if pg_running; then
+        local pid
+        pid="$(pg_postmaster_pid)"
+        log "stopping postgres"
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null ||
+            as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m immediate -w -t 30 stop >/dev/null
+        wait_pids_gone 10 "$pid" || true
+    fi
+}
+
+pg_restart() {
+    pg_down
+    pg_up
+}
+
+pg_kill() {
+    local pid children
+    pid="$(pg_postmaster_pid)"
+    if [[ -n "$pid" ]] && pid_alive "$pid"; then
+        children="$(pgrep -P "$pid" | tr '\n' ' ' || true)"
+        log "SIGKILL postmaster $pid"
+        kill -KILL "$pid"
+        # the children notice the dead postmaster and exit on their own; wait for all
+        # shellcheck disable=SC2086
+        wait_pids_gone 30 "$pid" $children || log "warning: postgres processes still present"
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# Kafka
+# ---------------------------------------------------------------------------
+# pids of JVMs started from *this* checkout's server.properties (exact path match)
+kafka_pids() {
+    local p cmd
+    for p in /proc/[0-9]*; do
+        cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+        case "$cmd" in
+        *java*kafka.Kafka\ "$KPROPS"*) printf '%s\n' "${p#/proc/}" ;;
+        esac
+    done
+}
+
+kafka_running() {
+    [[ -n "$(kafka_pids)" ]]
+}
+
+kafka_libs() {
+    local want stamp="$KDIR/libs.stamp"
+    want="$(sha256sum "$KPOM" | cut -d' ' -f1)"
+    if [[ -d "$KLIBS" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null 2>&1 || die "maven not installed: run scripts/bootstrap.sh"
+    log "resolving Kafka jars with maven into $KLIBS"
+    rm -rf "$KLIBS" "$KLIBS.tmp"
+    mkdir -p "$KDIR"
+    if ! (cd "$ROOT/scripts/kafka" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies \
+        -DoutputDirectory="$KLIBS.tmp" -DincludeScope=runtime </dev/null) >"$KDIR/maven.log" 2>&1; then
+        tail -n 40 "$KDIR/maven.log" >&2
+        die "maven could not resolve the Kafka jars (see $KDIR/maven.log)"
+    fi
+    mv "$KLIBS.tmp" "$KLIBS"
+    printf '%s\n' "$want" >"$stamp"
+}
+
+kafka_write_props() {
+    mkdir -p "$KDIR/data" "$KDIR/logs"
+    cat >"$KPROPS.tmp" <<EOF
+# written by scripts/stack.sh; single combined broker+controller, KRaft mode
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KDIR/data
+num.partitions=3
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+auto.create.topics.enable=true
+delete.topic.enable=true
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+log.retention.hours=24
+log.segment.bytes=67108864
+EOF
+    mv "$KPROPS.tmp" "$KPROPS"
+}
+
+kafka_wait_ready() { # kafka_wait_ready TIMEOUT_SECONDS
+    local timeout="$1"
+    if ! "$VENV_PY" - "127.0.0.1:$KAFKA_PORT" "$timeout" "$KPID" <<'EOF'; then
+import os, sys, time
+from confluent_kafka.admin import AdminClient
+bootstrap, timeout, pidfile = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+deadline = time.monotonic() + timeout
+admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0,
+                     "socket.connection.setup.timeout.ms": 2000})
+last = None
+while time.monotonic() < deadline:
+    try:
+        pid = int(open(pidfile).read().strip())
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError) as exc:
+        sys.exit(f"kafka process is gone ({exc})")
+    if state in ("Z", "X"):
+        sys.exit("kafka process exited")
+    try:
+        md = admin.list_topics(timeout=3)
+        if md.brokers:
+            sys.exit(0)
+    except Exception as exc:  # noqa: BLE001
+        last = exc
+    time.sleep(0.5)
+sys.exit(f"kafka at {bootstrap} did not answer metadata within {timeout:.0f}s: {last}")
+EOF
+        log "---- tail $KOUT"
+        tail -n 40 "$KOUT" >&2 || true
+        log "---- tail $KDIR/logs/server.log"
+        tail -n 40 "$KDIR/logs/server.log" >&2 || true
+        die "kafka did not come up"
+    fi
+}
+
+kafka_up() {
+    ensure_ports
+    ensure_venv
+    command -v java >/dev/null 2>&1 || die "java not installed: run scripts/bootstrap.sh"
+    if kafka_running; then
+        kafka_wait_ready 60
+        log "kafka already running on 127.0.0.1:$KAFKA_PORT"
+        return 0
+    fi
+    kafka_libs
+    kafka_write_props
+    if [[ ! -f "$KDIR/data/meta.properties" ]]; then
+        local cid
+        cid="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+        log "formatting KRaft storage (cluster id $cid)"
+        java -cp "$KLIBS/*" -Dlog4j2.configurationFile="$KLOG4J" -Dkafka.logs.dir="$KDIR/logs" \
+            kafka.tools.StorageTool format -t "$cid" -c "$KPROPS" --standalone \
+            >"$KDIR/format.log" 2>&1 </dev/null ||
+            {
+                cat "$KDIR/format.log" >&2
+                die "kafka storage format failed"
+            }
+        printf '%s\n' "$cid" >"$KDIR/cluster.id"
+    fi
+    log "starting kafka on 127.0.0.1:$KAFKA_PORT (log: $KOUT, $KDIR/logs/)"
+    # setsid + nohup: the broker outlives the calling shell / make process group
+    setsid nohup java -Xmx512m -Xms256m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+        -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
+        -Dlog4j2.configurationFile="$KLOG4J" -Dkafka.logs.dir="$KDIR/logs" \
+        -cp "$KLIBS/*" kafka.Kafka "$KPROPS" >>"$KOUT" 2>&1 </dev/null &
+    echo $! >"$KPID"
+    kafka_wait_ready 90
+    log "kafka ready"
+}
+
+kafka_down() {
+    local pids
+    pids="$(kafka_pids)"
+    if [[ -z "$pids" ]]; then
+        rm -f "$KPID"
+        return 0
+    fi
+    log "stopping kafka (pid $(echo "$pids" | tr '\n' ' '))"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    local i
+    for ((i = 0; i < 300; i++)); do
+        [[ -z "$(kafka_pids)" ]] && break
+        sleep 0.1
+    done
+    local left
+    left="$(kafka_pids)"
+    if [[ -n "$left" ]]; then
+        log "kafka did not stop within 30s: SIGKILL"
+        # shellcheck disable=SC2086
+        kill -KILL $left 2>/dev/null || true
+    fi
+    # shellcheck disable=SC2086
+    wait_pids_gone 10 $pids || log "warning: kafka process still present"
+    rm -f "$KPID"
+}
+
+kafka_kill() {
+    local pids
+    pids="$(kafka_pids)"
+    if [[ -n "$pids" ]]; then
+        log "SIGKILL kafka $pids"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        # shellcheck disable=SC2086
+        wait_pids_gone 10 $pids || log "warning: kafka process still present"
+    fi
+    rm -f "$KPID"
+}
+
+kafka_restart() {
+    kafka_down
+    kafka_up
+}
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+cmd_status() {
+    load_ports
+    local rc=0
+    if pg_running; then
+        echo "postgres: running  127.0.0.1:${PG_PORT}  data=$PGDATA"
+    else
+        echo "postgres: stopped"
+        rc=1
+    fi
+    if kafka_running; then
+        echo "kafka:    running  127.0.0.1:${KAFKA_PORT}  pid=$(kafka_pids | tr '\n' ' ')"
+    else
+        echo "kafka:    stopped"
+        rc=1
+    fi
+    return "$rc"
+}
+
+cmd_env() {
+    require_ports
+    cat <<EOF
+export ELS_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/els
+export ELS_PG_ADMIN_URL=postgresql://postgres@127.0.0.1:$PG_PORT/postgres
+export ELS_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+EOF
+}
+
+usage() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
+}
+
+main() {
+    local cmd="${1:-}"
+    case "$cmd" in
+    up)
+        pg_up
+        kafka_up
+        cmd_status
+        ;;
+    down)
+        kafka_down
+        pg_down
+        log "stack stopped"
+        ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    pg-up) pg_up ;;
+    pg-down) pg_down ;;
+    pg-restart) pg_restart ;;
+    pg-kill) pg_kill ;;
+    kafka-up) kafka_up ;;
+    kafka-down) kafka_down ;;
+    kafka-restart) kafka_restart ;;
+    kafka-kill) kafka_kill ;;
+    -h | --help | help) usage ;;
+    *)
+        usage >&2
+        exit 2
+        ;;
+    esac
+}
+
+main "$@"
