@@ -184,7 +184,7 @@ $fn$;
 CREATE OR REPLACE FUNCTION els._unwrap_event(
     p_event jsonb, p_topic text, p_short_name text,
     OUT payload jsonb, OUT correlation_id text, OUT source_event_id text)
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
 DECLARE
     v_field text;
 BEGIN

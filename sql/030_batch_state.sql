@@ -54,8 +54,8 @@ BEGIN
         WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
         RETURNING s.essay_id
     )
-    SELECT (SELECT count(*) FROM filled),
-           count(*) FILTER (WHERE d.essay_id IS NULL),
+    SELECT (SELECT count(*) FROM filled)::integer,
+           (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
            jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
                          jsonb_build_object(
                              'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
@@ -105,7 +105,7 @@ BEGIN
         WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
         RETURNING s.essay_id
     )
-    SELECT (SELECT count(*) FROM closed), count(*) FILTER (WHERE d.essay_id IS NULL)
+    SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
       INTO failures_applied, v_failures_excess
       FROM disposed AS d;
 
@@ -146,7 +146,7 @@ BEGIN
     SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
                                                  'text_storage_id', s.text_storage_id)
                               ORDER BY s.slot_no), '[]'::jsonb),
-           count(*)
+           count(*)::integer
       INTO v_ready, v_ready_count
       FROM els.essay_slot AS s
      WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing';
