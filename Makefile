@@ -1,0 +1,78 @@
+# Essay lifecycle batch registration: developer entry points.
+# `make help` lists the targets. Everything runs against the throwaway local stack
+# in .stack/ (scripts/stack.sh): PostgreSQL 15 + single-node Kafka 4 on 127.0.0.1.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.ONESHELL:
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STACK  := scripts/stack.sh
+# Python paths that lint looks at; missing ones are skipped.
+LINT_PATHS := worker.py els_migrate.py tests bench
+
+.PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
+        lint fmt psql pgtap plpgsql-check pytest clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+test: bootstrap lint stack-up pgtap plpgsql-check pytest ## everything CI runs: lint, pgTAP, plpgsql_check, pytest
+	@echo "make test: all steps passed"
+
+demo: bootstrap stack-up migrate ## start the stack, apply migrations, print how to connect
+	@eval "$$($(STACK) env)"
+	echo
+	echo "Stack is up and migrated. Connect with:"
+	echo "  eval \"\$$(scripts/stack.sh env)\""
+	echo "  psql \"$$ELS_DATABASE_URL\"          # or: make psql"
+	echo "  Kafka bootstrap: $$ELS_KAFKA_BOOTSTRAP"
+	echo "Stop everything with: make stack-down"
+
+bootstrap: ## install missing system packages (as root) and the .venv
+	@scripts/bootstrap.sh
+
+stack-up: bootstrap ## start PostgreSQL + Kafka (idempotent)
+	@$(STACK) up
+
+stack-down: ## stop PostgreSQL + Kafka, leave no process behind
+	@$(STACK) down
+
+stack-status: ## show whether PostgreSQL and Kafka are running
+	@$(STACK) status
+
+migrate: stack-up ## apply migrations and reload sql/ into database els
+	@eval "$$($(STACK) env)"
+	$(PY) -c 'import os, els_migrate; els_migrate.apply_migrations(os.environ["ELS_DATABASE_URL"])'
+	echo "migrated $$ELS_DATABASE_URL"
+
+rollback: stack-up ## roll back every migration in database els
+	@eval "$$($(STACK) env)"
+	$(PY) -c 'import os, els_migrate; els_migrate.rollback_migrations(os.environ["ELS_DATABASE_URL"])'
+
+lint: bootstrap ## ruff check + mypy (Python sources that exist)
+	@paths=""; for p in $(LINT_PATHS); do [[ -e "$$p" ]] && paths="$$paths $$p"; done
+	$(VENV)/bin/ruff check .
+	if [[ -n "$$paths" ]]; then $(VENV)/bin/mypy $$paths; fi
+
+fmt: bootstrap ## ruff format + autofix
+	@$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+psql: stack-up ## open psql on database els
+	@eval "$$($(STACK) env)"
+	exec psql "$$ELS_DATABASE_URL"
+
+pgtap: stack-up ## run pgtap_tests/*.sql with pg_prove in a fresh migrated database
+	@scripts/pgtap.sh
+
+plpgsql-check: stack-up ## static check of every PL/pgSQL function in schema els
+	@scripts/plpgsql_check.sh
+
+pytest: stack-up ## run the Python test suite (tests/)
+	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
+	@rm -rf .stack
