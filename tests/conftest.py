@@ -1,0 +1,256 @@
+"""Shared pytest fixtures: the local stack, a migrated template database, a fresh
+database per test, and unique Kafka topics per test.
+
+The stack is the one of ``scripts/stack.sh`` (started here if it is not running).
+Set ``ELS_TEST_EXTERNAL_STACK=1`` together with ``ELS_PG_ADMIN_URL`` and
+``ELS_KAFKA_BOOTSTRAP`` to run against services started some other way (e.g. compose).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+STACK_SH = ROOT / "scripts" / "stack.sh"
+TEMPLATE_DB = "els_template"
+KAFKA_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Connection details of the running stack."""
+
+    admin_url: str  # superuser URL of the maintenance database `postgres`
+    database_url: str  # the `els` database (make migrate / make demo)
+    kafka_bootstrap: str
+
+    def url_for(self, dbname: str) -> str:
+        """URL of database ``dbname`` on the same server, as superuser."""
+        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            env[key] = value.strip("'\"")
+    return env
+
+
+def _stack_env() -> dict[str, str]:
+    if os.environ.get("ELS_TEST_EXTERNAL_STACK") == "1":
+        return {
+            "ELS_PG_ADMIN_URL": os.environ["ELS_PG_ADMIN_URL"],
+            "ELS_DATABASE_URL": os.environ.get(
+                "ELS_DATABASE_URL", os.environ["ELS_PG_ADMIN_URL"].rsplit("/", 1)[0] + "/els"
+            ),
+            "ELS_KAFKA_BOOTSTRAP": os.environ["ELS_KAFKA_BOOTSTRAP"],
+        }
+    status = subprocess.run([str(STACK_SH), "status"], capture_output=True, text=True)
+    if status.returncode != 0:
+        subprocess.run([str(STACK_SH), "up"], check=True)
+    out = subprocess.run([str(STACK_SH), "env"], check=True, capture_output=True, text=True)
+    return _parse_env(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The running local stack; its URLs are also exported into os.environ."""
+    env = _stack_env()
+    os.environ.update(env)
+    return Stack(
+        admin_url=env["ELS_PG_ADMIN_URL"],
+        database_url=env["ELS_DATABASE_URL"],
+        kafka_bootstrap=env["ELS_KAFKA_BOOTSTRAP"],
+    )
+
+
+def _admin_conn(stack: Stack) -> psycopg.Connection:
+    return psycopg.connect(stack.admin_url, autocommit=True)
+
+
+def _drop_database(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_db(stack: Stack) -> str:
+    """Database ``els_template``, rebuilt from the current migrations and sql/ once per
+    session and marked as a template. Returns its name."""
+    import els_migrate
+
+    with _admin_conn(stack) as conn:
+        ident = sql.Identifier(TEMPLATE_DB)
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE_DB,)
+        ).fetchone()
+        if exists:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true").format(
+                    ident
+                )
+            )
+            _drop_database(conn, TEMPLATE_DB)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+        els_migrate.apply_migrations(stack.url_for(TEMPLATE_DB))
+        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template:
+        # close whatever the migration tool left open and keep others out.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (TEMPLATE_DB,),
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(ident)
+        )
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def db_url(stack: Stack, template_db: str) -> Iterator[str]:
+    """URL of a brand-new database cloned from the migrated template; dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex}"
+    with _admin_conn(stack) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template_db)
+            )
+        )
+    try:
+        yield stack.url_for(name)
+    finally:
+        with _admin_conn(stack) as conn:
+            _drop_database(conn, name)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit psycopg 3 connection (superuser) to the per-test database."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: Stack) -> str:
+    return stack.kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+def _create_topics(admin: AdminClient, names: list[str], partitions: int) -> None:
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        operation_timeout=KAFKA_TIMEOUT_S,
+        request_timeout=KAFKA_TIMEOUT_S,
+    )
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=KAFKA_TIMEOUT_S)
+        except Exception as exc:
+            raise AssertionError(f"could not create Kafka topic {name}: {exc}") from exc
+
+
+@pytest.fixture
+def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """``topic_factory(name="x", partitions=3) -> str`` creates a topic whose name is
+    unique to this test (``t<hex>.<name>``); all are deleted after the test."""
+    created: list[str] = []
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+
+    def make(name: str = "topic", partitions: int = 3) -> str:
+        topic = f"{prefix}.{name}"
+        _create_topics(kafka_admin, [topic], partitions)
+        created.append(topic)
+        return topic
+
+    yield make
+    if created:
+        for fut in kafka_admin.delete_topics(created, operation_timeout=KAFKA_TIMEOUT_S).values():
+            try:
+                fut.result(timeout=KAFKA_TIMEOUT_S)
+            except Exception:  # cleanup only; a leftover test topic harms no one
+                pass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """One test's private copy of every topic the service uses (SPEC sections 2 and 5),
+    each ``t<hex>.<default name>``; the ``*_dlq`` ones are ``<input>.dlq``."""
+
+    batch_registered: str
+    content_provisioned: str
+    validation_failed: str
+    completed: str
+    slot_assigned: str
+    excess: str
+    group_id: str
+    all: tuple[str, ...] = field(default=())
+
+    @property
+    def batch_registered_dlq(self) -> str:
+        return self.batch_registered + ".dlq"
+
+    @property
+    def content_provisioned_dlq(self) -> str:
+        return self.content_provisioned + ".dlq"
+
+    @property
+    def validation_failed_dlq(self) -> str:
+        return self.validation_failed + ".dlq"
+
+    def env(self) -> dict[str, str]:
+        """Worker environment variables that point it at these topics."""
+        return {
+            "ELS_TOPIC_BATCH_REGISTERED": self.batch_registered,
+            "ELS_TOPIC_CONTENT_PROVISIONED": self.content_provisioned,
+            "ELS_TOPIC_VALIDATION_FAILED": self.validation_failed,
+            "ELS_GROUP_ID": self.group_id,
+        }
+
+
+DEFAULT_TOPICS = {
+    "batch_registered": "huleedu.batch.essays.registered.v1",
+    "content_provisioned": "huleedu.file.essay.content.provisioned.v1",
+    "validation_failed": "huleedu.file.essay.validation.failed.v1",
+    "completed": "huleedu.batch.content.provisioning.completed.v1",
+    "slot_assigned": "huleedu.els.essay.slot.assigned.v1",
+    "excess": "huleedu.els.excess.content.provisioned.v1",
+}
+
+
+@pytest.fixture
+def unique_topics(kafka_admin: AdminClient) -> Iterator[Topics]:
+    """Creates (3 partitions each) the input, DLQ and output topics under a prefix
+    unique to this test, plus a unique consumer group id; deletes them afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    names = {key: f"{prefix}.{default}" for key, default in DEFAULT_TOPICS.items()}
+    dlqs = [
+        names[k] + ".dlq" for k in ("batch_registered", "content_provisioned", "validation_failed")
+    ]
+    everything = [*names.values(), *dlqs]
+    _create_topics(kafka_admin, everything, partitions=3)
+    yield Topics(**names, group_id=f"{prefix}.els", all=tuple(everything))
+    for fut in kafka_admin.delete_topics(everything, operation_timeout=KAFKA_TIMEOUT_S).values():
+        try:
+            fut.result(timeout=KAFKA_TIMEOUT_S)
+        except Exception:  # cleanup only
+            pass
