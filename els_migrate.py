@@ -12,13 +12,17 @@ pending, so an edited function file reaches the database with ``make migrate``.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
 
 from yoyo import get_backend, read_migrations
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+SCHEMA_SNAPSHOT = PROJECT_ROOT / "docs" / "schema.sql"
 
 
 def yoyo_url(dsn: str) -> str:
@@ -59,10 +63,30 @@ def applied_migrations(dsn: str) -> list[str]:
     return [m.id for m in migrations if backend.is_applied(m)]
 
 
+def dump_schema(dsn: str) -> str:
+    """pg_dump of schema els without the lines that vary between runs and versions.
+
+    docs/schema.sql holds this dump for the migrated schema: the one readable
+    picture of tables, functions and grants, which a test proves the migrations
+    produce exactly.
+    """
+    params = conninfo_to_dict(dsn)
+    command = ["pg_dump", "--schema-only", "--schema=els",
+               "-h", str(params.get("host", "127.0.0.1")), "-p", str(params.get("port", 5432)),
+               "-U", str(params.get("user", "postgres")), str(params["dbname"])]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    varying = ("--", "SET ", "SELECT pg_catalog.set_config", "\\restrict", "\\unrestrict")
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith(varying)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str]) -> int:
     dsn = os.environ.get("ELS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/els")
     if argv[1:2] == ["rollback"]:
         print("rolled back:", ", ".join(rollback_migrations(dsn)) or "nothing")
+    elif argv[1:2] == ["snapshot"]:
+        SCHEMA_SNAPSHOT.write_text(dump_schema(dsn), encoding="utf-8")
+        print(f"wrote {SCHEMA_SNAPSHOT.relative_to(PROJECT_ROOT)}")
     else:
         print("applied:", ", ".join(apply_migrations(dsn)) or "nothing (functions reloaded)")
     return 0

@@ -1,0 +1,1151 @@
+CREATE SCHEMA els;
+ALTER SCHEMA els OWNER TO els_owner;
+CREATE TYPE els.essay_status AS ENUM (
+    'uploaded',
+    'ready_for_processing',
+    'content_ingestion_failed'
+);
+ALTER TYPE els.essay_status OWNER TO els_owner;
+COMMENT ON TYPE els.essay_status IS 'The one definition of essay slot statuses. uploaded = empty slot; ready_for_processing = filled with extracted text; content_ingestion_failed = closed by a validation failure.';
+CREATE TYPE els.item_disposition AS ENUM (
+    'pending',
+    'assigned',
+    'excess'
+);
+ALTER TYPE els.item_disposition OWNER TO els_owner;
+COMMENT ON TYPE els.item_disposition IS 'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
+CREATE FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_tracker els.batch_tracker;
+    v_ready jsonb;
+    v_ready_count integer;
+BEGIN
+    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
+    IF NOT FOUND THEN
+        complete := false;
+        RETURN;
+    END IF;
+    IF v_tracker.completed_at IS NOT NULL THEN
+        complete := true;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded')
+       OR NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id) THEN
+        complete := false;
+        RETURN;
+    END IF;
+    UPDATE els.batch_tracker AS t SET completed_at = now() WHERE t.batch_id = p_batch_id;
+    SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
+                                                 'text_storage_id', s.text_storage_id)
+                              ORDER BY s.slot_no), '[]'::jsonb),
+           count(*)::integer
+      INTO v_ready, v_ready_count
+      FROM els.essay_slot AS s
+     WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing';
+    event_id := (els._emit_events(jsonb_build_array(jsonb_build_object(
+        'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
+        'identity', p_batch_id,
+        'correlation_id', v_tracker.correlation_id,
+        'data', jsonb_build_object(
+            'batch_id', p_batch_id,
+            'provisioned_count', v_ready_count,
+            'expected_count', v_tracker.expected_count,
+            'course_code', v_tracker.course_code,
+            'user_id', v_tracker.user_id,
+            'class_type', v_tracker.class_type,
+            'essays_for_processing', v_ready)))))[1];
+    complete := true;
+END
+$$;
+ALTER FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
+CREATE FUNCTION els._emit_events(p_events jsonb) RETURNS uuid[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_timestamp text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+    v_ids uuid[];
+BEGIN
+    WITH input AS (
+        SELECT e.ord,
+               e.item ->> 'event_type' AS event_type,
+               e.item ->> 'key' AS message_key,
+               e.item ->> 'correlation_id' AS correlation_id,
+               e.item -> 'data' AS data,
+               els.stable_event_id(e.item ->> 'event_type', e.item ->> 'identity') AS event_id
+        FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
+    ), inserted AS (
+        INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+        SELECT i.event_id, i.event_type, els.output_topic(i.event_type), i.message_key,
+               jsonb_build_object(
+                   'event_id', i.event_id,
+                   'event_type', els.output_topic(i.event_type),
+                   'event_timestamp', v_timestamp,
+                   'source_service', 'essay_lifecycle_service',
+                   'schema_version', 1,
+                   'correlation_id', i.correlation_id,
+                   'data', i.data || jsonb_build_object('correlation_id', i.correlation_id,
+                                                        'timestamp', v_timestamp),
+                   'metadata', '{}'::jsonb)
+        FROM input AS i
+        ORDER BY i.ord
+        RETURNING event_outbox.id, event_outbox.event_id
+    )
+    SELECT array_agg(inserted.event_id ORDER BY inserted.id) INTO v_ids FROM inserted;
+    RETURN coalesce(v_ids, '{}'::uuid[]);
+END
+$$;
+ALTER FUNCTION els._emit_events(p_events jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_text text := els._text_field(p_payload, p_field);
+BEGIN
+    IF v_text IS NOT NULL AND NOT v_text = ANY (p_allowed) THEN
+        PERFORM els._reject('ELV03', format('field %s has an unknown value', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'not_in_enum',
+                               'allowed', to_jsonb(p_allowed), 'actual', v_text));
+    END IF;
+    RETURN v_text;
+END
+$$;
+ALTER FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) OWNER TO els_owner;
+CREATE FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) RETURNS numeric
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_value jsonb := p_payload -> p_field;
+    v_number numeric;
+BEGIN
+    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'number' THEN
+        PERFORM els._reject('ELV03', format('field %s must be an integer', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
+                               'expected', 'integer', 'actual', jsonb_typeof(v_value)));
+    END IF;
+    v_number := (v_value #>> '{}')::numeric;
+    IF v_number <> trunc(v_number) OR (v_value #>> '{}') ~ '[.eE]' THEN
+        PERFORM els._reject('ELV03', format('field %s must be an integer', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', v_value));
+    END IF;
+    IF v_number < p_min OR v_number > 9223372036854775807 THEN
+        PERFORM els._reject('ELV03', format('field %s is out of range', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'out_of_range',
+                               'min', p_min, 'actual', v_value));
+    END IF;
+    RETURN v_number;
+END
+$$;
+ALTER FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) OWNER TO els_owner;
+CREATE FUNCTION els._lock_batch(p_batch_id text) RETURNS void
+    LANGUAGE sql
+    BEGIN ATOMIC
+ SELECT pg_advisory_xact_lock(hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint)) AS pg_advisory_xact_lock;
+END;
+ALTER FUNCTION els._lock_batch(p_batch_id text) OWNER TO els_owner;
+CREATE FUNCTION els._object_field(p_payload jsonb, p_field text) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_value jsonb := p_payload -> p_field;
+BEGIN
+    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'object' THEN
+        PERFORM els._reject('ELV03', format('field %s must be an object', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
+                               'expected', 'object', 'actual', jsonb_typeof(v_value)));
+    END IF;
+    RETURN v_value;
+END
+$$;
+ALTER FUNCTION els._object_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_content_excess integer;
+    v_failures_excess integer;
+    v_events jsonb;
+BEGIN
+    WITH empty_slot AS (
+        SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
+        FROM els.essay_slot AS s
+        WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
+    ), pending AS (
+        SELECT c.text_storage_id, row_number() OVER (ORDER BY c.arrival_seq, c.text_storage_id) AS rn
+        FROM els.essay_content AS c
+        WHERE c.batch_id = p_batch_id AND c.disposition = 'pending'
+    ), disposed AS (
+        UPDATE els.essay_content AS c
+        SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+            essay_id = e.essay_id,
+            disposed_at = now()
+        FROM pending AS p
+        LEFT JOIN empty_slot AS e ON e.rn = p.rn
+        WHERE c.batch_id = p_batch_id AND c.text_storage_id = p.text_storage_id
+        RETURNING c.*
+    ), filled AS (
+        UPDATE els.essay_slot AS s
+        SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
+        FROM disposed AS d
+        WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+        RETURNING s.essay_id
+    )
+    SELECT (SELECT count(*) FROM filled)::integer,
+           (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
+           jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
+                         jsonb_build_object(
+                             'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
+                             'identity', p_batch_id || '/' || d.essay_id || '/' || d.text_storage_id,
+                             'correlation_id', d.correlation_id,
+                             'data', jsonb_build_object(
+                                 'batch_id', p_batch_id, 'essay_id', d.essay_id,
+                                 'file_upload_id', d.file_upload_id,
+                                 'text_storage_id', d.text_storage_id,
+                                 'original_file_name', d.original_file_name))
+                     ELSE
+                         jsonb_build_object(
+                             'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
+                             'identity', p_batch_id || '/' || d.text_storage_id,
+                             'correlation_id', d.correlation_id,
+                             'data', jsonb_build_object(
+                                 'batch_id', p_batch_id,
+                                 'original_file_name', d.original_file_name,
+                                 'text_storage_id', d.text_storage_id,
+                                 'reason', 'NO_AVAILABLE_SLOT'))
+                     END ORDER BY d.arrival_seq, d.text_storage_id)
+      INTO content_assigned, v_content_excess, v_events
+      FROM disposed AS d;
+    WITH empty_slot AS (
+        SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
+        FROM els.essay_slot AS s
+        WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
+    ), pending AS (
+        SELECT f.file_upload_id, row_number() OVER (ORDER BY f.arrival_seq, f.file_upload_id) AS rn
+        FROM els.validation_failure AS f
+        WHERE f.batch_id = p_batch_id AND f.disposition = 'pending'
+    ), disposed AS (
+        UPDATE els.validation_failure AS f
+        SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+            essay_id = e.essay_id,
+            disposed_at = now()
+        FROM pending AS p
+        LEFT JOIN empty_slot AS e ON e.rn = p.rn
+        WHERE f.batch_id = p_batch_id AND f.file_upload_id = p.file_upload_id
+        RETURNING f.essay_id, f.file_upload_id
+    ), closed AS (
+        UPDATE els.essay_slot AS s
+        SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id,
+            filled_at = now()
+        FROM disposed AS d
+        WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+        RETURNING s.essay_id
+    )
+    SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
+      INTO failures_applied, v_failures_excess
+      FROM disposed AS d;
+    excess := v_content_excess + v_failures_excess;
+    event_ids := CASE WHEN v_events IS NULL THEN '{}'::uuid[] ELSE els._emit_events(v_events) END;
+END
+$$;
+ALTER FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) OWNER TO els_owner;
+CREATE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = p_sqlstate, MESSAGE = p_message, DETAIL = p_detail::text;
+END
+$$;
+ALTER FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) IS 'Raises a structured rejection: custom SQLSTATE, one-line message, JSON detail.';
+CREATE FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_field text;
+BEGIN
+    FOREACH v_field IN ARRAY p_fields LOOP
+        IF p_payload -> v_field IS NULL OR jsonb_typeof(p_payload -> v_field) = 'null' THEN
+            PERFORM els._reject('ELV02', format('required field %s is missing or null', v_field),
+                jsonb_build_object('field', v_field, 'reason', 'missing'));
+        END IF;
+    END LOOP;
+END
+$$;
+ALTER FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) OWNER TO els_owner;
+CREATE FUNCTION els._text_array_field(p_payload jsonb, p_field text) RETURNS text[]
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_value jsonb := p_payload -> p_field;
+    v_items text[];
+    v_bad_index bigint;
+BEGIN
+    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'array' THEN
+        PERFORM els._reject('ELV03', format('field %s must be an array of strings', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
+                               'expected', 'array', 'actual', jsonb_typeof(v_value)));
+    END IF;
+    SELECT array_agg(e.item #>> '{}' ORDER BY e.ord),
+           min(e.ord) FILTER (WHERE jsonb_typeof(e.item) <> 'string'
+                                 OR length(e.item #>> '{}') NOT BETWEEN 1 AND 255)
+      INTO v_items, v_bad_index
+      FROM jsonb_array_elements(v_value) WITH ORDINALITY AS e(item, ord);
+    IF v_bad_index IS NOT NULL THEN
+        PERFORM els._reject('ELV03',
+            format('field %s must hold strings of 1..255 characters', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'bad_item', 'index', v_bad_index - 1,
+                               'item', left((v_value -> (v_bad_index::integer - 1))::text, 300)));
+    END IF;
+    RETURN coalesce(v_items, '{}'::text[]);
+END
+$$;
+ALTER FUNCTION els._text_array_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer DEFAULT 255) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_value jsonb := p_payload -> p_field;
+    v_text text;
+BEGIN
+    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    IF jsonb_typeof(v_value) <> 'string' THEN
+        PERFORM els._reject('ELV03', format('field %s must be a string', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
+                               'expected', 'string', 'actual', jsonb_typeof(v_value)));
+    END IF;
+    v_text := v_value #>> '{}';
+    IF length(v_text) NOT BETWEEN 1 AND p_max THEN
+        PERFORM els._reject('ELV03', format('field %s must be 1..%s characters', p_field, p_max),
+            jsonb_build_object('field', p_field, 'reason', 'bad_length',
+                               'min', 1, 'max', p_max, 'actual', length(v_text)));
+    END IF;
+    RETURN v_text;
+END
+$$;
+ALTER FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) OWNER TO els_owner;
+CREATE FUNCTION els._timestamp_field(p_payload jsonb, p_field text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $_$
+DECLARE
+    v_text text := els._text_field(p_payload, p_field);
+BEGIN
+    IF v_text IS NOT NULL AND v_text !~
+        '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' THEN
+        PERFORM els._reject('ELV03', format('field %s must be an ISO-8601 timestamp', p_field),
+            jsonb_build_object('field', p_field, 'reason', 'bad_format', 'expected', 'ISO-8601'));
+    END IF;
+    RETURN v_text;
+END
+$_$;
+ALTER FUNCTION els._timestamp_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_field text;
+BEGIN
+    IF p_event IS NULL OR jsonb_typeof(p_event) <> 'object' THEN
+        PERFORM els._reject('ELV01', 'event is not a JSON object',
+            jsonb_build_object('field', NULL, 'reason', 'not_an_object',
+                               'actual', coalesce(jsonb_typeof(p_event), 'null')));
+    END IF;
+    IF p_event ? 'data' THEN
+        IF jsonb_typeof(p_event -> 'data') <> 'object' THEN
+            PERFORM els._reject('ELV01', 'envelope field data is not a JSON object',
+                jsonb_build_object('field', 'data', 'reason', 'not_an_object',
+                                   'actual', jsonb_typeof(p_event -> 'data')));
+        END IF;
+        FOREACH v_field IN ARRAY ARRAY['event_id', 'event_type', 'event_timestamp',
+                                       'source_service', 'correlation_id'] LOOP
+            IF jsonb_typeof(p_event -> v_field) NOT IN ('string', 'null') THEN
+                PERFORM els._reject('ELV01', format('envelope field %s is not a string', v_field),
+                    jsonb_build_object('field', v_field, 'reason', 'wrong_type',
+                                       'expected', 'string', 'actual', jsonb_typeof(p_event -> v_field)));
+            END IF;
+        END LOOP;
+        IF jsonb_typeof(p_event -> 'metadata') NOT IN ('object', 'null') THEN
+            PERFORM els._reject('ELV01', 'envelope field metadata is not a JSON object',
+                jsonb_build_object('field', 'metadata', 'reason', 'wrong_type',
+                                   'expected', 'object', 'actual', jsonb_typeof(p_event -> 'metadata')));
+        END IF;
+        IF jsonb_typeof(p_event -> 'schema_version') NOT IN ('number', 'null') THEN
+            PERFORM els._reject('ELV01', 'envelope field schema_version is not a number',
+                jsonb_build_object('field', 'schema_version', 'reason', 'wrong_type',
+                                   'expected', 'integer', 'actual', jsonb_typeof(p_event -> 'schema_version')));
+        END IF;
+        payload := p_event -> 'data';
+        correlation_id := p_event ->> 'correlation_id';
+        source_event_id := p_event ->> 'event_id';
+    ELSE
+        payload := p_event;
+    END IF;
+    IF p_event ? 'event_type' AND jsonb_typeof(p_event -> 'event_type') <> 'null' THEN
+        IF jsonb_typeof(p_event -> 'event_type') <> 'string' THEN
+            PERFORM els._reject('ELV01', 'event_type is not a string',
+                jsonb_build_object('field', 'event_type', 'reason', 'wrong_type',
+                                   'expected', 'string', 'actual', jsonb_typeof(p_event -> 'event_type')));
+        END IF;
+        IF (p_event ->> 'event_type') NOT IN (p_topic, p_short_name) THEN
+            PERFORM els._reject('ELV03', 'event_type names another event (misrouted)',
+                jsonb_build_object('field', 'event_type', 'reason', 'misrouted',
+                                   'expected', jsonb_build_array(p_topic, p_short_name),
+                                   'actual', left(p_event ->> 'event_type', 300)));
+        END IF;
+    END IF;
+    IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
+        PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
+            jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
+                               'min', 1, 'max', 255, 'actual', length(correlation_id)));
+    END IF;
+END
+$$;
+ALTER FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) OWNER TO els_owner;
+CREATE SEQUENCE els.arrival_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER TABLE els.arrival_seq OWNER TO els_owner;
+CREATE TABLE els.batch_tracker (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text GENERATED ALWAYS AS (
+CASE
+    WHEN (class_id IS NULL) THEN 'GUEST'::text
+    ELSE 'REGULAR'::text
+END) STORED,
+    student_prompt_ref jsonb,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    correlation_id text NOT NULL,
+    registration_event_id text,
+    registered_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
+    CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
+    CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
+    CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
+);
+ALTER TABLE els.batch_tracker OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
+CREATE TABLE els.essay_content (
+    batch_id text NOT NULL,
+    text_storage_id text NOT NULL,
+    disposition els.item_disposition NOT NULL,
+    essay_id text,
+    file_upload_id text NOT NULL,
+    original_file_name text NOT NULL,
+    raw_file_storage_id text,
+    file_size_bytes bigint,
+    content_md5_hash text,
+    correlation_id text NOT NULL,
+    source_event_id text,
+    event_timestamp text,
+    arrival_seq bigint DEFAULT nextval('els.arrival_seq'::regclass) NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    disposed_at timestamp with time zone,
+    CONSTRAINT essay_content_assigned_has_slot CHECK (((disposition = 'assigned'::els.item_disposition) = (essay_id IS NOT NULL))),
+    CONSTRAINT essay_content_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
+    CONSTRAINT essay_content_file_size_bytes_check CHECK ((file_size_bytes >= 0)),
+    CONSTRAINT essay_content_text_storage_id_check CHECK (((length(text_storage_id) >= 1) AND (length(text_storage_id) <= 255)))
+);
+ALTER TABLE els.essay_content OWNER TO els_owner;
+COMMENT ON TABLE els.essay_content IS 'Every extracted text received for a batch, once per text_storage_id: pending (batch not registered yet), assigned (in slot essay_id) or excess (no empty slot).';
+CREATE TABLE els.essay_slot (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL,
+    slot_no integer NOT NULL,
+    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
+    text_storage_id text,
+    failed_file_upload_id text,
+    filled_at timestamp with time zone,
+    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
+    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
+    CONSTRAINT essay_slot_status_matches_filling CHECK (
+CASE status
+    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL))
+    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL))
+    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NOT NULL))
+    ELSE NULL::boolean
+END)
+);
+ALTER TABLE els.essay_slot OWNER TO els_owner;
+COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
+CREATE TABLE els.event_outbox (
+    id bigint NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    topic text NOT NULL,
+    message_key text NOT NULL,
+    envelope jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    published_at timestamp with time zone
+);
+ALTER TABLE els.event_outbox OWNER TO els_owner;
+COMMENT ON TABLE els.event_outbox IS 'Transactional outbox: events written with the state change that caused them; the worker relay publishes them to Kafka and stamps published_at after delivery.';
+CREATE TABLE els.validation_failure (
+    batch_id text NOT NULL,
+    file_upload_id text NOT NULL,
+    disposition els.item_disposition NOT NULL,
+    essay_id text,
+    original_file_name text NOT NULL,
+    validation_error_code text NOT NULL,
+    validation_error_detail jsonb,
+    raw_file_storage_id text,
+    file_size_bytes bigint,
+    correlation_id text NOT NULL,
+    source_event_id text,
+    event_timestamp text,
+    arrival_seq bigint DEFAULT nextval('els.arrival_seq'::regclass) NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    disposed_at timestamp with time zone,
+    CONSTRAINT validation_failure_assigned_has_slot CHECK (((disposition = 'assigned'::els.item_disposition) = (essay_id IS NOT NULL))),
+    CONSTRAINT validation_failure_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
+    CONSTRAINT validation_failure_file_size_bytes_check CHECK ((file_size_bytes >= 0)),
+    CONSTRAINT validation_failure_file_upload_id_check CHECK (((length(file_upload_id) >= 1) AND (length(file_upload_id) <= 255))),
+    CONSTRAINT validation_failure_validation_error_code_check CHECK ((validation_error_code = ANY (ARRAY['EMPTY_CONTENT'::text, 'CONTENT_TOO_SHORT'::text, 'CONTENT_TOO_LONG'::text, 'RAW_STORAGE_FAILED'::text, 'TEXT_EXTRACTION_FAILED'::text, 'ENCRYPTED_FILE_UNSUPPORTED'::text, 'UNKNOWN_VALIDATION_ERROR'::text])))
+);
+ALTER TABLE els.validation_failure OWNER TO els_owner;
+COMMENT ON TABLE els.validation_failure IS 'Every validation failure received for a batch, once per file_upload_id: pending, assigned (closed slot essay_id) or excess (no empty slot to close).';
+CREATE FUNCTION els.batch_report(p_batch_id text) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('batch_id', batch_report.p_batch_id, 'registered', (t.batch_id IS NOT NULL), 'tracker',
+         CASE
+             WHEN (t.batch_id IS NOT NULL) THEN jsonb_build_object('expected_count', t.expected_count, 'course_code', t.course_code, 'user_id', t.user_id, 'org_id', t.org_id, 'class_id', t.class_id, 'class_type', t.class_type, 'correlation_id', t.correlation_id, 'registered_at', t.registered_at, 'completed_at', t.completed_at)
+             ELSE NULL::jsonb
+         END, 'complete', (t.completed_at IS NOT NULL), 'slot_counts', ( SELECT COALESCE(jsonb_object_agg(x.status, x.n), '{}'::jsonb) AS "coalesce"
+            FROM ( SELECT s.status,
+                     count(*) AS n
+                    FROM els.essay_slot s
+                   WHERE (s.batch_id = batch_report.p_batch_id)
+                   GROUP BY s.status) x), 'slots', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('slot_no', s.slot_no, 'essay_id', s.essay_id, 'status', s.status, 'text_storage_id', s.text_storage_id, 'failed_file_upload_id', s.failed_file_upload_id, 'filled_at', s.filled_at) ORDER BY s.slot_no), '[]'::jsonb) AS "coalesce"
+            FROM els.essay_slot s
+           WHERE (s.batch_id = batch_report.p_batch_id)), 'pending_content', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('text_storage_id', c.text_storage_id, 'file_upload_id', c.file_upload_id, 'original_file_name', c.original_file_name, 'received_at', c.received_at) ORDER BY c.arrival_seq), '[]'::jsonb) AS "coalesce"
+            FROM els.essay_content c
+           WHERE ((c.batch_id = batch_report.p_batch_id) AND (c.disposition = 'pending'::els.item_disposition))), 'excess_content', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('text_storage_id', c.text_storage_id, 'file_upload_id', c.file_upload_id, 'original_file_name', c.original_file_name, 'received_at', c.received_at) ORDER BY c.arrival_seq), '[]'::jsonb) AS "coalesce"
+            FROM els.essay_content c
+           WHERE ((c.batch_id = batch_report.p_batch_id) AND (c.disposition = 'excess'::els.item_disposition))), 'failures', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('file_upload_id', f.file_upload_id, 'disposition', f.disposition, 'essay_id', f.essay_id, 'original_file_name', f.original_file_name, 'validation_error_code', f.validation_error_code, 'validation_error_detail', f.validation_error_detail, 'received_at', f.received_at) ORDER BY f.arrival_seq), '[]'::jsonb) AS "coalesce"
+            FROM els.validation_failure f
+           WHERE (f.batch_id = batch_report.p_batch_id)), 'outbox', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('id', o.id, 'event_id', o.event_id, 'event_type', o.event_type, 'topic', o.topic, 'created_at', o.created_at, 'published', (o.published_at IS NOT NULL), 'published_at', o.published_at) ORDER BY o.id), '[]'::jsonb) AS "coalesce"
+            FROM els.event_outbox o
+           WHERE (o.message_key = batch_report.p_batch_id))) AS jsonb_build_object
+    FROM (( SELECT batch_report.p_batch_id AS wanted) w
+      LEFT JOIN els.batch_tracker t ON ((t.batch_id = w.wanted)));
+END;
+ALTER FUNCTION els.batch_report(p_batch_id text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.batch_report(p_batch_id text) IS 'Everything known about one batch as one JSON document: tracker, slot counts, slots, pending and excess content, failures, outbox rows and whether they were published.';
+CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id bigint, event_id uuid, event_type text, topic text, message_key text, envelope jsonb, created_at timestamp with time zone)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT o.id,
+     o.event_id,
+     o.event_type,
+     o.topic,
+     o.message_key,
+     o.envelope,
+     o.created_at
+    FROM els.event_outbox o
+   WHERE (o.published_at IS NULL)
+   ORDER BY o.id
+  LIMIT claim_outbox.p_limit
+  FOR UPDATE OF o SKIP LOCKED;
+END;
+ALTER FUNCTION els.claim_outbox(p_limit integer) OWNER TO els_owner;
+COMMENT ON FUNCTION els.claim_outbox(p_limit integer) IS 'Locks and returns up to p_limit unpublished outbox rows, oldest first, skipping rows another relay holds. Call in the same transaction as mark_outbox_published.';
+CREATE FUNCTION els.mark_outbox_published(p_ids bigint[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_marked integer;
+BEGIN
+    UPDATE els.event_outbox AS o
+       SET published_at = now()
+     WHERE o.id = ANY (p_ids) AND o.published_at IS NULL;
+    GET DIAGNOSTICS v_marked = ROW_COUNT;
+    RETURN v_marked;
+END
+$$;
+ALTER FUNCTION els.mark_outbox_published(p_ids bigint[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.mark_outbox_published(p_ids bigint[]) IS 'Stamps outbox rows as published, after Kafka confirmed their delivery.';
+CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) RETURNS record
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT count(*) AS count,
+     COALESCE((EXTRACT(epoch FROM (now() - min(o.created_at))))::double precision, (0)::double precision) AS "coalesce"
+    FROM els.event_outbox o
+   WHERE (o.published_at IS NULL);
+END;
+ALTER FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) OWNER TO els_owner;
+CREATE FUNCTION els.output_topic(p_event_type text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN CASE p_event_type WHEN 'BatchContentProvisioningCompleted'::text THEN 'huleedu.batch.content.provisioning.completed.v1'::text WHEN 'EssaySlotAssigned'::text THEN 'huleedu.els.essay.slot.assigned.v1'::text WHEN 'ExcessContentProvisioned'::text THEN 'huleedu.els.excess.content.provisioned.v1'::text ELSE NULL::text END;
+ALTER FUNCTION els.output_topic(p_event_type text) OWNER TO els_owner;
+CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_text_storage_id text;
+    v_file_upload_id text;
+    v_original_file_name text;
+    v_raw_file_storage_id text;
+    v_file_size_bytes numeric;
+    v_md5 text;
+    v_timestamp text;
+    v_correlation_id text;
+    v_known record;
+    v_essay_id text;
+    v_outcome text;
+    v_events uuid[];
+    v_complete boolean := false;
+    v_completion_event uuid;
+BEGIN
+    v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
+                               'essay.content.provisioned');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'text_storage_id', 'file_upload_id', 'original_file_name']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_text_storage_id := els._text_field(v_payload, 'text_storage_id');
+    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
+    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
+    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
+    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
+    v_md5 := els._text_field(v_payload, 'content_md5_hash');
+    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
+                                 gen_random_uuid()::text);
+    v_timestamp := els._timestamp_field(v_payload, 'timestamp');
+    PERFORM els._lock_batch(v_batch_id);
+    SELECT c.essay_id INTO v_known
+      FROM els.essay_content AS c
+     WHERE c.batch_id = v_batch_id AND c.text_storage_id = v_text_storage_id;
+    IF FOUND THEN
+        RETURN jsonb_build_object(
+            'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
+            'complete', EXISTS (SELECT FROM els.batch_tracker AS t
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+            'events', '[]'::jsonb);
+    END IF;
+    -- A batch counts as registered once it has slots: content for a tracker
+    -- left without slots by an older writer waits as pending for the repair.
+    SELECT s.essay_id INTO v_essay_id
+      FROM els.essay_slot AS s
+     WHERE s.batch_id = v_batch_id AND s.status = 'uploaded'
+     ORDER BY s.slot_no
+     LIMIT 1;
+    v_outcome := CASE
+        WHEN v_essay_id IS NOT NULL THEN 'assigned'
+        WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
+        ELSE 'pending'
+    END;
+    INSERT INTO els.essay_content (
+        batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
+        raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
+        source_event_id, event_timestamp, disposed_at)
+    VALUES (
+        v_batch_id, v_text_storage_id, v_outcome::els.item_disposition, v_essay_id,
+        v_file_upload_id, v_original_file_name, v_raw_file_storage_id, v_file_size_bytes::bigint,
+        v_md5, v_correlation_id, v_env.source_event_id, v_timestamp,
+        CASE WHEN v_outcome <> 'pending' THEN now() END);
+    IF v_outcome = 'assigned' THEN
+        UPDATE els.essay_slot AS s
+           SET status = 'ready_for_processing', text_storage_id = v_text_storage_id, filled_at = now()
+         WHERE s.essay_id = v_essay_id;
+        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
+            'event_type', 'EssaySlotAssigned', 'key', v_batch_id,
+            'identity', v_batch_id || '/' || v_essay_id || '/' || v_text_storage_id,
+            'correlation_id', v_correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', v_batch_id, 'essay_id', v_essay_id,
+                'file_upload_id', v_file_upload_id, 'text_storage_id', v_text_storage_id,
+                'original_file_name', v_original_file_name))));
+        SELECT c.complete, c.event_id INTO v_complete, v_completion_event
+          FROM els._complete_if_done(v_batch_id) AS c;
+        IF v_completion_event IS NOT NULL THEN
+            v_events := v_events || v_completion_event;
+        END IF;
+    ELSIF v_outcome = 'excess' THEN
+        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
+            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
+            'identity', v_batch_id || '/' || v_text_storage_id,
+            'correlation_id', v_correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
+                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'))));
+        SELECT c.complete INTO v_complete FROM els._complete_if_done(v_batch_id) AS c;
+    END IF;
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_outcome,
+        'essay_id', v_essay_id,
+        'complete', v_complete,
+        'events', to_jsonb(coalesce(v_events, '{}'::uuid[])));
+END
+$$;
+ALTER FUNCTION els.provision_content(event jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els.provision_content(event jsonb) IS 'EssayContentProvisioned -> fills the lowest empty slot. Outcomes: pending, assigned, duplicate, excess. Errors: ELV01-ELV03.';
+CREATE FUNCTION els.purge_outbox(p_older_than interval DEFAULT '7 days'::interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    DELETE FROM els.event_outbox AS o
+     WHERE o.published_at IS NOT NULL AND o.published_at < now() - p_older_than;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END
+$$;
+ALTER FUNCTION els.purge_outbox(p_older_than interval) OWNER TO els_owner;
+COMMENT ON FUNCTION els.purge_outbox(p_older_than interval) IS 'Deletes published outbox rows older than the interval; unpublished rows are never purged.';
+CREATE FUNCTION els.reconcile_batch(p_batch_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_tracker els.batch_tracker;
+    v_slots_created integer;
+    v_reconciled record;
+    v_completion record;
+BEGIN
+    PERFORM els._lock_batch(p_batch_id);
+    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
+    IF NOT FOUND THEN
+        RETURN jsonb_build_object('batch_id', p_batch_id, 'outcome', 'not_registered',
+                                  'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0,
+                                  'excess', 0, 'complete', false, 'events', '[]'::jsonb);
+    END IF;
+    INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+    SELECT u.id, p_batch_id, u.ord
+      FROM unnest(v_tracker.essay_ids) WITH ORDINALITY AS u(id, ord)
+     WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id);
+    GET DIAGNOSTICS v_slots_created = ROW_COUNT;
+    v_reconciled := els._reconcile(p_batch_id);
+    v_completion := els._complete_if_done(p_batch_id);
+    RETURN jsonb_build_object(
+        'batch_id', p_batch_id,
+        'outcome', CASE WHEN v_slots_created > 0 OR v_reconciled.content_assigned > 0
+                             OR v_reconciled.failures_applied > 0 OR v_reconciled.excess > 0
+                             OR v_completion.event_id IS NOT NULL
+                        THEN 'reconciled' ELSE 'unchanged' END,
+        'slots_created', v_slots_created,
+        'content_assigned', v_reconciled.content_assigned,
+        'failures_applied', v_reconciled.failures_applied,
+        'excess', v_reconciled.excess,
+        'complete', v_completion.complete,
+        'events', to_jsonb(v_reconciled.event_ids
+                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
+                                   ELSE ARRAY[v_completion.event_id] END));
+END
+$$;
+ALTER FUNCTION els.reconcile_batch(p_batch_id text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.reconcile_batch(p_batch_id text) IS 'Re-runs slot creation (if missing), reconciliation and completion for a registered batch.';
+CREATE FUNCTION els.record_validation_failure(event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_file_upload_id text;
+    v_original_file_name text;
+    v_error_code text;
+    v_error_detail jsonb;
+    v_raw_file_storage_id text;
+    v_file_size_bytes numeric;
+    v_timestamp text;
+    v_correlation_id text;
+    v_known record;
+    v_essay_id text;
+    v_outcome text;
+    v_complete boolean := false;
+    v_completion_event uuid;
+BEGIN
+    v_env := els._unwrap_event(event, 'huleedu.file.essay.validation.failed.v1',
+                               'essay.validation.failed');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'file_upload_id', 'original_file_name', 'validation_error_code']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
+    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
+    v_error_code := els._enum_field(v_payload, 'validation_error_code',
+        ARRAY['EMPTY_CONTENT', 'CONTENT_TOO_SHORT', 'CONTENT_TOO_LONG', 'RAW_STORAGE_FAILED',
+              'TEXT_EXTRACTION_FAILED', 'ENCRYPTED_FILE_UNSUPPORTED', 'UNKNOWN_VALIDATION_ERROR']);
+    v_error_detail := els._object_field(v_payload, 'validation_error_detail');
+    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
+    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
+    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
+                                 gen_random_uuid()::text);
+    v_timestamp := els._timestamp_field(v_payload, 'timestamp');
+    PERFORM els._lock_batch(v_batch_id);
+    SELECT f.essay_id INTO v_known
+      FROM els.validation_failure AS f
+     WHERE f.batch_id = v_batch_id AND f.file_upload_id = v_file_upload_id;
+    IF FOUND THEN
+        RETURN jsonb_build_object(
+            'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
+            'complete', EXISTS (SELECT FROM els.batch_tracker AS t
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+            'events', '[]'::jsonb);
+    END IF;
+    -- Registered means "has slots", as in provision_content.
+    SELECT s.essay_id INTO v_essay_id
+      FROM els.essay_slot AS s
+     WHERE s.batch_id = v_batch_id AND s.status = 'uploaded'
+     ORDER BY s.slot_no
+     LIMIT 1;
+    v_outcome := CASE
+        WHEN v_essay_id IS NOT NULL THEN 'recorded'
+        WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
+        ELSE 'pending'
+    END;
+    INSERT INTO els.validation_failure (
+        batch_id, file_upload_id, disposition, essay_id, original_file_name,
+        validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
+        correlation_id, source_event_id, event_timestamp, disposed_at)
+    VALUES (
+        v_batch_id, v_file_upload_id,
+        (CASE v_outcome WHEN 'recorded' THEN 'assigned' ELSE v_outcome END)::els.item_disposition,
+        v_essay_id, v_original_file_name, v_error_code, v_error_detail, v_raw_file_storage_id,
+        v_file_size_bytes::bigint, v_correlation_id, v_env.source_event_id, v_timestamp,
+        CASE WHEN v_outcome <> 'pending' THEN now() END);
+    IF v_outcome = 'recorded' THEN
+        UPDATE els.essay_slot AS s
+           SET status = 'content_ingestion_failed', failed_file_upload_id = v_file_upload_id,
+               filled_at = now()
+         WHERE s.essay_id = v_essay_id;
+    END IF;
+    IF v_outcome <> 'pending' THEN
+        SELECT c.complete, c.event_id INTO v_complete, v_completion_event
+          FROM els._complete_if_done(v_batch_id) AS c;
+    END IF;
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_outcome,
+        'essay_id', v_essay_id,
+        'complete', v_complete,
+        'events', CASE WHEN v_completion_event IS NULL THEN '[]'::jsonb
+                       ELSE jsonb_build_array(v_completion_event) END);
+END
+$$;
+ALTER FUNCTION els.record_validation_failure(event jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els.record_validation_failure(event jsonb) IS 'EssayValidationFailed -> closes the lowest empty slot. Outcomes: pending, recorded, duplicate, excess. Errors: ELV01-ELV03.';
+CREATE FUNCTION els.register_batch(event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_expected numeric;
+    v_essay_ids text[];
+    v_course_code text;
+    v_user_id text;
+    v_org_id text;
+    v_class_id text;
+    v_prompt_ref jsonb;
+    v_metadata jsonb;
+    v_correlation_id text;
+    v_duplicate_id text;
+    v_tracker els.batch_tracker;
+    v_outcome text;
+    v_conflict_field text;
+    v_slots_created integer;
+    v_owner_batch text;
+    v_owned_essay text;
+    v_reconciled record;
+    v_completion record;
+BEGIN
+    v_env := els._unwrap_event(event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
+    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
+    v_course_code := els._enum_field(v_payload, 'course_code',
+        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
+    v_user_id := els._text_field(v_payload, 'user_id');
+    v_org_id := els._text_field(v_payload, 'org_id');
+    v_class_id := els._text_field(v_payload, 'class_id');
+    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
+    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
+    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
+                                 gen_random_uuid()::text);
+    IF cardinality(v_essay_ids) <> v_expected THEN
+        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
+                               'expected_essay_count', v_expected,
+                               'essay_ids_count', cardinality(v_essay_ids)));
+    END IF;
+    SELECT u.id INTO v_duplicate_id
+      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
+     GROUP BY u.id HAVING count(*) > 1
+     ORDER BY min(u.ord) LIMIT 1;
+    IF FOUND THEN
+        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
+            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
+                               'essay_id', v_duplicate_id));
+    END IF;
+    IF v_expected > 10000 THEN
+        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
+                               'max', 10000, 'actual', v_expected));
+    END IF;
+    PERFORM els._lock_batch(v_batch_id);
+    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
+    IF FOUND THEN
+        v_conflict_field := CASE
+            WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+            WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+            WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+            WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+            WHEN v_tracker.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+        END;
+        IF v_conflict_field IS NOT NULL THEN
+            PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                   'batch_id', v_batch_id));
+        END IF;
+        IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', v_tracker.completed_at IS NOT NULL, 'events', '[]'::jsonb);
+        END IF;
+        v_outcome := 'repaired';
+    ELSE
+        INSERT INTO els.batch_tracker AS t (
+            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
+            student_prompt_ref, metadata, correlation_id, registration_event_id)
+        VALUES (v_batch_id, v_expected::integer, v_essay_ids, v_course_code, v_user_id, v_org_id,
+                v_class_id, v_prompt_ref, v_metadata, v_correlation_id, v_env.source_event_id)
+        RETURNING t.* INTO v_tracker;
+        v_outcome := 'registered';
+    END IF;
+    -- One set-based insert for all slots. An essay id owned by another batch
+    -- violates the slot primary key; that becomes ELC02 naming both.
+    BEGIN
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT u.id, v_batch_id, u.ord
+          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord);
+        GET DIAGNOSTICS v_slots_created = ROW_COUNT;
+    EXCEPTION WHEN unique_violation THEN
+        SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
+          FROM els.essay_slot AS s
+         WHERE s.essay_id = ANY (v_essay_ids) AND s.batch_id <> v_batch_id
+         LIMIT 1;
+        IF NOT FOUND THEN
+            RAISE;
+        END IF;
+        PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+            jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
+                               'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
+    END;
+    v_reconciled := els._reconcile(v_batch_id);
+    v_completion := els._complete_if_done(v_batch_id);
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_outcome,
+        'class_type', v_tracker.class_type,
+        'expected_count', v_tracker.expected_count,
+        'slots_created', v_slots_created,
+        'content_assigned', v_reconciled.content_assigned,
+        'failures_applied', v_reconciled.failures_applied,
+        'excess', v_reconciled.excess,
+        'complete', v_completion.complete,
+        'events', to_jsonb(v_reconciled.event_ids
+                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
+                                   ELSE ARRAY[v_completion.event_id] END));
+END
+$$;
+ALTER FUNCTION els.register_batch(event jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els.register_batch(event jsonb) IS 'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
+CREATE FUNCTION els.stable_event_id(p_event_type text, p_identity text) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (WITH h AS (SELECT md5(((('els:'::text || stable_event_id.p_event_type) || ':'::text) || stable_event_id.p_identity)) AS hex) SELECT (((((substr(h.hex, 1, 12) || '3'::text) || substr(h.hex, 14, 3)) || substr('89ab'::text, ((((('x'::text || substr(h.hex, 17, 1)))::bit(4))::integer % 4) + 1), 1)) || substr(h.hex, 18)))::uuid AS uuid FROM h);
+ALTER FUNCTION els.stable_event_id(p_event_type text, p_identity text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) IS 'Deterministic event id (name-based UUID v3) of an event type and its logical identity.';
+CREATE VIEW els.stuck_batches AS
+SELECT
+    NULL::text AS batch_id,
+    NULL::timestamp with time zone AS registered_at,
+    NULL::interval AS age,
+    NULL::integer AS expected_count,
+    NULL::text AS class_type,
+    NULL::text AS course_code,
+    NULL::bigint AS slots,
+    NULL::bigint AS ready,
+    NULL::bigint AS failed,
+    NULL::bigint AS empty,
+    NULL::bigint AS pending_items;
+ALTER TABLE els.stuck_batches OWNER TO els_owner;
+COMMENT ON VIEW els.stuck_batches IS 'Registered batches that are not complete, oldest first, with their slot counts. slots = 0 or pending_items > 0 means an older writer left the batch half-done: run els.reconcile_batch(batch_id).';
+CREATE FUNCTION els.stuck_batch_list(p_min_age interval DEFAULT '00:15:00'::interval, p_limit integer DEFAULT 100) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT COALESCE(jsonb_agg(jsonb_build_object('batch_id', b.batch_id, 'registered_at', b.registered_at, 'age_seconds', round(EXTRACT(epoch FROM b.age)), 'expected_count', b.expected_count, 'ready', b.ready, 'failed', b.failed, 'empty', b.empty, 'pending_items', b.pending_items) ORDER BY b.registered_at, b.batch_id), '[]'::jsonb) AS "coalesce"
+    FROM ( SELECT sb.batch_id,
+             sb.registered_at,
+             sb.age,
+             sb.expected_count,
+             sb.class_type,
+             sb.course_code,
+             sb.slots,
+             sb.ready,
+             sb.failed,
+             sb.empty,
+             sb.pending_items
+            FROM els.stuck_batches sb
+           WHERE (sb.age >= stuck_batch_list.p_min_age)
+          LIMIT stuck_batch_list.p_limit) b;
+END;
+ALTER FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) OWNER TO els_owner;
+ALTER TABLE els.event_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME els.event_outbox_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+ALTER TABLE ONLY els.batch_tracker
+    ADD CONSTRAINT batch_tracker_pkey PRIMARY KEY (batch_id);
+ALTER TABLE ONLY els.essay_content
+    ADD CONSTRAINT essay_content_one_per_slot UNIQUE (essay_id);
+ALTER TABLE ONLY els.essay_content
+    ADD CONSTRAINT essay_content_pkey PRIMARY KEY (batch_id, text_storage_id);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_batch_slot_no_key UNIQUE (batch_id, slot_no);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_pkey PRIMARY KEY (essay_id);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_text_storage_id_key UNIQUE (batch_id, text_storage_id);
+ALTER TABLE ONLY els.event_outbox
+    ADD CONSTRAINT event_outbox_event_id_key UNIQUE (event_id);
+ALTER TABLE ONLY els.event_outbox
+    ADD CONSTRAINT event_outbox_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY els.validation_failure
+    ADD CONSTRAINT validation_failure_one_per_slot UNIQUE (essay_id);
+ALTER TABLE ONLY els.validation_failure
+    ADD CONSTRAINT validation_failure_pkey PRIMARY KEY (batch_id, file_upload_id);
+CREATE INDEX essay_content_pending_idx ON els.essay_content USING btree (batch_id, arrival_seq) WHERE (disposition = 'pending'::els.item_disposition);
+CREATE INDEX essay_slot_empty_idx ON els.essay_slot USING btree (batch_id, slot_no) WHERE (status = 'uploaded'::els.essay_status);
+CREATE INDEX event_outbox_key_idx ON els.event_outbox USING btree (message_key);
+CREATE UNIQUE INDEX event_outbox_one_completion_per_batch ON els.event_outbox USING btree (message_key) WHERE (event_type = 'BatchContentProvisioningCompleted'::text);
+CREATE INDEX event_outbox_unpublished_idx ON els.event_outbox USING btree (id) WHERE (published_at IS NULL);
+CREATE INDEX validation_failure_pending_idx ON els.validation_failure USING btree (batch_id, arrival_seq) WHERE (disposition = 'pending'::els.item_disposition);
+CREATE OR REPLACE VIEW els.stuck_batches AS
+ SELECT t.batch_id,
+    t.registered_at,
+    (now() - t.registered_at) AS age,
+    t.expected_count,
+    t.class_type,
+    t.course_code,
+    count(s.essay_id) AS slots,
+    count(s.essay_id) FILTER (WHERE (s.status = 'ready_for_processing'::els.essay_status)) AS ready,
+    count(s.essay_id) FILTER (WHERE (s.status = 'content_ingestion_failed'::els.essay_status)) AS failed,
+    count(s.essay_id) FILTER (WHERE (s.status = 'uploaded'::els.essay_status)) AS empty,
+    (( SELECT count(*) AS count
+           FROM els.essay_content c
+          WHERE ((c.batch_id = t.batch_id) AND (c.disposition = 'pending'::els.item_disposition))) + ( SELECT count(*) AS count
+           FROM els.validation_failure f
+          WHERE ((f.batch_id = t.batch_id) AND (f.disposition = 'pending'::els.item_disposition)))) AS pending_items
+   FROM (els.batch_tracker t
+     LEFT JOIN els.essay_slot s ON ((s.batch_id = t.batch_id)))
+  WHERE (t.completed_at IS NULL)
+  GROUP BY t.batch_id
+  ORDER BY t.registered_at, t.batch_id;
+ALTER TABLE ONLY els.essay_content
+    ADD CONSTRAINT essay_content_slot_fk FOREIGN KEY (essay_id) REFERENCES els.essay_slot(essay_id);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_batch_id_fkey FOREIGN KEY (batch_id) REFERENCES els.batch_tracker(batch_id);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_content_fk FOREIGN KEY (batch_id, text_storage_id) REFERENCES els.essay_content(batch_id, text_storage_id);
+ALTER TABLE ONLY els.essay_slot
+    ADD CONSTRAINT essay_slot_failure_fk FOREIGN KEY (batch_id, failed_file_upload_id) REFERENCES els.validation_failure(batch_id, file_upload_id);
+ALTER TABLE ONLY els.validation_failure
+    ADD CONSTRAINT validation_failure_slot_fk FOREIGN KEY (essay_id) REFERENCES els.essay_slot(essay_id);
+GRANT USAGE ON SCHEMA els TO els_worker;
+GRANT USAGE ON SCHEMA els TO els_readonly;
+REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._object_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._text_array_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._timestamp_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) FROM PUBLIC;
+GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
+GRANT SELECT ON TABLE els.essay_content TO els_readonly;
+GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
+GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
+GRANT SELECT ON TABLE els.validation_failure TO els_readonly;
+REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_readonly;
+GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_worker;
+REVOKE ALL ON FUNCTION els.claim_outbox(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.claim_outbox(p_limit integer) TO els_worker;
+REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) TO els_worker;
+REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_worker;
+GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_readonly;
+REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_worker;
+GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_readonly;
+REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.purge_outbox(p_older_than interval) TO els_worker;
+REVOKE ALL ON FUNCTION els.reconcile_batch(p_batch_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.reconcile_batch(p_batch_id text) TO els_worker;
+REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.record_validation_failure(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.register_batch(event jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.register_batch(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) TO els_worker;
+GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) TO els_readonly;
+GRANT SELECT ON TABLE els.stuck_batches TO els_readonly;
+REVOKE ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_readonly;
+GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_worker;
+ALTER DEFAULT PRIVILEGES FOR ROLE els_owner IN SCHEMA els GRANT SELECT ON TABLES  TO els_readonly;

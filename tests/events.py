@@ -1,0 +1,76 @@
+"""Builders for the input events of SPEC section 2, as envelopes or bare payloads."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+TOPIC_REGISTERED = "huleedu.batch.essays.registered.v1"
+TOPIC_CONTENT = "huleedu.file.essay.content.provisioned.v1"
+TOPIC_FAILED = "huleedu.file.essay.validation.failed.v1"
+
+
+def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": topic,
+        "event_timestamp": "2026-11-28T12:00:00Z",
+        "source_service": "tests",
+        "schema_version": 1,
+        "correlation_id": correlation_id or str(uuid.uuid4()),
+        "data": data,
+        "metadata": {},
+    }
+
+
+def registration(batch_id: str, essay_ids: list[str], *, class_id: str | None = None,
+                 course_code: str = "ENG5", user_id: str = "user-1") -> dict[str, Any]:
+    return envelope(TOPIC_REGISTERED, {
+        "entity_id": batch_id,
+        "expected_essay_count": len(essay_ids),
+        "essay_ids": essay_ids,
+        "course_code": course_code,
+        "user_id": user_id,
+        "org_id": None,
+        "class_id": class_id,
+        "student_prompt_ref": None,
+        "metadata": {},
+    })
+
+
+def content(batch_id: str, text_storage_id: str) -> dict[str, Any]:
+    return envelope(TOPIC_CONTENT, {
+        "entity_id": batch_id,
+        "text_storage_id": text_storage_id,
+        "file_upload_id": f"upload-{text_storage_id}",
+        "original_file_name": f"{text_storage_id}.docx",
+        "raw_file_storage_id": f"raw-{text_storage_id}",
+        "file_size_bytes": 1234,
+        "content_md5_hash": "d41d8cd98f00b204e9800998ecf8427e",
+    })
+
+
+def failure(batch_id: str, file_upload_id: str) -> dict[str, Any]:
+    return envelope(TOPIC_FAILED, {
+        "entity_id": batch_id,
+        "file_upload_id": file_upload_id,
+        "original_file_name": f"{file_upload_id}.pdf",
+        "validation_error_code": "TEXT_EXTRACTION_FAILED",
+        "validation_error_detail": {"page": 1},
+    })
+
+
+FUNCTION_BY_KIND = {
+    "register": "SELECT els.register_batch(%(event)s::jsonb)",
+    "content": "SELECT els.provision_content(%(event)s::jsonb)",
+    "failure": "SELECT els.record_validation_failure(%(event)s::jsonb)",
+}
+
+
+def apply(conn: Any, kind: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Calls the SQL function for one event in its own transaction; returns its result."""
+    row = conn.execute(FUNCTION_BY_KIND[kind], {"event": json.dumps(event)}).fetchone()
+    assert row is not None
+    result: dict[str, Any] = row[0]
+    return result
