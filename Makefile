@@ -14,7 +14,7 @@ STACK  := scripts/stack.sh
 LINT_PATHS := worker.py els_migrate.py tests bench
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
-        lint fmt psql pgtap plpgsql-check pytest clean
+        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -76,3 +76,7 @@ pytest: stack-up ## run the Python test suite (tests/)
 
 clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
 	@rm -rf .stack
+
+schema-snapshot: stack-up ## rewrite docs/schema.sql from a freshly migrated scratch database
+	@eval "$$($(STACK) env)"
+	$(PY) els_migrate.py snapshot

@@ -14,8 +14,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from yoyo import get_backend, read_migrations
@@ -80,12 +84,28 @@ def dump_schema(dsn: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_schema_snapshot(dsn: str) -> None:
+    """Migrates a scratch database on dsn's server and writes its dump to docs/schema.sql."""
+    scratch = f"els_snapshot_{uuid.uuid4().hex[:12]}"
+    admin = urlunsplit(urlsplit(dsn)._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+    try:
+        scratch_dsn = urlunsplit(urlsplit(dsn)._replace(path="/" + scratch))
+        apply_migrations(scratch_dsn)
+        SCHEMA_SNAPSHOT.write_text(dump_schema(scratch_dsn), encoding="utf-8")
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(scratch)))
+
+
 def main(argv: list[str]) -> int:
     dsn = os.environ.get("ELS_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/els")
     if argv[1:2] == ["rollback"]:
         print("rolled back:", ", ".join(rollback_migrations(dsn)) or "nothing")
     elif argv[1:2] == ["snapshot"]:
-        SCHEMA_SNAPSHOT.write_text(dump_schema(dsn), encoding="utf-8")
+        write_schema_snapshot(dsn)
         print(f"wrote {SCHEMA_SNAPSHOT.relative_to(PROJECT_ROOT)}")
     else:
         print("applied:", ", ".join(apply_migrations(dsn)) or "nothing (functions reloaded)")

@@ -955,11 +955,14 @@ BEGIN
         v_outcome := 'registered';
     END IF;
     -- One set-based insert for all slots. An essay id owned by another batch
-    -- violates the slot primary key; that becomes ELC02 naming both.
+    -- violates the slot primary key; that becomes ELC02 naming both. Rows go
+    -- in essay id order so that two registrations racing for overlapping ids
+    -- wait on each other in the same order instead of deadlocking.
     BEGIN
         INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
         SELECT u.id, v_batch_id, u.ord
-          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord);
+          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
+         ORDER BY u.id;
         GET DIAGNOSTICS v_slots_created = ROW_COUNT;
     EXCEPTION WHEN unique_violation THEN
         SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
@@ -1051,8 +1054,6 @@ ALTER TABLE ONLY els.essay_slot
     ADD CONSTRAINT essay_slot_batch_slot_no_key UNIQUE (batch_id, slot_no);
 ALTER TABLE ONLY els.essay_slot
     ADD CONSTRAINT essay_slot_pkey PRIMARY KEY (essay_id);
-ALTER TABLE ONLY els.essay_slot
-    ADD CONSTRAINT essay_slot_text_storage_id_key UNIQUE (batch_id, text_storage_id);
 ALTER TABLE ONLY els.event_outbox
     ADD CONSTRAINT event_outbox_event_id_key UNIQUE (event_id);
 ALTER TABLE ONLY els.event_outbox
@@ -1063,6 +1064,7 @@ ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_pkey PRIMARY KEY (batch_id, file_upload_id);
 CREATE INDEX essay_content_pending_idx ON els.essay_content USING btree (batch_id, arrival_seq) WHERE (disposition = 'pending'::els.item_disposition);
 CREATE INDEX essay_slot_empty_idx ON els.essay_slot USING btree (batch_id, slot_no) WHERE (status = 'uploaded'::els.essay_status);
+CREATE UNIQUE INDEX essay_slot_text_storage_id_key ON els.essay_slot USING btree (batch_id, text_storage_id) WHERE (text_storage_id IS NOT NULL);
 CREATE INDEX event_outbox_key_idx ON els.event_outbox USING btree (message_key);
 CREATE UNIQUE INDEX event_outbox_one_completion_per_batch ON els.event_outbox USING btree (message_key) WHERE (event_type = 'BatchContentProvisioningCompleted'::text);
 CREATE INDEX event_outbox_unpublished_idx ON els.event_outbox USING btree (id) WHERE (published_at IS NULL);

@@ -108,8 +108,11 @@ CREATE INDEX essay_content_pending_idx ON els.essay_content (batch_id, arrival_s
 
 ALTER TABLE els.essay_slot
     ADD CONSTRAINT essay_slot_content_fk FOREIGN KEY (batch_id, text_storage_id)
-        REFERENCES els.essay_content (batch_id, text_storage_id),
-    ADD CONSTRAINT essay_slot_text_storage_id_key UNIQUE (batch_id, text_storage_id);
+        REFERENCES els.essay_content (batch_id, text_storage_id);
+-- A text fills at most one slot of its batch. Partial, so that registering a
+-- batch does not write an index entry per (still empty) slot.
+CREATE UNIQUE INDEX essay_slot_text_storage_id_key ON els.essay_slot (batch_id, text_storage_id)
+    WHERE text_storage_id IS NOT NULL;
 
 CREATE TABLE els.validation_failure (
     batch_id            text        NOT NULL CHECK (length(batch_id) BETWEEN 1 AND 255),

@@ -110,11 +110,14 @@ BEGIN
     END IF;
 
     -- One set-based insert for all slots. An essay id owned by another batch
-    -- violates the slot primary key; that becomes ELC02 naming both.
+    -- violates the slot primary key; that becomes ELC02 naming both. Rows go
+    -- in essay id order so that two registrations racing for overlapping ids
+    -- wait on each other in the same order instead of deadlocking.
     BEGIN
         INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
         SELECT u.id, v_batch_id, u.ord
-          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord);
+          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
+         ORDER BY u.id;
         GET DIAGNOSTICS v_slots_created = ROW_COUNT;
     EXCEPTION WHEN unique_violation THEN
         SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
