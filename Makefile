@@ -75,7 +75,8 @@ pytest: stack-up ## run the Python test suite (tests/)
 	@$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
-	@rm -rf .stack
+	@if [[ -L .stack/pg ]]; then rm -rf "$$(readlink -f .stack/pg)"; fi
+	rm -rf .stack
 
 schema-snapshot: stack-up ## rewrite docs/schema.sql from a freshly migrated scratch database
 	@eval "$$($(STACK) env)"

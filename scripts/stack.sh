@@ -54,9 +54,20 @@ IS_ROOT=0
 # Run a PostgreSQL server binary as the cluster owner (initdb/postgres refuse root).
 as_pg() {
     if ((IS_ROOT)); then
-        runuser -u postgres -- "$@"
+        # cwd may be unreadable for postgres (checkout under /root): run from /
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
+    fi
+}
+
+# .stack/pg may be a symlink (see pg_prepare_dir): the postgres user must be given
+# the real path, as it cannot traverse the checkout in that case.
+pg_resolve_dir() {
+    if [[ -L "$STACK/pg" ]]; then
+        PGDIR="$(readlink -f "$STACK/pg")"
+        PGDATA="$PGDIR/data"
+        PGLOG="$PGDIR/postgres.log"
     fi
 }
 
@@ -213,6 +224,7 @@ pg_prepare_dir() {
             chmod 700 "$alt"
             ln -s "$alt" "$PGDIR"
             log "postgres cannot reach $STACK; cluster lives in $alt"
+            pg_resolve_dir
         fi
     else
         mkdir -p "$PGDIR"
@@ -555,6 +567,7 @@ usage() {
 
 main() {
     local cmd="${1:-}"
+    pg_resolve_dir
     case "$cmd" in
     up)
         pg_up
