@@ -30,6 +30,8 @@ missing=()
 command -v pg_prove >/dev/null 2>&1 || missing+=("libtap-parser-sourcehandler-pgtap-perl")
 command -v java >/dev/null 2>&1 || missing+=("openjdk-17-jre-headless")
 command -v mvn >/dev/null 2>&1 || missing+=("maven")
+command -v make >/dev/null 2>&1 || missing+=("make")
+"${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
 
 if ((${#missing[@]})); then
     if [[ "$(id -u)" -eq 0 ]]; then

@@ -81,6 +81,17 @@ def stack() -> Stack:
     )
 
 
+@pytest.fixture(scope="session")
+def stack_ctl(stack: Stack) -> Callable[[str], None]:
+    """``stack_ctl("pg-restart")`` runs a scripts/stack.sh subcommand (for chaos tests:
+    pg-restart, pg-kill, pg-up, kafka-restart, kafka-kill, kafka-up, ...)."""
+
+    def run(command: str) -> None:
+        subprocess.run([str(STACK_SH), command], check=True)
+
+    return run
+
+
 def _admin_conn(stack: Stack) -> psycopg.Connection:
     return psycopg.connect(stack.admin_url, autocommit=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 
 from tests.conftest import Stack
@@ -43,3 +45,9 @@ def test_template_is_a_template(stack: Stack, template_db: str) -> None:
 def test_stack_urls_point_at_running_services(stack: Stack) -> None:
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("els",)
+
+
+def test_stack_ctl_restarts_postgres(stack: Stack, stack_ctl: Callable[[str], None]) -> None:
+    stack_ctl("pg-restart")
+    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
