@@ -17,7 +17,8 @@ LINT_PATHS := worker.py els_migrate.py tests bench
         lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
+	awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %s%-16s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 
 test: bootstrap lint stack-up pgtap plpgsql-check pytest ## everything CI runs: lint, pgTAP, plpgsql_check, pytest
 	@echo "make test: all steps passed"
