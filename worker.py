@@ -295,7 +295,10 @@ class Rule:
     prefix: str  # SQLSTATE prefix: a class ("08") or a full code ("40001"); "" = any
     action: Action
     reason: str
-    report_as: str | None = None  # SQLSTATE put in the dead letter instead of the original
+    # SQLSTATE reported in the dead letter instead of the original, when the error is
+    # about the message value itself (PostgreSQL refused it as jsonb); the original
+    # SQLSTATE and message go into the detail.
+    report_as: str | None = None
 
 
 CLASSIFICATION: tuple[Rule, ...] = (
@@ -609,7 +612,7 @@ class Item:
     def kill_from_exception(self, exc: BaseException, rule: Rule) -> None:
         diag = pg_diagnostics(exc)
         original = diag.get("sqlstate")
-        if rule.report_as and rule.report_as != original:
+        if rule.report_as and rule.report_as != original and _is_input_error(diag):
             detail = json.dumps(
                 {
                     "field": None,
@@ -629,6 +632,15 @@ class Item:
                 str(diag.get("detail") or "{}"),
                 diag,
             )
+
+
+def _is_input_error(diag: dict[str, Any]) -> bool:
+    """True when PostgreSQL refused the value itself (the ``::jsonb`` cast), not a
+    statement inside a function: the cast reports ``JSON data, line ...`` as context."""
+    context = str(diag.get("context") or "")
+    if context.startswith("JSON data"):
+        return True
+    return "PL/pgSQL function" not in context and "SQL function" not in context
 
 
 def decode_item(msg: Message) -> Item:
