@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -57,11 +56,17 @@ def _batch_messages(
     """Registration + n contents for one batch, as (topic, key, value)."""
     key = batch_id.encode()
     essay_ids = [f"{batch_id}-e{i}" for i in range(n)]
-    out = [(topics.batch_registered, key, event_bytes(ev.registration(batch_id, essay_ids,
-                                                                      class_id=class_id)))]
+    out = [
+        (
+            topics.batch_registered,
+            key,
+            event_bytes(ev.registration(batch_id, essay_ids, class_id=class_id)),
+        )
+    ]
     for i in range(n):
-        out.append((topics.content_provisioned, key, event_bytes(ev.content(batch_id,
-                                                                             f"{batch_id}-t{i}"))))
+        out.append(
+            (topics.content_provisioned, key, event_bytes(ev.content(batch_id, f"{batch_id}-t{i}")))
+        )
     return out
 
 
@@ -114,8 +119,12 @@ def test_guest_batch_shuffled_with_duplicates_completes_once(
         # metrics and health while the worker is up
         status, body = worker.http_status("/metrics")
         assert status == 200
-        assert f'els_events_total{{outcome="duplicate",topic="{topics.batch_registered}"}}' in body or (
-            f'els_events_total{{outcome="duplicate",topic="{topics.content_provisioned}"}}' in body
+        assert (
+            f'els_events_total{{outcome="duplicate",topic="{topics.batch_registered}"}}' in body
+            or (
+                f'els_events_total{{outcome="duplicate",topic="{topics.content_provisioned}"}}'
+                in body
+            )
         )
         assert "els_outbox_published_total" in body
         assert worker.http_status("/healthz")[0] == 200
@@ -124,12 +133,20 @@ def test_guest_batch_shuffled_with_duplicates_completes_once(
         assert worker.terminate() == 0
 
     # one structured line per event: 16 messages in, 16 lines with the required fields
-    lines = [r for r in worker.log_records() if r.get("msg") in ("event applied",
-                                                                  "event dead-lettered")]
+    lines = [
+        r for r in worker.log_records() if r.get("msg") in ("event applied", "event dead-lettered")
+    ]
     assert len(lines) == len(msgs)
     for rec in lines:
-        for key in ("topic", "partition", "offset", "batch_id", "correlation_id", "outcome",
-                    "duration_ms"):
+        for key in (
+            "topic",
+            "partition",
+            "offset",
+            "batch_id",
+            "correlation_id",
+            "outcome",
+            "duration_ms",
+        ):
             assert key in rec, (key, rec)
         assert rec["batch_id"] == batch_id
     outcomes = Counter(r["outcome"] for r in lines)
@@ -154,16 +171,24 @@ def test_malformed_events_dead_lettered_neighbours_applied(
     ]
     # registration, one content, the four bad ones, then the rest, then a conflicting
     # re-registration; all with the batch id as key, so in one partition per topic
-    msgs = [good[0], good[1], *bad, good[2], good[3],
-            (topics.batch_registered, key, event_bytes(conflicting))]
+    msgs = [
+        good[0],
+        good[1],
+        *bad,
+        good[2],
+        good[3],
+        (topics.batch_registered, key, event_bytes(conflicting)),
+    ]
     env = worker_env(db_url, kafka_bootstrap, topics)
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         produce(kafka_bootstrap, msgs)
         wait_until(lambda: all_complete(db_url, [batch_id]), 60, "batch complete", worker.tail)
 
         def dlq_count() -> bool:
-            return (len(read_topic(kafka_bootstrap, topics.content_provisioned_dlq)) == 4
-                    and len(read_topic(kafka_bootstrap, topics.batch_registered_dlq)) == 1)
+            return (
+                len(read_topic(kafka_bootstrap, topics.content_provisioned_dlq)) == 4
+                and len(read_topic(kafka_bootstrap, topics.batch_registered_dlq)) == 1
+            )
 
         wait_until(dlq_count, 30, "5 dead letters", worker.tail)
         assert worker.terminate() == 0
@@ -204,7 +229,7 @@ def test_malformed_events_dead_lettered_neighbours_applied(
     # errors carry the full PostgreSQL diagnostics in the log
     dl = [r for r in worker.log_records() if r.get("msg") == "event dead-lettered"]
     assert len(dl) == 5
-    pg = [r for r in dl if r["sqlstate"] == "ELV02"][0]["pg"]
+    pg = next(r for r in dl if r["sqlstate"] == "ELV02")["pg"]
     assert pg["sqlstate"] == "ELV02" and "context" in pg and "detail" in pg
 
 
@@ -223,29 +248,41 @@ def test_database_down_ten_seconds_nothing_dead_lettered(
         try:
             down_at = time.monotonic()
             produce(kafka_bootstrap, second)
-            wait_until(lambda: worker.http_status("/healthz")[0] == 503, 40,
-                       "/healthz to report the database unreachable", worker.tail)
+            wait_until(
+                lambda: worker.http_status("/healthz")[0] == 503,
+                40,
+                "/healthz to report the database unreachable",
+                worker.tail,
+            )
             time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
             assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
         finally:
             subprocess.run(["bash", str(STACK_SH), "pg-up"], check=True, timeout=120)
-        wait_until(lambda: all_complete(db_url, batches), 90, "all batches after the outage",
-                   worker.tail)
+        wait_until(
+            lambda: all_complete(db_url, batches), 90, "all batches after the outage", worker.tail
+        )
         wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "outbox drained", worker.tail)
-        wait_until(lambda: worker.http_status("/healthz")[0] == 200, 30, "healthy again",
-                   worker.tail)
+        wait_until(
+            lambda: worker.http_status("/healthz")[0] == 200, 30, "healthy again", worker.tail
+        )
         assert worker.terminate() == 0
 
-    for dlq in (topics.batch_registered_dlq, topics.content_provisioned_dlq,
-                topics.validation_failed_dlq):
+    for dlq in (
+        topics.batch_registered_dlq,
+        topics.content_provisioned_dlq,
+        topics.validation_failed_dlq,
+    ):
         assert read_topic(kafka_bootstrap, dlq) == [], f"{dlq} must be empty"
     records = worker.log_records()
-    assert any(r.get("msg") == "operational database error: retrying micro-batch"
-               for r in records), "the outage was never noticed"
+    assert any(
+        r.get("msg") == "operational database error: retrying micro-batch" for r in records
+    ), "the outage was never noticed"
     assert not [r for r in records if r.get("msg") == "event dead-lettered"]
     ids = _completion_ids(kafka_bootstrap, topics)
     assert sorted(k.split("/")[0] for k in ids) == sorted(batches)
-    rows = query(db_url, "SELECT count(*) FROM els.essay_slot WHERE status = 'ready_for_processing'")
+    rows = query(
+        db_url, "SELECT count(*) FROM els.essay_slot WHERE status = 'ready_for_processing'"
+    )
     assert rows[0][0] == 6 * 4
 
 
@@ -326,8 +363,14 @@ def test_inspect_and_dlq_replay(
     env = worker_env(db_url, kafka_bootstrap, topics)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(WORKER), *args], env=env, cwd=str(ROOT),
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, str(WORKER), *args],
+            env=env,
+            cwd=str(ROOT),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     dry = cli("dlq-replay", "--dry-run", "--sqlstate", "XX")
     assert dry.returncode == 0, dry.stderr
@@ -356,5 +399,3 @@ def test_inspect_and_dlq_replay(
     assert json.loads(raw.stdout)["complete"] is True
     missing = cli("inspect", "no-such-batch")
     assert missing.returncode == 1 and "NOT REGISTERED" in missing.stdout
-
-

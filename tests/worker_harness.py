@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from tests.conftest import Topics
 
@@ -66,7 +73,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER), "run"],
             env=self.env,
@@ -165,7 +172,9 @@ def produce(
         if err is not None:
             errors.append(err)
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2}
+    )
     for topic, key, value in messages:
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         producer.poll(0)
@@ -236,7 +245,7 @@ def batch_report(db_url: str, batch_id: str) -> dict[str, Any]:
 
 def query(db_url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     with psycopg.connect(db_url, autocommit=True, connect_timeout=3) as conn:
-        return conn.execute(sql, params or {}).fetchall()  # type: ignore[arg-type]
+        return conn.execute(sql, params or {}).fetchall()
 
 
 def all_complete(db_url: str, batch_ids: Iterable[str]) -> bool:
