@@ -23,14 +23,9 @@ help: ## list the targets
 test: bootstrap lint stack-up pgtap plpgsql-check pytest ## everything CI runs: lint, pgTAP, plpgsql_check, pytest
 	@echo "make test: all steps passed"
 
-demo: bootstrap stack-up migrate ## start the stack, apply migrations, print how to connect
+demo: bootstrap stack-up migrate ## stack + migrations + worker, a realistic event stream, a summary
 	@eval "$$($(STACK) env)"
-	echo
-	echo "Stack is up and migrated. Connect with:"
-	echo "  eval \"\$$(scripts/stack.sh env)\""
-	echo "  psql \"$$ELS_DATABASE_URL\"          # or: make psql"
-	echo "  Kafka bootstrap: $$ELS_KAFKA_BOOTSTRAP"
-	echo "Stop everything with: make stack-down"
+	$(PY) scripts/demo.py
 
 bootstrap: ## install missing system packages (as root) and the .venv
 	@scripts/bootstrap.sh
