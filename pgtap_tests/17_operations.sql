@@ -1,0 +1,273 @@
+-- Operations (SPEC section 8) and the outbox relay API (SPEC section 5):
+-- els.batch_report, the els.stuck_batches view and els.stuck_batch_list,
+-- els.reconcile_batch (re-drive; idempotent), and els.claim_outbox,
+-- els.mark_outbox_published, els.purge_outbox, els.outbox_backlog.
+BEGIN;
+SET LOCAL client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pgtap;
+SELECT plan(51);
+
+-- The outbox assertions below count rows: start from an empty outbox (this
+-- file rolls back, so whatever was there is back afterwards).
+DELETE FROM els.event_outbox;
+
+CREATE FUNCTION pg_temp.content(p_batch text, p_text text) RETURNS jsonb LANGUAGE sql IMMUTABLE
+RETURN jsonb_build_object('entity_id', p_batch, 'text_storage_id', p_text,
+                          'file_upload_id', 'upload-' || p_text, 'original_file_name', p_text || '.docx');
+CREATE FUNCTION pg_temp.failure(p_batch text, p_upload text) RETURNS jsonb LANGUAGE sql IMMUTABLE
+RETURN jsonb_build_object('entity_id', p_batch, 'file_upload_id', p_upload, 'original_file_name', p_upload || '.pdf',
+                          'validation_error_code', 'CONTENT_TOO_LONG', 'validation_error_detail', jsonb_build_object('limit', 5000));
+CREATE FUNCTION pg_temp.batch(p_batch text, p_essays text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE
+RETURN jsonb_build_object('entity_id', p_batch, 'expected_essay_count', cardinality(p_essays),
+                          'essay_ids', to_jsonb(p_essays), 'course_code', 'ENG6', 'user_id', 'teacher',
+                          'class_id', 'class-1', 'org_id', 'org-1', 'correlation_id', 'corr-' || p_batch);
+CREATE FUNCTION pg_temp.ts() RETURNS jsonb LANGUAGE sql STABLE RETURN to_jsonb(now());
+CREATE FUNCTION pg_temp.outbox_json(p_batch text) RETURNS jsonb LANGUAGE sql STABLE
+RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'id', o.id, 'event_id', o.event_id, 'event_type', o.event_type, 'topic', o.topic,
+                   'created_at', o.created_at, 'published', o.published_at IS NOT NULL,
+                   'published_at', o.published_at) ORDER BY o.id), '[]')
+          FROM els.event_outbox AS o WHERE o.message_key = p_batch);
+
+-- ===========================================================================
+-- batch_report
+-- ===========================================================================
+DO $setup$ BEGIN
+    PERFORM els.register_batch(pg_temp.batch('ops-report', ARRAY['or-1', 'or-2']));
+    PERFORM els.provision_content(pg_temp.content('ops-report', 'rep-t1'));
+    PERFORM els.record_validation_failure(pg_temp.failure('ops-report', 'rep-f1'));   -- completes
+    PERFORM els.provision_content(pg_temp.content('ops-report', 'rep-t2'));           -- excess
+    PERFORM els.record_validation_failure(pg_temp.failure('ops-report', 'rep-f2'));   -- excess
+END $setup$;
+SELECT is(els.batch_report('ops-report') - 'outbox',
+    jsonb_build_object(
+        'batch_id', 'ops-report',
+        'registered', true,
+        'complete', true,
+        'tracker', jsonb_build_object(
+            'expected_count', 2, 'course_code', 'ENG6', 'user_id', 'teacher', 'org_id', 'org-1',
+            'class_id', 'class-1', 'class_type', 'REGULAR', 'correlation_id', 'corr-ops-report',
+            'registered_at', pg_temp.ts(), 'completed_at', pg_temp.ts()),
+        'slot_counts', '{"ready_for_processing": 1, "content_ingestion_failed": 1}'::jsonb,
+        'slots', jsonb_build_array(
+            jsonb_build_object('slot_no', 1, 'essay_id', 'or-1', 'status', 'ready_for_processing',
+                               'text_storage_id', 'rep-t1', 'failed_file_upload_id', NULL, 'filled_at', pg_temp.ts()),
+            jsonb_build_object('slot_no', 2, 'essay_id', 'or-2', 'status', 'content_ingestion_failed',
+                               'text_storage_id', NULL, 'failed_file_upload_id', 'rep-f1', 'filled_at', pg_temp.ts())),
+        'pending_content', '[]'::jsonb,
+        'excess_content', jsonb_build_array(
+            jsonb_build_object('text_storage_id', 'rep-t2', 'file_upload_id', 'upload-rep-t2',
+                               'original_file_name', 'rep-t2.docx', 'received_at', pg_temp.ts())),
+        'failures', jsonb_build_array(
+            jsonb_build_object('file_upload_id', 'rep-f1', 'disposition', 'assigned', 'essay_id', 'or-2',
+                               'original_file_name', 'rep-f1.pdf', 'validation_error_code', 'CONTENT_TOO_LONG',
+                               'validation_error_detail', '{"limit": 5000}'::jsonb, 'received_at', pg_temp.ts()),
+            jsonb_build_object('file_upload_id', 'rep-f2', 'disposition', 'excess', 'essay_id', NULL,
+                               'original_file_name', 'rep-f2.pdf', 'validation_error_code', 'CONTENT_TOO_LONG',
+                               'validation_error_detail', '{"limit": 5000}'::jsonb, 'received_at', pg_temp.ts()))),
+    'batch_report (registered, complete): tracker, slot counts, slots, pending, excess, failures');
+SELECT is(els.batch_report('ops-report') -> 'outbox', pg_temp.outbox_json('ops-report'),
+          'batch_report: every outbox row of the batch with whether it was published');
+SELECT is((SELECT array_agg(e ->> 'event_type') FROM jsonb_array_elements(els.batch_report('ops-report') -> 'outbox') AS e),
+          ARRAY['EssaySlotAssigned', 'BatchContentProvisioningCompleted', 'ExcessContentProvisioned'],
+          'batch_report: the outbox rows in order: slot event, completion, excess');
+
+-- unregistered batch with early items
+DO $setup$ BEGIN
+    PERFORM els.provision_content(pg_temp.content('ops-early', 'early-t1'));
+    PERFORM els.record_validation_failure(pg_temp.failure('ops-early', 'early-f1'));
+END $setup$;
+SELECT is(els.batch_report('ops-early'),
+    jsonb_build_object(
+        'batch_id', 'ops-early', 'registered', false, 'complete', false, 'tracker', NULL,
+        'slot_counts', '{}'::jsonb, 'slots', '[]'::jsonb,
+        'pending_content', jsonb_build_array(
+            jsonb_build_object('text_storage_id', 'early-t1', 'file_upload_id', 'upload-early-t1',
+                               'original_file_name', 'early-t1.docx', 'received_at', pg_temp.ts())),
+        'excess_content', '[]'::jsonb,
+        'failures', jsonb_build_array(
+            jsonb_build_object('file_upload_id', 'early-f1', 'disposition', 'pending', 'essay_id', NULL,
+                               'original_file_name', 'early-f1.pdf', 'validation_error_code', 'CONTENT_TOO_LONG',
+                               'validation_error_detail', '{"limit": 5000}'::jsonb, 'received_at', pg_temp.ts())),
+        'outbox', '[]'::jsonb),
+    'batch_report (not registered): no tracker, the pending content and failure');
+SELECT is(els.batch_report('ops-never-heard-of'),
+    '{"batch_id": "ops-never-heard-of", "registered": false, "complete": false, "tracker": null,
+      "slot_counts": {}, "slots": [], "pending_content": [], "excess_content": [], "failures": [], "outbox": []}'::jsonb,
+    'batch_report (unknown batch): an empty report, not an error');
+SELECT is(els.batch_report(NULL) ->> 'registered', 'false', 'batch_report(NULL): an empty report');
+SELECT volatility_is('els', 'batch_report', ARRAY['text'], 'stable', 'batch_report only reads (STABLE)');
+
+-- ===========================================================================
+-- stuck_batches and stuck_batch_list
+-- ===========================================================================
+DO $setup$ BEGIN
+    PERFORM els.register_batch(pg_temp.batch('ops-stuck-new', ARRAY['sn-1', 'sn-2', 'sn-3']));
+    PERFORM els.provision_content(pg_temp.content('ops-stuck-new', 'sn-t1'));
+    PERFORM els.record_validation_failure(pg_temp.failure('ops-stuck-new', 'sn-f1'));
+    PERFORM els.register_batch(pg_temp.batch('ops-stuck-old', ARRAY['so-1']));
+END $setup$;
+-- a tracker left without slots by an older writer, with content waiting for it
+INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, class_id, correlation_id, registered_at)
+VALUES ('ops-half', 2, ARRAY['oh-1', 'oh-2'], 'SV2', 'teacher', NULL, 'corr-half', now() - interval '3 hours');
+SELECT is(els.provision_content(pg_temp.content('ops-half', 'half-t1')) ->> 'outcome', 'pending',
+          'content for the slot-less tracker is pending');
+SELECT is(els.record_validation_failure(pg_temp.failure('ops-half', 'half-f1')) ->> 'outcome', 'pending',
+          'a failure for the slot-less tracker is pending');
+UPDATE els.batch_tracker SET registered_at = now() - interval '2 hours' WHERE batch_id = 'ops-stuck-old';
+UPDATE els.batch_tracker SET registered_at = now() - interval '5 minutes' WHERE batch_id = 'ops-stuck-new';
+
+SELECT results_eq(
+    $$SELECT batch_id, age, expected_count, class_type, course_code, slots, ready, failed, empty, pending_items
+        FROM els.stuck_batches WHERE batch_id LIKE 'ops-%'$$,
+    $$VALUES ('ops-half', interval '3 hours', 2, 'GUEST', 'SV2', 0::bigint, 0::bigint, 0::bigint, 0::bigint, 2::bigint),
+             ('ops-stuck-old', interval '2 hours', 1, 'REGULAR', 'ENG6', 1, 0, 0, 1, 0),
+             ('ops-stuck-new', interval '5 minutes', 3, 'REGULAR', 'ENG6', 3, 1, 1, 1, 0)$$,
+    'stuck_batches: registered, not complete, oldest first, with slot counts and pending items (complete batches absent)');
+SELECT is((SELECT registered_at FROM els.stuck_batches WHERE batch_id = 'ops-stuck-old'), now() - interval '2 hours',
+          'stuck_batches: registered_at');
+SELECT is(
+    (SELECT jsonb_agg(e ORDER BY ord) FROM jsonb_array_elements(els.stuck_batch_list('1 hour')) WITH ORDINALITY AS x(e, ord)
+      WHERE e ->> 'batch_id' LIKE 'ops-%'),
+    jsonb_build_array(
+        jsonb_build_object('batch_id', 'ops-half', 'registered_at', to_jsonb(now() - interval '3 hours'),
+                           'age_seconds', 10800, 'expected_count', 2, 'ready', 0, 'failed', 0, 'empty', 0,
+                           'pending_items', 2),
+        jsonb_build_object('batch_id', 'ops-stuck-old', 'registered_at', to_jsonb(now() - interval '2 hours'),
+                           'age_seconds', 7200, 'expected_count', 1, 'ready', 0, 'failed', 0, 'empty', 1,
+                           'pending_items', 0)),
+    'stuck_batch_list(1 hour): the stuck batches at least that old, oldest first, as JSON');
+SELECT is(
+    (SELECT count(*)::integer FROM jsonb_array_elements(els.stuck_batch_list('1 minute')) AS e
+      WHERE e ->> 'batch_id' LIKE 'ops-%'), 3,
+    'stuck_batch_list(1 minute) includes the 5-minute-old batch');
+SELECT is(jsonb_array_length(els.stuck_batch_list('0', 1)), 1, 'stuck_batch_list: p_limit caps the list');
+SELECT is(els.stuck_batch_list('100 years'), '[]'::jsonb, 'stuck_batch_list: nothing that old -> []');
+
+-- ===========================================================================
+-- reconcile_batch
+-- ===========================================================================
+SELECT is(els.reconcile_batch('ops-nobody'),
+    '{"batch_id": "ops-nobody", "outcome": "not_registered", "slots_created": 0, "content_assigned": 0,
+      "failures_applied": 0, "excess": 0, "complete": false, "events": []}'::jsonb,
+    'reconcile_batch (unknown batch): not_registered, nothing done');
+SELECT is(els.reconcile_batch('ops-early') ->> 'outcome', 'not_registered',
+          'reconcile_batch (only early items): not_registered, items stay pending');
+SELECT is((SELECT count(*)::integer FROM els.essay_content WHERE batch_id = 'ops-early' AND disposition = 'pending'), 1,
+          'reconcile_batch (not registered): the early content is still pending');
+
+SELECT is(els.reconcile_batch('ops-half'),
+    jsonb_build_object('batch_id', 'ops-half', 'outcome', 'reconciled', 'slots_created', 2, 'content_assigned', 1,
+                       'failures_applied', 1, 'excess', 0, 'complete', true,
+                       'events', jsonb_build_array(
+                           els.stable_event_id('EssaySlotAssigned', 'ops-half/oh-1/half-t1'),
+                           els.stable_event_id('BatchContentProvisioningCompleted', 'ops-half'))),
+    'reconcile_batch (tracker without slots): slots created, pending reconciled, batch completed');
+SELECT results_eq(
+    $$SELECT slot_no, essay_id, status::text, coalesce(text_storage_id, failed_file_upload_id)
+        FROM els.essay_slot WHERE batch_id = 'ops-half' ORDER BY slot_no$$,
+    $$VALUES (1, 'oh-1', 'ready_for_processing', 'half-t1'), (2, 'oh-2', 'content_ingestion_failed', 'half-f1')$$,
+    'reconcile_batch: the repaired slots');
+SELECT is(els.reconcile_batch('ops-half'),
+    '{"batch_id": "ops-half", "outcome": "unchanged", "slots_created": 0, "content_assigned": 0,
+      "failures_applied": 0, "excess": 0, "complete": true, "events": []}'::jsonb,
+    'reconcile_batch a second time: unchanged, no event (idempotent)');
+SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE message_key = 'ops-half'
+             AND event_type = 'BatchContentProvisioningCompleted'), 1,
+          'reconcile_batch: one completion, however often it runs');
+SELECT is_empty($$SELECT 1 FROM els.stuck_batches WHERE batch_id = 'ops-half'$$,
+                'reconcile_batch: the re-driven batch left stuck_batches');
+
+-- pending rows left on a batch that has its slots (an older writer's leftovers)
+INSERT INTO els.essay_content (batch_id, text_storage_id, disposition, file_upload_id, original_file_name, correlation_id)
+VALUES ('ops-stuck-old', 'leftover-t1', 'pending', 'leftover-u1', 'leftover.docx', 'corr-leftover'),
+       ('ops-stuck-old', 'leftover-t2', 'pending', 'leftover-u2', 'leftover2.docx', 'corr-leftover');
+SELECT is((SELECT pending_items FROM els.stuck_batches WHERE batch_id = 'ops-stuck-old'), 2::bigint,
+          'stuck_batches shows the leftover pending items');
+SELECT is(els.reconcile_batch('ops-stuck-old') - 'events',
+    '{"batch_id": "ops-stuck-old", "outcome": "reconciled", "slots_created": 0, "content_assigned": 1,
+      "failures_applied": 0, "excess": 1, "complete": true}'::jsonb,
+    'reconcile_batch (slots present, leftover pending content): oldest fills the slot, the other is excess');
+SELECT results_eq(
+    $$SELECT text_storage_id, disposition::text, essay_id FROM els.essay_content
+       WHERE batch_id = 'ops-stuck-old' ORDER BY text_storage_id$$,
+    $$VALUES ('leftover-t1', 'assigned', 'so-1'), ('leftover-t2', 'excess', NULL::text)$$,
+    'reconcile_batch: leftover pending content disposed');
+SELECT is(els.reconcile_batch('ops-stuck-old') ->> 'outcome', 'unchanged', 'reconcile_batch again: unchanged');
+SELECT is(els.reconcile_batch('ops-stuck-new') - 'events',
+    '{"batch_id": "ops-stuck-new", "outcome": "unchanged", "slots_created": 0, "content_assigned": 0,
+      "failures_applied": 0, "excess": 0, "complete": false}'::jsonb,
+    'reconcile_batch on a healthy incomplete batch: unchanged, still incomplete');
+SELECT is(els.reconcile_batch('ops-report') ->> 'outcome', 'unchanged',
+          'reconcile_batch on a complete batch: unchanged');
+
+-- ===========================================================================
+-- Outbox relay: claim, mark, purge, backlog
+-- ===========================================================================
+SELECT is((SELECT count(*)::integer FROM els.event_outbox), 9,
+          'outbox: nine events were written above (3 ops-report, 1 ops-stuck-new, 2 ops-half, 3 ops-stuck-old)');
+CREATE TEMP TABLE first_claim AS SELECT * FROM els.claim_outbox(4);
+SELECT results_eq(
+    $$SELECT id, event_id, event_type, topic, message_key, envelope, created_at FROM first_claim$$,
+    $$SELECT id, event_id, event_type, topic, message_key, envelope, created_at FROM els.event_outbox
+       WHERE published_at IS NULL ORDER BY id LIMIT 4$$,
+    'claim_outbox(4): the four oldest unpublished rows, in id order, with their envelopes');
+-- Row locks are visible with pgrowlocks (contrib); skipped where it is not installed.
+DO $ext$ BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_available_extensions WHERE name = 'pgrowlocks') THEN
+        CREATE EXTENSION IF NOT EXISTS pgrowlocks;
+    END IF;
+END $ext$;
+SELECT CASE WHEN EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pgrowlocks') THEN
+    results_eq(
+        $$SELECT o.id, l.modes FROM els.event_outbox AS o JOIN pgrowlocks('els.event_outbox') AS l ON l.locked_row = o.ctid
+           ORDER BY o.id$$,
+        $$SELECT id, ARRAY['For Update'] FROM first_claim ORDER BY id$$,
+        'claim_outbox(4) row-locks exactly the four rows it returned, FOR UPDATE (held until commit)')
+    ELSE skip('pgrowlocks is not available', 1) END;
+SELECT is((SELECT count(*)::integer FROM els.claim_outbox()), 9,
+          'claim_outbox(): the default limit covers all nine; rows this transaction already holds stay claimable by it');
+SELECT is((SELECT count(*)::integer FROM els.claim_outbox(0)), 0, 'claim_outbox(0): nothing');
+SELECT ok(pg_get_functiondef('els.claim_outbox(integer)'::regprocedure) ~* 'FOR\s+UPDATE(\s+OF\s+\w+)?\s+SKIP\s+LOCKED',
+          'claim_outbox locks with FOR UPDATE SKIP LOCKED (several relays never wait on each other)');
+
+CREATE TEMP TABLE claimed AS SELECT id FROM els.claim_outbox(3);
+SELECT is(els.mark_outbox_published((SELECT array_agg(id) FROM claimed)), 3, 'mark_outbox_published: marks the three claimed rows');
+SELECT is(els.mark_outbox_published((SELECT array_agg(id) FROM claimed)), 0,
+          'mark_outbox_published again: already published rows are not re-stamped (0)');
+SELECT is(els.mark_outbox_published(ARRAY[-1, -2]::bigint[]), 0, 'mark_outbox_published: unknown ids mark nothing');
+SELECT is(els.mark_outbox_published('{}'), 0, 'mark_outbox_published: empty array');
+SELECT is_empty($$SELECT id FROM els.event_outbox WHERE id IN (SELECT id FROM claimed) AND published_at IS DISTINCT FROM now()$$,
+                'mark_outbox_published: published_at stamped with the transaction time');
+SELECT is((SELECT array_agg(id ORDER BY id) FROM els.claim_outbox(2)),
+          (SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM els.event_outbox WHERE published_at IS NULL ORDER BY id LIMIT 2) AS x),
+          'claim_outbox after marking: published rows are no longer claimed');
+SELECT is(els.batch_report('ops-report') -> 'outbox', pg_temp.outbox_json('ops-report'),
+          'batch_report shows the published flags');
+
+SELECT is(els.outbox_backlog(), ROW(6::bigint, 0::double precision)::record,
+          'outbox_backlog: 6 unpublished, the oldest created now (0 seconds)');
+UPDATE els.event_outbox SET created_at = now() - interval '90 seconds'
+ WHERE id = (SELECT min(id) FROM els.event_outbox WHERE published_at IS NULL);
+SELECT is((SELECT oldest_age_seconds FROM els.outbox_backlog()), 90::double precision,
+          'outbox_backlog: age of the oldest unpublished row in seconds');
+
+-- purge: only published rows older than the interval
+UPDATE els.event_outbox SET published_at = now() - interval '10 days' WHERE id = (SELECT min(id) FROM claimed);
+UPDATE els.event_outbox SET published_at = now() - interval '2 days' WHERE id = (SELECT max(id) FROM claimed);
+UPDATE els.event_outbox SET created_at = now() - interval '30 days'
+ WHERE id = (SELECT min(id) FROM els.event_outbox WHERE published_at IS NULL);
+SELECT is(els.purge_outbox(), 1::bigint, 'purge_outbox() (7 days): deletes the one row published 10 days ago');
+SELECT is(els.purge_outbox('1 day'), 1::bigint, 'purge_outbox(1 day): deletes the row published 2 days ago');
+SELECT is(els.purge_outbox('1 day'), 0::bigint, 'purge_outbox again: nothing left to purge');
+SELECT is(els.purge_outbox('0'), 0::bigint, 'purge_outbox(0): a row published in this very transaction is not older than now(): kept');
+SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE published_at IS NULL), 6,
+          'purge_outbox never deletes unpublished rows, even 30 days old');
+SELECT is(els.outbox_backlog(), ROW(6::bigint, 2592000::double precision)::record,
+          'outbox_backlog: the 30-day-old unpublished row is still waiting');
+
+DELETE FROM els.event_outbox;
+SELECT is(els.outbox_backlog(), ROW(0::bigint, 0::double precision)::record, 'outbox_backlog on an empty outbox: (0, 0)');
+
+SELECT * FROM finish();
+ROLLBACK;
