@@ -1134,6 +1134,7 @@ class Worker:
         self.http: ThreadingHTTPServer | None = None
         self.http_port: int | None = None
         self._signals = 0
+        self._inflight: list[Message] = []
 
     # -- lifecycle ---------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -1258,15 +1259,24 @@ class Worker:
         )
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Micro-batches are applied and committed synchronously between polls, so
-        # nothing is in flight when librdkafka revokes partitions inside poll().
+        # Micro-batches are applied and committed synchronously between polls; the
+        # only work that can be in flight is what poll() returned just before a
+        # consume() that triggered this rebalance: finish and commit it now, while
+        # the partitions are still ours.
+        inflight, self._inflight = self._inflight, []
         log(
             logging.INFO,
             "partitions revoked",
             partitions=[f"{p.topic}[{p.partition}]" for p in partitions],
+            in_flight=len(inflight),
         )
+        if inflight:
+            self.process(inflight)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (not revoked): another member may already own them; what we had in
+        # flight will be redelivered to it, so do not apply it here.
+        self._inflight = []
         log(
             logging.WARNING,
             "partitions lost",
@@ -1295,46 +1305,49 @@ class Worker:
             pass
 
     # -- the loop ----------------------------------------------------------
+    def _usable(self, msgs: Iterable[Message]) -> list[Message]:
+        good: list[Message] = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.fatal():
+                raise KafkaException(err)
+            else:
+                log(logging.WARNING, "consumer error", error=str(err), topic=m.topic())
+        return good
+
     def _loop(self) -> None:
         assert self.consumer is not None
         consumer = self.consumer
         last_ping = time.monotonic()
-        while not self.stop.is_set():
-            self.health.beat()
-            first = consumer.poll(0.5)
-            if first is None:
-                if time.monotonic() - last_ping > 5:
-                    self.processor.ping()
-                    last_ping = time.monotonic()
-                continue
-            msgs = [first]
-            if self.cfg.batch_max_messages > 1:
-                msgs.extend(
-                    consumer.consume(
+        try:
+            while not self.stop.is_set():
+                self.health.beat()
+                first = consumer.poll(0.5)
+                if first is None:
+                    if time.monotonic() - last_ping > 5:
+                        self.processor.ping()
+                        last_ping = time.monotonic()
+                    continue
+                # in flight from here: a rebalance inside consume() applies and commits
+                # these before their partitions go (see _on_revoke)
+                self._inflight = self._usable([first])
+                more: list[Message] = []
+                if self.cfg.batch_max_messages > 1:
+                    more = consumer.consume(
                         self.cfg.batch_max_messages - 1, timeout=self.cfg.batch_max_wait_ms / 1000.0
                     )
-                )
-            good: list[Message] = []
-            for m in msgs:
-                err = m.error()
-                if err is None:
-                    good.append(m)
-                elif err.fatal():
-                    raise KafkaException(err)
-                else:
-                    log(logging.WARNING, "consumer error", error=str(err), topic=m.topic())
-            if not good:
-                continue
-            try:
-                self.process(good)
-            except Stopping:
-                log(
-                    logging.INFO,
-                    "shutdown during retries: micro-batch not committed, it will be redelivered",
-                    messages=len(good),
-                )
-                return
-            last_ping = time.monotonic()
+                batch = self._inflight + self._usable(more)
+                self._inflight = []
+                if batch:
+                    self.process(batch)
+                    last_ping = time.monotonic()
+        except Stopping:
+            log(
+                logging.INFO,
+                "shutdown during retries: micro-batch not committed, it will be redelivered",
+            )
 
     def process(self, msgs: Sequence[Message]) -> None:
         """One micro-batch: apply, dead-letter, then commit offsets."""

@@ -11,6 +11,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -27,6 +28,7 @@ from tests.worker_harness import (
     all_complete,
     batch_report,
     event_bytes,
+    free_port,
     headers_of,
     outbox_unpublished,
     produce,
@@ -399,3 +401,53 @@ def test_inspect_and_dlq_replay(
     assert json.loads(raw.stdout)["complete"] is True
     missing = cli("inspect", "no-such-batch")
     assert missing.returncode == 1 and "NOT REGISTERED" in missing.stdout
+
+
+def test_rebalance_second_worker_joins_then_first_leaves(
+    db_url: str, kafka_bootstrap: str, unique_topics: Topics, tmp_path: Path
+) -> None:
+    """Partitions move between two workers mid-stream (join, then SIGTERM of the
+    first): every event is applied exactly once, every batch completes once."""
+    topics = unique_topics
+    batches = [f"rebal-{i}-{uuid.uuid4().hex[:6]}" for i in range(60)]
+    msgs = [m for b in batches for m in _batch_messages(topics, b, 4)]
+    env = worker_env(db_url, kafka_bootstrap, topics, ELS_BATCH_MAX_MESSAGES="2")
+    w1 = WorkerProcess(env, tmp_path / "w1.log")
+    w2 = WorkerProcess(dict(env, ELS_METRICS_PORT=str(free_port())), tmp_path / "w2.log")
+    # the stream trickles in over a few seconds while the second worker joins and
+    # the first one leaves, so both rebalances happen mid-stream
+    sender = threading.Thread(
+        target=produce, args=(kafka_bootstrap, msgs), kwargs={"pause_every": 5, "pause": 0.05}
+    )
+    with w1:
+        sender.start()
+        try:
+            with w2:
+                wait_until(
+                    lambda: any(r.get("msg") == "partitions assigned" for r in w2.log_records()),
+                    60,
+                    "second worker assigned",
+                    w2.tail,
+                )
+                assert sender.is_alive(), "stream ended before the rebalance: make it longer"
+                assert w1.terminate() == 0, w1.tail()
+                sender.join(60)
+                wait_until(lambda: all_complete(db_url, batches), 120, "all batches", w2.tail)
+                wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "outbox drained", w2.tail)
+                assert w2.terminate() == 0
+        finally:
+            sender.join(60)
+    applied = [r for w in (w1, w2) for r in w.log_records() if r.get("msg") == "event applied"]
+    assert [r for r in w1.log_records() if r.get("msg") == "partitions revoked"]
+    seen = Counter((r["topic"], r["partition"], r["offset"]) for r in applied)
+    assert len(seen) == len(msgs)
+    assert max(seen.values()) == 1, [k for k, v in seen.items() if v > 1][:5]
+    rows = query(
+        db_url,
+        "SELECT count(*) FROM els.event_outbox"
+        " WHERE event_type = 'BatchContentProvisioningCompleted'",
+    )
+    assert rows[0][0] == len(batches)
+    by_w2 = [r for r in w2.log_records() if r.get("msg") == "event applied"]
+    assert by_w2, "the second worker should have taken over part of the stream"
+    print(f"worker 1 applied {len(applied) - len(by_w2)}, worker 2 applied {len(by_w2)}")

@@ -163,9 +163,14 @@ def wait_until(
 
 
 def produce(
-    bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes | None]], timeout: float = 30
+    bootstrap: str,
+    messages: Iterable[tuple[str, bytes | None, bytes | None]],
+    timeout: float = 30,
+    pause_every: int = 0,
+    pause: float = 0.0,
 ) -> None:
-    """Produces (topic, key, value) in order and waits for every delivery report."""
+    """Produces (topic, key, value) in order and waits for every delivery report;
+    with ``pause_every``, flushes and sleeps ``pause`` seconds after every that many."""
     errors: list[KafkaError] = []
 
     def on_delivery(err: KafkaError | None, _msg: Message) -> None:
@@ -175,9 +180,12 @@ def produce(
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2}
     )
-    for topic, key, value in messages:
+    for n, (topic, key, value) in enumerate(messages, 1):
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         producer.poll(0)
+        if pause_every and n % pause_every == 0:
+            producer.flush(timeout)
+            time.sleep(pause)
     remaining = producer.flush(timeout)
     assert remaining == 0, f"{remaining} message(s) not delivered within {timeout}s"
     assert not errors, f"delivery failed: {errors[:3]}"
