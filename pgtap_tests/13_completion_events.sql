@@ -6,7 +6,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(50);
+SELECT plan(52);
 
 CREATE FUNCTION pg_temp.content(p_batch text, p_text text, p_correlation text DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql VOLATILE
@@ -261,6 +261,30 @@ SELECT is_empty(
     'event ids are RFC 4122 name-based (version 3, variant 10) UUIDs');
 SELECT volatility_is('els', 'stable_event_id', ARRAY['text', 'text'], 'immutable',
                      'stable_event_id is immutable');
+
+-- KNOWN BUG (TODO until fixed): the logical identity behind an event id is the
+-- '/'-joined string batch/essay/text (EssaySlotAssigned) or batch/text
+-- (ExcessContentProvisioned). Ids may contain '/', so two different events can
+-- have the same identity string, hence the same event id; the second outbox
+-- insert then fails on event_outbox_event_id_key (23505) and that event can
+-- never be applied: the batch cannot complete.
+DO $setup$ BEGIN
+    PERFORM els.register_batch('{"entity_id": "done-slash", "expected_essay_count": 2, "essay_ids": ["e1", "e1/x"],
+                                 "course_code": "ENG5", "user_id": "t"}');
+    PERFORM els.provision_content(pg_temp.content('done-slash', 'x/y'));   -- slot e1: identity done-slash/e1/x/y
+    PERFORM els.register_batch('{"entity_id": "done-sl", "expected_essay_count": 1, "essay_ids": ["dsl-1"],
+                                 "course_code": "ENG5", "user_id": "t"}');
+    PERFORM els.register_batch('{"entity_id": "done-sl/a", "expected_essay_count": 1, "essay_ids": ["dsla-1"],
+                                 "course_code": "ENG5", "user_id": "t"}');
+    PERFORM els.provision_content(pg_temp.content('done-sl', 'fill-1'));
+    PERFORM els.provision_content(pg_temp.content('done-sl/a', 'fill-2'));
+    PERFORM els.provision_content(pg_temp.content('done-sl', 'a/b'));      -- excess: identity done-sl/a/b
+END $setup$;
+SELECT todo('sql/030_batch_state.sql + sql/050_provision_content.sql: event identity strings are not injective (''/''-joined ids)', 2);
+SELECT lives_ok($$SELECT els.provision_content(pg_temp.content('done-slash', 'y'))$$,
+                'slot event ids never collide: text y into slot e1/x (identity done-slash/e1/x/y again)');
+SELECT lives_ok($$SELECT els.provision_content(pg_temp.content('done-sl/a', 'b'))$$,
+                'excess event ids never collide: text b excess in batch done-sl/a (identity done-sl/a/b again)');
 
 -- Replaying the whole history of a batch from scratch recomputes the same ids.
 CREATE TEMP TABLE first_run AS
