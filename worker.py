@@ -1502,7 +1502,9 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append("  slots: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
     slots = rep.get("slots") or []
     if slots:
-        lines.append(f"  {'#':>4}  {'essay_id':<24} {'status':<26} text_storage_id / failure")
+        w_id = max(8, *(len(str(s.get("essay_id"))) for s in slots))
+        w_st = max(6, *(len(str(s.get("status"))) for s in slots))
+        lines.append(f"  {'#':>4}  {'essay_id':<{w_id}}  {'status':<{w_st}}  text / failure")
         for s in slots:
             extra = s.get("text_storage_id") or (
                 f"failed upload {s['failed_file_upload_id']}"
@@ -1510,8 +1512,8 @@ def format_report(rep: dict[str, Any]) -> str:
                 else ""
             )
             lines.append(
-                f"  {s.get('slot_no'):>4}  {s.get('essay_id')!s:<24} "
-                f"{s.get('status')!s:<26} {extra}"
+                f"  {s.get('slot_no'):>4}  {s.get('essay_id')!s:<{w_id}}  "
+                f"{s.get('status')!s:<{w_st}}  {extra}"
             )
     for title, key in (
         ("pending content", "pending_content"),
