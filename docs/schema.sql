@@ -46,7 +46,7 @@ BEGIN
      WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing';
     event_id := (els._emit_events(jsonb_build_array(jsonb_build_object(
         'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
-        'identity', p_batch_id,
+        'identity', jsonb_build_array(p_batch_id),
         'correlation_id', v_tracker.correlation_id,
         'data', jsonb_build_object(
             'batch_id', p_batch_id,
@@ -73,7 +73,7 @@ BEGIN
                e.item ->> 'key' AS message_key,
                e.item ->> 'correlation_id' AS correlation_id,
                e.item -> 'data' AS data,
-               els.stable_event_id(e.item ->> 'event_type', e.item ->> 'identity') AS event_id
+               els._event_id(e.item ->> 'event_type', e.item -> 'identity') AS event_id
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
@@ -112,6 +112,11 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) OWNER TO els_owner;
+CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (WITH h AS (SELECT md5(((('els:'::text || _event_id.p_event_type) || ':'::text) || (_event_id.p_identity)::text)) AS hex) SELECT (((((substr(h.hex, 1, 12) || '3'::text) || substr(h.hex, 14, 3)) || substr('89ab'::text, ((((('x'::text || substr(h.hex, 17, 1)))::bit(4))::integer % 4) + 1), 1)) || substr(h.hex, 18)))::uuid AS uuid FROM h);
+ALTER FUNCTION els._event_id(p_event_type text, p_identity jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) IS 'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text form is unambiguous even when ids contain separators).';
 CREATE FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) RETURNS numeric
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -202,7 +207,7 @@ BEGIN
            jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
                          jsonb_build_object(
                              'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
-                             'identity', p_batch_id || '/' || d.essay_id || '/' || d.text_storage_id,
+                             'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
                              'correlation_id', d.correlation_id,
                              'data', jsonb_build_object(
                                  'batch_id', p_batch_id, 'essay_id', d.essay_id,
@@ -212,7 +217,7 @@ BEGIN
                      ELSE
                          jsonb_build_object(
                              'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
-                             'identity', p_batch_id || '/' || d.text_storage_id,
+                             'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
                              'correlation_id', d.correlation_id,
                              'data', jsonb_build_object(
                                  'batch_id', p_batch_id,
@@ -387,6 +392,11 @@ BEGIN
         END IF;
         payload := p_event -> 'data';
         correlation_id := p_event ->> 'correlation_id';
+        IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
+            PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
+                jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
+                                   'min', 1, 'max', 255, 'actual', length(correlation_id)));
+        END IF;
         source_event_id := p_event ->> 'event_id';
     ELSE
         payload := p_event;
@@ -403,11 +413,6 @@ BEGIN
                                    'expected', jsonb_build_array(p_topic, p_short_name),
                                    'actual', left(p_event ->> 'event_type', 300)));
         END IF;
-    END IF;
-    IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
-        PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
-            jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
-                               'min', 1, 'max', 255, 'actual', length(correlation_id)));
     END IF;
 END
 $$;
@@ -678,7 +683,7 @@ BEGIN
          WHERE s.essay_id = v_essay_id;
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'EssaySlotAssigned', 'key', v_batch_id,
-            'identity', v_batch_id || '/' || v_essay_id || '/' || v_text_storage_id,
+            'identity', jsonb_build_array(v_batch_id, v_essay_id, v_text_storage_id),
             'correlation_id', v_correlation_id,
             'data', jsonb_build_object(
                 'batch_id', v_batch_id, 'essay_id', v_essay_id,
@@ -692,7 +697,7 @@ BEGIN
     ELSIF v_outcome = 'excess' THEN
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', v_batch_id || '/' || v_text_storage_id,
+            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
             'correlation_id', v_correlation_id,
             'data', jsonb_build_object(
                 'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
@@ -995,11 +1000,11 @@ END
 $$;
 ALTER FUNCTION els.register_batch(event jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els.register_batch(event jsonb) IS 'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
-CREATE FUNCTION els.stable_event_id(p_event_type text, p_identity text) RETURNS uuid
+CREATE FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN (WITH h AS (SELECT md5(((('els:'::text || stable_event_id.p_event_type) || ':'::text) || stable_event_id.p_identity)) AS hex) SELECT (((((substr(h.hex, 1, 12) || '3'::text) || substr(h.hex, 14, 3)) || substr('89ab'::text, ((((('x'::text || substr(h.hex, 17, 1)))::bit(4))::integer % 4) + 1), 1)) || substr(h.hex, 18)))::uuid AS uuid FROM h);
-ALTER FUNCTION els.stable_event_id(p_event_type text, p_identity text) OWNER TO els_owner;
-COMMENT ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) IS 'Deterministic event id (name-based UUID v3) of an event type and its logical identity.';
+    RETURN els._event_id(p_event_type, to_jsonb(p_ids));
+ALTER FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) IS 'Deterministic event id of an event type and its logical identity: the batch id for BatchContentProvisioningCompleted; batch, essay and text ids for EssaySlotAssigned; batch and text ids for ExcessContentProvisioned.';
 CREATE VIEW els.stuck_batches AS
 SELECT
     NULL::text AS batch_id,
@@ -1105,6 +1110,9 @@ GRANT USAGE ON SCHEMA els TO els_readonly;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_worker;
+GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;
 REVOKE ALL ON FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._object_field(p_payload jsonb, p_field text) FROM PUBLIC;
@@ -1143,9 +1151,9 @@ REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.record_validation_failure(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.register_batch(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.register_batch(event jsonb) TO els_worker;
-REVOKE ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) TO els_worker;
-GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, p_identity text) TO els_readonly;
+REVOKE ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) TO els_worker;
+GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) TO els_readonly;
 GRANT SELECT ON TABLE els.stuck_batches TO els_readonly;
 REVOKE ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_readonly;

@@ -365,10 +365,7 @@ SELECT * FROM pg_temp.rejects(
     $$SELECT els.register_batch('{"event_type": "essay.content.provisioned", "data": []}')$$, 'ELV01',
     'envelope field data is not a JSON object', '{"field": "data"}',
     'order: malformed envelope (ELV01) before a misrouted event_type');
--- KNOWN BUG (TODO until fixed): _unwrap_event checks the envelope correlation_id
--- length (its own ELV01) only after the misrouted event_type (ELV03), so an
--- envelope that is malformed this way and misrouted reports ELV03.
-SELECT todo('sql/010_validation.sql _unwrap_event: correlation_id length check (ELV01) runs after the misrouted check', 1);
+-- The whole envelope is checked (ELV01) before its event_type is (ELV03).
 SELECT throws_ok(
     $$SELECT els.register_batch('{"event_type": "essay.content.provisioned", "correlation_id": "", "data": {}}')$$,
     'ELV01', 'envelope field correlation_id must be 1..255 characters',

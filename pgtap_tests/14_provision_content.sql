@@ -144,7 +144,7 @@ SELECT is(els.provision_content('{"correlation_id": "corr-assign", "data": {"ent
         "raw_file_storage_id": "raw-1", "file_size_bytes": 0, "content_md5_hash": "h1",
         "timestamp": "2026-03-04"}}'),
     jsonb_build_object('batch_id', 'pc-b', 'outcome', 'assigned', 'essay_id', 'essay-z', 'complete', false,
-                       'events', jsonb_build_array(els.stable_event_id('EssaySlotAssigned', 'pc-b/essay-z/text-1'))),
+                       'events', jsonb_build_array(els.stable_event_id('EssaySlotAssigned', 'pc-b', 'essay-z', 'text-1'))),
     'assigned: slot 1 (essay_ids[1], not the smallest essay id), exact result with its event');
 SELECT results_eq(
     $$SELECT slot_no, status::text, text_storage_id, filled_at FROM els.essay_slot WHERE batch_id = 'pc-b' ORDER BY slot_no$$,
@@ -179,7 +179,7 @@ SELECT results_eq(
 -- ===========================================================================
 SELECT is(els.provision_content(pg_temp.content('pc-b', 'text-4')),
           jsonb_build_object('batch_id', 'pc-b', 'outcome', 'excess', 'essay_id', NULL, 'complete', true,
-                             'events', jsonb_build_array(els.stable_event_id('ExcessContentProvisioned', 'pc-b/text-4'))),
+                             'events', jsonb_build_array(els.stable_event_id('ExcessContentProvisioned', 'pc-b', 'text-4'))),
           'excess: exact result with the ExcessContentProvisioned event');
 SELECT results_eq(
     $$SELECT disposition::text, essay_id, file_upload_id, original_file_name, disposed_at

@@ -31,6 +31,7 @@ SELECT results_eq(
     $$VALUES ('els._complete_if_done(text)', false, false),
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
+             ('els._event_id(text,jsonb)', true, true),
              ('els._integer_field(jsonb,text,numeric)', false, false),
              ('els._lock_batch(text)', false, false),
              ('els._object_field(jsonb,text)', false, false),
@@ -51,7 +52,7 @@ SELECT results_eq(
              ('els.reconcile_batch(text)', true, false),
              ('els.record_validation_failure(jsonb)', true, false),
              ('els.register_batch(jsonb)', true, false),
-             ('els.stable_event_id(text,text)', true, true),
+             ('els.stable_event_id(text,text[])', true, true),
              ('els.stuck_batch_list(interval,integer)', true, true)$$,
     'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody)');
 

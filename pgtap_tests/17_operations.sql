@@ -160,7 +160,7 @@ SELECT is(els.reconcile_batch('ops-half'),
     jsonb_build_object('batch_id', 'ops-half', 'outcome', 'reconciled', 'slots_created', 2, 'content_assigned', 1,
                        'failures_applied', 1, 'excess', 0, 'complete', true,
                        'events', jsonb_build_array(
-                           els.stable_event_id('EssaySlotAssigned', 'ops-half/oh-1/half-t1'),
+                           els.stable_event_id('EssaySlotAssigned', 'ops-half', 'oh-1', 'half-t1'),
                            els.stable_event_id('BatchContentProvisioningCompleted', 'ops-half'))),
     'reconcile_batch (tracker without slots): slots created, pending reconciled, batch completed');
 SELECT results_eq(

@@ -219,6 +219,11 @@ BEGIN
         END IF;
         payload := p_event -> 'data';
         correlation_id := p_event ->> 'correlation_id';
+        IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
+            PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
+                jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
+                                   'min', 1, 'max', 255, 'actual', length(correlation_id)));
+        END IF;
         source_event_id := p_event ->> 'event_id';
     ELSE
         payload := p_event;
@@ -235,11 +240,6 @@ BEGIN
                                    'expected', jsonb_build_array(p_topic, p_short_name),
                                    'actual', left(p_event ->> 'event_type', 300)));
         END IF;
-    END IF;
-    IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
-        PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
-            jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
-                               'min', 1, 'max', 255, 'actual', length(correlation_id)));
     END IF;
 END
 $fn$;

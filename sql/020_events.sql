@@ -7,17 +7,29 @@
 -- lets consumers deduplicate; and the outbox's unique index on event_id makes a
 -- second copy of the same logical event impossible.
 
-CREATE OR REPLACE FUNCTION els.stable_event_id(p_event_type text, p_identity text)
+CREATE OR REPLACE FUNCTION els._event_id(p_event_type text, p_identity jsonb)
 RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 RETURN (
-    WITH h AS (SELECT md5('els:' || p_event_type || ':' || p_identity) AS hex)
+    WITH h AS (SELECT md5('els:' || p_event_type || ':' || p_identity::text) AS hex)
     SELECT (substr(h.hex, 1, 12) || '3' || substr(h.hex, 14, 3)
             || substr('89ab', (('x' || substr(h.hex, 17, 1))::bit(4)::integer % 4) + 1, 1)
             || substr(h.hex, 18))::uuid
     FROM h);
-COMMENT ON FUNCTION els.stable_event_id(text, text) IS
-    'Deterministic event id (name-based UUID v3) of an event type and its logical identity.';
+COMMENT ON FUNCTION els._event_id(text, jsonb) IS
+    'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text '
+    'form is unambiguous even when ids contain separators).';
+
+-- For DBAs and consumers: the id of a logical event from its type and ids, e.g.
+-- els.stable_event_id('EssaySlotAssigned', 'batch-1', 'essay-3', 'text-9').
+CREATE OR REPLACE FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[])
+RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN els._event_id(p_event_type, to_jsonb(p_ids));
+COMMENT ON FUNCTION els.stable_event_id(text, text[]) IS
+    'Deterministic event id of an event type and its logical identity: the batch id for '
+    'BatchContentProvisioningCompleted; batch, essay and text ids for EssaySlotAssigned; batch '
+    'and text ids for ExcessContentProvisioned.';
 
 -- Topic names of the events we emit (SPEC section 5). The relay may map them
 -- to other topics by configuration; the envelope keeps the canonical name.
@@ -32,7 +44,9 @@ END;
 
 -- Appends events to the outbox, set-based: one row of p_events per event, each
 -- {"event_type", "key" (message key = batch id), "identity", "correlation_id",
--- "data"}. Returns the new event ids in input order.
+-- "data"}. "identity" is a JSON array of the ids that name the logical event
+-- (its text form is unambiguous even when ids contain separators). Returns
+-- the new event ids in input order.
 CREATE OR REPLACE FUNCTION els._emit_events(p_events jsonb)
 RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE AS $fn$
@@ -46,7 +60,7 @@ BEGIN
                e.item ->> 'key' AS message_key,
                e.item ->> 'correlation_id' AS correlation_id,
                e.item -> 'data' AS data,
-               els.stable_event_id(e.item ->> 'event_type', e.item ->> 'identity') AS event_id
+               els._event_id(e.item ->> 'event_type', e.item -> 'identity') AS event_id
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
@@ -70,7 +84,7 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION els.stable_event_id(text, text), els.output_topic(text),
-    els._emit_events(jsonb) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION els.stable_event_id(text, text), els.output_topic(text)
+REVOKE ALL ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]),
+    els.output_topic(text), els._emit_events(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]), els.output_topic(text)
     TO els_worker, els_readonly;

@@ -59,7 +59,7 @@ BEGIN
            jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
                          jsonb_build_object(
                              'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
-                             'identity', p_batch_id || '/' || d.essay_id || '/' || d.text_storage_id,
+                             'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
                              'correlation_id', d.correlation_id,
                              'data', jsonb_build_object(
                                  'batch_id', p_batch_id, 'essay_id', d.essay_id,
@@ -69,7 +69,7 @@ BEGIN
                      ELSE
                          jsonb_build_object(
                              'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
-                             'identity', p_batch_id || '/' || d.text_storage_id,
+                             'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
                              'correlation_id', d.correlation_id,
                              'data', jsonb_build_object(
                                  'batch_id', p_batch_id,
@@ -153,7 +153,7 @@ BEGIN
 
     event_id := (els._emit_events(jsonb_build_array(jsonb_build_object(
         'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
-        'identity', p_batch_id,
+        'identity', jsonb_build_array(p_batch_id),
         'correlation_id', v_tracker.correlation_id,
         'data', jsonb_build_object(
             'batch_id', p_batch_id,

@@ -87,7 +87,7 @@ BEGIN
          WHERE s.essay_id = v_essay_id;
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'EssaySlotAssigned', 'key', v_batch_id,
-            'identity', v_batch_id || '/' || v_essay_id || '/' || v_text_storage_id,
+            'identity', jsonb_build_array(v_batch_id, v_essay_id, v_text_storage_id),
             'correlation_id', v_correlation_id,
             'data', jsonb_build_object(
                 'batch_id', v_batch_id, 'essay_id', v_essay_id,
@@ -101,7 +101,7 @@ BEGIN
     ELSIF v_outcome = 'excess' THEN
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', v_batch_id || '/' || v_text_storage_id,
+            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
             'correlation_id', v_correlation_id,
             'data', jsonb_build_object(
                 'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
