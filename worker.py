@@ -1135,6 +1135,8 @@ class Worker:
         self.http_port: int | None = None
         self._signals = 0
         self._inflight: list[Message] = []
+        # idle database ping: often enough for /healthz's window
+        self._ping_every = min(5.0, cfg.health_max_age_seconds / 3)
 
     # -- lifecycle ---------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -1326,7 +1328,7 @@ class Worker:
                 self.health.beat()
                 first = consumer.poll(0.5)
                 if first is None:
-                    if time.monotonic() - last_ping > 5:
+                    if time.monotonic() - last_ping > self._ping_every:
                         self.processor.ping()
                         last_ping = time.monotonic()
                     continue

@@ -242,7 +242,13 @@ def test_database_down_ten_seconds_nothing_dead_lettered(
     batches = [f"outage-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
     msgs = [m for b in batches for m in _batch_messages(topics, b, 4)]
     first, second = msgs[: len(msgs) // 3], msgs[len(msgs) // 3 :]
-    env = worker_env(db_url, kafka_bootstrap, topics, ELS_RETRY_MAX_MS="2000")
+    env = worker_env(
+        db_url,
+        kafka_bootstrap,
+        topics,
+        ELS_RETRY_MAX_MS="2000",
+        ELS_HEALTH_MAX_AGE_SECONDS="3",
+    )
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         produce(kafka_bootstrap, first)
         wait_until(lambda: all_complete(db_url, batches[:1]), 60, "first batch", worker.tail)
