@@ -725,24 +725,36 @@ class BatchProcessor:
         operational retry (nothing is committed then: the batch will be redelivered).
         """
         backoff = Backoff(self.cfg.retry_base_ms, self.cfg.retry_max_ms)
-        fast = True
+        # fast: one pipelined transaction; careful: one transaction, a savepoint per
+        # message; single: one transaction per message (only if the careful path's
+        # COMMIT itself failed for a reason that is not operational)
+        mode = "fast"
         while True:
             for it in items:
                 it.result = None
             try:
                 conn = self._connection()
-                if fast:
-                    try:
+                try:
+                    if mode == "fast":
                         self._apply_pipelined(conn, items)
-                    except psycopg.Error as exc:
-                        rule = classify_exception(exc)
-                        if rule.action is Action.RETRY_FOREVER:
-                            raise
-                        # something in the batch failed: redo it carefully, one savepoint each
-                        fast = False
-                        continue
-                else:
-                    self._apply_with_savepoints(conn, items)
+                    elif mode == "careful":
+                        self._apply_with_savepoints(conn, items)
+                    else:
+                        for it in self._live(items):
+                            self._apply_one(conn, it)  # not in a transaction: BEGIN/COMMIT
+                except psycopg.Error as exc:
+                    rule = classify_exception(exc)
+                    if rule.action is Action.RETRY_FOREVER or mode == "single":
+                        raise
+                    # something in the batch failed: redo it more carefully
+                    mode = "careful" if mode == "fast" else "single"
+                    if mode == "single":
+                        log(
+                            logging.WARNING,
+                            "micro-batch commit failed: one transaction per message",
+                            **pg_diagnostics(exc),
+                        )
+                    continue
                 self.health.db_ok()
                 return
             except psycopg.Error as exc:
@@ -794,11 +806,13 @@ class BatchProcessor:
                 self._apply_one(conn, it)
 
     def _apply_one(self, conn: psycopg.Connection[Any], it: Item) -> None:
+        """One message in a SAVEPOINT of the caller's transaction, or in a transaction
+        of its own when the caller has none."""
         backoff = Backoff(self.cfg.retry_base_ms, self.cfg.retry_max_ms)
         while True:
             it.attempts += 1
             try:
-                with conn.transaction():  # SAVEPOINT
+                with conn.transaction():  # SAVEPOINT, or BEGIN/COMMIT at top level
                     row = conn.execute(self.routes[it.topic], {"event": it.text}).fetchone()
                 it.result = row[0] if row else None
                 return

@@ -265,3 +265,43 @@ def test_operational_error_retried_until_database_answers(
         holder.close()
     assert items[0].result is not None and items[0].result["outcome"] == "registered"
     assert processor.metrics.retries.labels(kind="operational")._value.get() >= 1
+
+
+def test_commit_failure_falls_back_to_one_transaction_per_message(
+    processor: worker.BatchProcessor, db: psycopg.Connection[Any]
+) -> None:
+    """A failure that only shows at COMMIT (a deferred constraint) cannot be pinned on
+    one message inside the batch: the processor then commits message by message, so
+    the culprit is dead-lettered after its bounded retries and the others are kept."""
+    db.execute("CREATE TABLE public.deferred_t (x int)")
+    db.execute(
+        """CREATE FUNCTION public.deferred_check() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.x < 0 THEN RAISE EXCEPTION 'negative at commit' USING ERRCODE = 'P0001'; END IF;
+            RETURN NULL;
+        END $$"""
+    )
+    db.execute(
+        "CREATE CONSTRAINT TRIGGER deferred_t_check AFTER INSERT ON public.deferred_t"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.deferred_check()"
+    )
+    db.execute(
+        """CREATE FUNCTION public.insert_x(event jsonb) RETURNS jsonb LANGUAGE sql AS $$
+        INSERT INTO public.deferred_t VALUES ((event ->> 'x')::int);
+        SELECT jsonb_build_object('outcome', 'inserted', 'batch_id', event ->> 'x');
+        $$"""
+    )
+    processor.routes["deferred"] = "SELECT public.insert_x(%(event)s::jsonb)"
+    items = [
+        worker.decode_item(_msg("deferred", i, json.dumps({"x": x}).encode()))
+        for i, x in enumerate([1, -1, 2])
+    ]
+    processor.apply(items)
+    assert [(it.dead, it.sqlstate) for it in items] == [
+        (False, None),
+        (True, "P0001"),
+        (False, None),
+    ]
+    assert items[1].attempts == 3
+    rows = db.execute("SELECT x FROM public.deferred_t ORDER BY x").fetchall()
+    assert rows == [(1,), (2,)]
