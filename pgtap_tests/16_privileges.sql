@@ -54,7 +54,7 @@ SELECT results_eq(
              ('els.register_batch(jsonb)', true, false),
              ('els.stable_event_id(text,text[])', true, true),
              ('els.stuck_batch_list(interval,integer)', true, true)$$,
-    'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody)');
+    'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody, but _event_id behind stable_event_id)');
 
 -- function_privs_are for the public API
 SELECT function_privs_are('els', f, ARRAY['jsonb'], 'els_worker', ARRAY['EXECUTE'],
