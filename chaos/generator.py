@@ -587,15 +587,6 @@ MALFORMED_VARIANTS = _variants()
 # XPASS, the test fails, and the entry must be deleted here. Until then the chaos
 # stream leaves them out unless GenConfig(include_known_deviations=True).
 KNOWN_SQL_DEVIATIONS: dict[str, str] = {
-    "envelope:misrouted-and-empty-correlation-id":
-        "SPEC 4: the envelope is checked first (ELV01, then a misrouted event_type); "
-        "els._unwrap_event checks the envelope correlation_id length after event_type",
-    "data-correlation-id-wrong-type:content":
-        "SPEC 2: a field of the wrong JSON type is an error; provision_content only "
-        "validates data.correlation_id when the envelope has none (COALESCE short-circuit)",
-    "data-correlation-id-wrong-type:failure":
-        "SPEC 2: a field of the wrong JSON type is an error; record_validation_failure only "
-        "validates data.correlation_id when the envelope has none (COALESCE short-circuit)",
 }
 # variants produced at most once per stream (large values)
 _HEAVY = {"big-payload-5mb": 1, "too-many-essays:10001": 2}

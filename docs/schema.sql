@@ -31,8 +31,11 @@ BEGIN
         complete := true;
         RETURN;
     END IF;
+    -- Complete means every expected slot exists and none is empty: a tracker
+    -- whose slots an older writer left missing (all or some) is not complete.
     IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded')
-       OR NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id) THEN
+       OR (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
+          <> v_tracker.expected_count THEN
         complete := false;
         RETURN;
     END IF;
@@ -60,6 +63,45 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
+CREATE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_created integer;
+    v_owned_essay text;
+    v_owner_batch text;
+BEGIN
+    IF p_some_exist THEN
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT u.id, p_batch_id, u.ord
+          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
+         WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s
+                            WHERE s.essay_id = u.id AND s.batch_id = p_batch_id)
+         ORDER BY u.id;
+    ELSE
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT u.id, p_batch_id, u.ord
+          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
+         ORDER BY u.id;
+    END IF;
+    GET DIAGNOSTICS v_created = ROW_COUNT;
+    RETURN v_created;
+EXCEPTION WHEN unique_violation THEN
+    SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
+      FROM els.essay_slot AS s
+     WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
+     ORDER BY s.essay_id
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE;
+    END IF;
+    PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+        jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
+                           'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
+    RETURN NULL;
+END
+$$;
+ALTER FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) OWNER TO els_owner;
 CREATE FUNCTION els._emit_events(p_events jsonb) RETURNS uuid[]
     LANGUAGE plpgsql
     AS $$
@@ -347,7 +389,9 @@ DECLARE
     v_text text := els._text_field(p_payload, p_field);
 BEGIN
     IF v_text IS NOT NULL AND v_text !~
-        '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' THEN
+        '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
+        '([T ]([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d{1,9})?)?)?'
+        '(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$' THEN
         PERFORM els._reject('ELV03', format('field %s must be an ISO-8601 timestamp', p_field),
             jsonb_build_object('field', p_field, 'reason', 'bad_format', 'expected', 'ISO-8601'));
     END IF;
@@ -623,6 +667,7 @@ DECLARE
     v_md5 text;
     v_timestamp text;
     v_correlation_id text;
+    v_data_correlation_id text;
     v_known record;
     v_essay_id text;
     v_outcome text;
@@ -642,8 +687,9 @@ BEGIN
     v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
     v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
     v_md5 := els._text_field(v_payload, 'content_md5_hash');
-    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
-                                 gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
     v_timestamp := els._timestamp_field(v_payload, 'timestamp');
     PERFORM els._lock_batch(v_batch_id);
     SELECT c.essay_id INTO v_known
@@ -736,6 +782,7 @@ CREATE FUNCTION els.reconcile_batch(p_batch_id text) RETURNS jsonb
 DECLARE
     v_tracker els.batch_tracker;
     v_slots_created integer;
+    v_existing_slots bigint;
     v_reconciled record;
     v_completion record;
 BEGIN
@@ -746,11 +793,10 @@ BEGIN
                                   'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0,
                                   'excess', 0, 'complete', false, 'events', '[]'::jsonb);
     END IF;
-    INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-    SELECT u.id, p_batch_id, u.ord
-      FROM unnest(v_tracker.essay_ids) WITH ORDINALITY AS u(id, ord)
-     WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id);
-    GET DIAGNOSTICS v_slots_created = ROW_COUNT;
+    SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id;
+    v_slots_created := CASE WHEN v_existing_slots = v_tracker.expected_count THEN 0
+                            ELSE els._create_slots(p_batch_id, v_tracker.essay_ids, v_existing_slots > 0)
+                       END;
     v_reconciled := els._reconcile(p_batch_id);
     v_completion := els._complete_if_done(p_batch_id);
     RETURN jsonb_build_object(
@@ -787,6 +833,7 @@ DECLARE
     v_file_size_bytes numeric;
     v_timestamp text;
     v_correlation_id text;
+    v_data_correlation_id text;
     v_known record;
     v_essay_id text;
     v_outcome text;
@@ -807,8 +854,9 @@ BEGIN
     v_error_detail := els._object_field(v_payload, 'validation_error_detail');
     v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
     v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
-                                 gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
     v_timestamp := els._timestamp_field(v_payload, 'timestamp');
     PERFORM els._lock_batch(v_batch_id);
     SELECT f.essay_id INTO v_known
@@ -880,13 +928,13 @@ DECLARE
     v_prompt_ref jsonb;
     v_metadata jsonb;
     v_correlation_id text;
+    v_data_correlation_id text;
     v_duplicate_id text;
     v_tracker els.batch_tracker;
     v_outcome text;
     v_conflict_field text;
     v_slots_created integer;
-    v_owner_batch text;
-    v_owned_essay text;
+    v_existing_slots bigint := 0;
     v_reconciled record;
     v_completion record;
 BEGIN
@@ -904,8 +952,9 @@ BEGIN
     v_class_id := els._text_field(v_payload, 'class_id');
     v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
     v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
-                                 gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
     IF cardinality(v_essay_ids) <> v_expected THEN
         PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
             jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
@@ -942,7 +991,8 @@ BEGIN
                 jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
                                    'batch_id', v_batch_id));
         END IF;
-        IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN
+        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
+        IF v_existing_slots = v_tracker.expected_count THEN
             RETURN jsonb_build_object(
                 'batch_id', v_batch_id, 'outcome', 'duplicate',
                 'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
@@ -959,28 +1009,7 @@ BEGIN
         RETURNING t.* INTO v_tracker;
         v_outcome := 'registered';
     END IF;
-    -- One set-based insert for all slots. An essay id owned by another batch
-    -- violates the slot primary key; that becomes ELC02 naming both. Rows go
-    -- in essay id order so that two registrations racing for overlapping ids
-    -- wait on each other in the same order instead of deadlocking.
-    BEGIN
-        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-        SELECT u.id, v_batch_id, u.ord
-          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
-         ORDER BY u.id;
-        GET DIAGNOSTICS v_slots_created = ROW_COUNT;
-    EXCEPTION WHEN unique_violation THEN
-        SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
-          FROM els.essay_slot AS s
-         WHERE s.essay_id = ANY (v_essay_ids) AND s.batch_id <> v_batch_id
-         LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE;
-        END IF;
-        PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
-            jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
-                               'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
-    END;
+    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
     v_reconciled := els._reconcile(v_batch_id);
     v_completion := els._complete_if_done(v_batch_id);
     RETURN jsonb_build_object(
@@ -1108,6 +1137,7 @@ ALTER TABLE ONLY els.validation_failure
 GRANT USAGE ON SCHEMA els TO els_worker;
 GRANT USAGE ON SCHEMA els TO els_readonly;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;

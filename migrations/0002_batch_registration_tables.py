@@ -32,8 +32,8 @@ CREATE TYPE els.item_disposition AS ENUM ('pending', 'assigned', 'excess');
 COMMENT ON TYPE els.item_disposition IS
     'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
 
--- A global arrival clock shared by content and failures, so reconciliation can
--- take pending items oldest first across both ledgers.
+-- Arrival order of content and failures: reconciliation takes each ledger's
+-- pending items oldest first (content, then failures) and reports them so.
 CREATE SEQUENCE els.arrival_seq AS bigint;
 
 CREATE TABLE els.batch_tracker (

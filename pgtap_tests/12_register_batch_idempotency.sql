@@ -9,7 +9,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(68);
+SELECT plan(72);
 
 -- Row count and content hash of every table in schema els.
 CREATE FUNCTION pg_temp.els_state() RETURNS jsonb LANGUAGE plpgsql AS $fn$
@@ -165,6 +165,27 @@ SELECT is((SELECT value -> 'events' FROM result WHERE name = 'repaired-full'), p
 SELECT is((SELECT array_agg(event_type ORDER BY id) FROM els.event_outbox WHERE message_key = 'idem-half-full'),
           ARRAY['EssaySlotAssigned', 'BatchContentProvisioningCompleted'],
           'repair that completes: slot event first, then the completion');
+
+-- a tracker with only some of its slots (an older writer died half-way): the
+-- batch is not complete even when those slots are filled, and registering
+-- again repairs it by creating just the missing slots
+INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, correlation_id)
+VALUES ('idem-partial', 3, ARRAY['part-1', 'part-2', 'part-3'], 'ENG7', 'teacher', 'corr-part');
+INSERT INTO els.essay_slot (essay_id, batch_id, slot_no) VALUES ('part-1', 'idem-partial', 1);
+SELECT is(els.provision_content(pg_temp.content('idem-partial', 'part-t1')) - 'events',
+          '{"batch_id": "idem-partial", "outcome": "assigned", "essay_id": "part-1", "complete": false}'::jsonb,
+          'partial slots: content fills the one slot there, but the batch is not complete');
+SELECT is(els.register_batch(pg_temp.batch('idem-partial', ARRAY['part-1', 'part-2', 'part-3'])) - 'events',
+    '{"batch_id": "idem-partial", "outcome": "repaired", "class_type": "GUEST", "expected_count": 3,
+      "slots_created": 2, "content_assigned": 0, "failures_applied": 0, "excess": 0,
+      "complete": false}'::jsonb,
+    'partial slots: registering again repairs, creating only the two missing slots');
+SELECT results_eq(
+    $$SELECT slot_no, essay_id, status::text FROM els.essay_slot WHERE batch_id = 'idem-partial' ORDER BY slot_no$$,
+    $$VALUES (1, 'part-1', 'ready_for_processing'), (2, 'part-2', 'uploaded'), (3, 'part-3', 'uploaded')$$,
+    'partial slots: all three slots exist, the filled one kept');
+SELECT is(els.register_batch(pg_temp.batch('idem-partial', ARRAY['part-1', 'part-2', 'part-3'])) ->> 'outcome',
+          'duplicate', 'partial slots: once repaired, registering again is a duplicate');
 
 -- ===========================================================================
 -- reconciliation: content before registration

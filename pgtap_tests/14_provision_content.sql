@@ -6,7 +6,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(102);
+SELECT plan(104);
 
 -- ---------------------------------------------------------------------------
 -- Helpers (session-local, rolled back with the test).
@@ -300,6 +300,10 @@ SELECT * FROM pg_temp.rejects(
     'field timestamp must be an ISO-8601 timestamp', '{"field": "timestamp", "reason": "bad_format"}',
     'ELV03: timestamp in a local date format');
 
+SELECT * FROM pg_temp.rejects(
+    $$SELECT els.provision_content(pg_temp.content() || '{"timestamp": "2026-19-45T99:99:99Z"}')$$, 'ELV03',
+    'field timestamp must be an ISO-8601 timestamp', '{"field": "timestamp", "reason": "bad_format"}',
+    'ELV03: timestamp with month, day and time out of range');
 SELECT is(pg_temp.els_state(), (SELECT state FROM state_before_errors),
           'after every rejection, every els table is exactly as before');
 

@@ -29,6 +29,7 @@ SELECT results_eq(
         FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = 'els'::regnamespace
        ORDER BY p.oid::regprocedure::text COLLATE "C"$$,
     $$VALUES ('els._complete_if_done(text)', false, false),
+             ('els._create_slots(text,text[],boolean)', false, false),
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
              ('els._event_id(text,jsonb)', true, true),

@@ -5,7 +5,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(51);
+SELECT plan(52);
 
 -- The outbox assertions below count rows: start from an empty outbox (this
 -- file rolls back, so whatever was there is back afterwards).
@@ -177,6 +177,12 @@ SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE message_key = 'o
           'reconcile_batch: one completion, however often it runs');
 SELECT is_empty($$SELECT 1 FROM els.stuck_batches WHERE batch_id = 'ops-half'$$,
                 'reconcile_batch: the re-driven batch left stuck_batches');
+-- a slot-less tracker whose essay id has meanwhile gone to another batch
+INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, correlation_id)
+VALUES ('ops-stolen', 1, ARRAY['oh-1'], 'ENG5', 'teacher', 'corr-stolen');
+SELECT throws_ok($$SELECT els.reconcile_batch('ops-stolen')$$, 'ELC02',
+                 'an essay id already belongs to another batch',
+                 'reconcile_batch: an essay id owned by another batch -> ELC02, as for register_batch');
 
 -- pending rows left on a batch that has its slots (an older writer's leftovers)
 INSERT INTO els.essay_content (batch_id, text_storage_id, disposition, file_upload_id, original_file_name, correlation_id)

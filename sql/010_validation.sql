@@ -127,8 +127,9 @@ END
 $fn$;
 
 -- ISO-8601 timestamps as producers send them: a date, optionally a time with
--- fraction, optionally a zone. Checked by pattern so that no cast can raise an
--- unstructured error.
+-- fraction, optionally a zone, each part within its range. Checked by pattern,
+-- not by a cast, so that no cast can raise an unstructured error (a day 31 in a
+-- 30-day month passes: the field is informational and stored as sent).
 CREATE OR REPLACE FUNCTION els._timestamp_field(p_payload jsonb, p_field text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
@@ -136,7 +137,9 @@ DECLARE
     v_text text := els._text_field(p_payload, p_field);
 BEGIN
     IF v_text IS NOT NULL AND v_text !~
-        '^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|z|[+-]\d{2}(:?\d{2})?)?$' THEN
+        '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
+        '([T ]([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d{1,9})?)?)?'
+        '(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$' THEN
         PERFORM els._reject('ELV03', format('field %s must be an ISO-8601 timestamp', p_field),
             jsonb_build_object('field', p_field, 'reason', 'bad_format', 'expected', 'ISO-8601'));
     END IF;

@@ -15,6 +15,51 @@ BEGIN ATOMIC
     SELECT pg_advisory_xact_lock(hashtextextended('els.batch:' || p_batch_id, 0));
 END;
 
+-- Creates a registered batch's slots, numbered by the order of essay_ids, in
+-- one set-based insert. p_some_exist: an older writer left some slots, so only
+-- the missing ones are inserted. An essay id owned by another batch violates
+-- the slot primary key; that becomes ELC02 naming both. Rows go in essay id
+-- order so that two registrations racing for overlapping ids wait on each
+-- other in the same order instead of deadlocking.
+CREATE OR REPLACE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_created integer;
+    v_owned_essay text;
+    v_owner_batch text;
+BEGIN
+    IF p_some_exist THEN
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT u.id, p_batch_id, u.ord
+          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
+         WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s
+                            WHERE s.essay_id = u.id AND s.batch_id = p_batch_id)
+         ORDER BY u.id;
+    ELSE
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT u.id, p_batch_id, u.ord
+          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
+         ORDER BY u.id;
+    END IF;
+    GET DIAGNOSTICS v_created = ROW_COUNT;
+    RETURN v_created;
+EXCEPTION WHEN unique_violation THEN
+    SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
+      FROM els.essay_slot AS s
+     WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
+     ORDER BY s.essay_id
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE;
+    END IF;
+    PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+        jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
+                           'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
+    RETURN NULL;
+END
+$fn$;
+
 -- Fills a registered batch's empty slots with its pending items, oldest first
 -- (arrival order, then id): pending content first, then pending failures.
 -- What finds no empty slot becomes excess. Emits EssaySlotAssigned for each
@@ -136,8 +181,11 @@ BEGIN
         complete := true;
         RETURN;
     END IF;
+    -- Complete means every expected slot exists and none is empty: a tracker
+    -- whose slots an older writer left missing (all or some) is not complete.
     IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded')
-       OR NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id) THEN
+       OR (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
+          <> v_tracker.expected_count THEN
         complete := false;
         RETURN;
     END IF;
@@ -167,5 +215,6 @@ BEGIN
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION els._lock_batch(text), els._reconcile(text),
+REVOKE ALL ON FUNCTION els._lock_batch(text), els._create_slots(text, text[], boolean),
+    els._reconcile(text),
     els._complete_if_done(text) FROM PUBLIC;

@@ -5,7 +5,8 @@
 -- One call is one atomic step (SPEC section 3): the tracker and its slots are
 -- written in the same transaction, so the old failure mode (tracker committed,
 -- slots rolled back, retries failing forever on the tracker's key) cannot occur.
--- A tracker found without slots (left by that older writer) is repaired.
+-- A tracker found without its slots, or with only some (left by that older
+-- writer), is repaired: the missing slots are created now.
 
 CREATE OR REPLACE FUNCTION els.register_batch(event jsonb)
 RETURNS jsonb
@@ -25,13 +26,13 @@ DECLARE
     v_prompt_ref jsonb;
     v_metadata jsonb;
     v_correlation_id text;
+    v_data_correlation_id text;
     v_duplicate_id text;
     v_tracker els.batch_tracker;
     v_outcome text;
     v_conflict_field text;
     v_slots_created integer;
-    v_owner_batch text;
-    v_owned_essay text;
+    v_existing_slots bigint := 0;
     v_reconciled record;
     v_completion record;
 BEGIN
@@ -50,8 +51,9 @@ BEGIN
     v_class_id := els._text_field(v_payload, 'class_id');
     v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
     v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
-                                 gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
 
     IF cardinality(v_essay_ids) <> v_expected THEN
         PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
@@ -91,7 +93,8 @@ BEGIN
                 jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
                                    'batch_id', v_batch_id));
         END IF;
-        IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN
+        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
+        IF v_existing_slots = v_tracker.expected_count THEN
             RETURN jsonb_build_object(
                 'batch_id', v_batch_id, 'outcome', 'duplicate',
                 'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
@@ -109,28 +112,7 @@ BEGIN
         v_outcome := 'registered';
     END IF;
 
-    -- One set-based insert for all slots. An essay id owned by another batch
-    -- violates the slot primary key; that becomes ELC02 naming both. Rows go
-    -- in essay id order so that two registrations racing for overlapping ids
-    -- wait on each other in the same order instead of deadlocking.
-    BEGIN
-        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-        SELECT u.id, v_batch_id, u.ord
-          FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
-         ORDER BY u.id;
-        GET DIAGNOSTICS v_slots_created = ROW_COUNT;
-    EXCEPTION WHEN unique_violation THEN
-        SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
-          FROM els.essay_slot AS s
-         WHERE s.essay_id = ANY (v_essay_ids) AND s.batch_id <> v_batch_id
-         LIMIT 1;
-        IF NOT FOUND THEN
-            RAISE;
-        END IF;
-        PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
-            jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
-                               'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
-    END;
+    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
 
     v_reconciled := els._reconcile(v_batch_id);
     v_completion := els._complete_if_done(v_batch_id);

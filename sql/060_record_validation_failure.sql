@@ -21,6 +21,7 @@ DECLARE
     v_file_size_bytes numeric;
     v_timestamp text;
     v_correlation_id text;
+    v_data_correlation_id text;
     v_known record;
     v_essay_id text;
     v_outcome text;
@@ -42,8 +43,9 @@ BEGIN
     v_error_detail := els._object_field(v_payload, 'validation_error_detail');
     v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
     v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    v_correlation_id := coalesce(v_env.correlation_id, els._text_field(v_payload, 'correlation_id'),
-                                 gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
     v_timestamp := els._timestamp_field(v_payload, 'timestamp');
 
     PERFORM els._lock_batch(v_batch_id);

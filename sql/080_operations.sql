@@ -100,7 +100,8 @@ COMMENT ON FUNCTION els.batch_report(text) IS
     'pending and excess content, failures, outbox rows and whether they were published.';
 
 -- Re-drives a registered batch: recreates missing slots from the tracker (a
--- tracker left without slots by an older writer), reconciles pending items,
+-- tracker left without all its slots by an older writer; ELC02 if an essay id
+-- now belongs to another batch), reconciles pending items,
 -- completes the batch if nothing is empty. Idempotent: a second call finds
 -- nothing to do.
 CREATE OR REPLACE FUNCTION els.reconcile_batch(p_batch_id text)
@@ -111,6 +112,7 @@ AS $fn$
 DECLARE
     v_tracker els.batch_tracker;
     v_slots_created integer;
+    v_existing_slots bigint;
     v_reconciled record;
     v_completion record;
 BEGIN
@@ -122,11 +124,10 @@ BEGIN
                                   'excess', 0, 'complete', false, 'events', '[]'::jsonb);
     END IF;
 
-    INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-    SELECT u.id, p_batch_id, u.ord
-      FROM unnest(v_tracker.essay_ids) WITH ORDINALITY AS u(id, ord)
-     WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id);
-    GET DIAGNOSTICS v_slots_created = ROW_COUNT;
+    SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id;
+    v_slots_created := CASE WHEN v_existing_slots = v_tracker.expected_count THEN 0
+                            ELSE els._create_slots(p_batch_id, v_tracker.essay_ids, v_existing_slots > 0)
+                       END;
 
     v_reconciled := els._reconcile(p_batch_id);
     v_completion := els._complete_if_done(p_batch_id);
