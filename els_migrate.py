@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-
 from yoyo import get_backend, read_migrations
 
 PROJECT_ROOT = Path(__file__).resolve().parent

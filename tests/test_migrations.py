@@ -15,6 +15,7 @@ import pytest
 
 import els_migrate
 
+
 def other_database(url: str, dbname: str) -> str:
     """The same server URL with another database name."""
     return urlunsplit(urlsplit(url)._replace(path="/" + dbname))
@@ -59,7 +60,8 @@ def test_migrations_produce_the_committed_schema(empty_db_url: str) -> None:
     """docs/schema.sql is the readable source of truth; the migrations must produce it
     exactly. Regenerate it with `make schema-snapshot` after a deliberate change."""
     els_migrate.apply_migrations(empty_db_url)
-    assert els_migrate.dump_schema(empty_db_url) == els_migrate.SCHEMA_SNAPSHOT.read_text(encoding="utf-8")
+    snapshot = els_migrate.SCHEMA_SNAPSHOT.read_text(encoding="utf-8")
+    assert els_migrate.dump_schema(empty_db_url) == snapshot
 
 
 def test_a_second_apply_is_a_no_op(empty_db_url: str) -> None:

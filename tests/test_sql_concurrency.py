@@ -97,7 +97,8 @@ def test_shuffled_duplicated_streams_of_twenty_batches(db_url: str) -> None:
             assert (summary["filled"], summary["failed"]) == (counts["filled"], counts["failed"])
             assert summary["excess_content"] == summary["excess_failures"] == 0
         completions = conn.execute(
-            "SELECT count(*) FROM els.event_outbox WHERE event_type = 'BatchContentProvisioningCompleted'"
+            "SELECT count(*) FROM els.event_outbox"
+            " WHERE event_type = 'BatchContentProvisioningCompleted'"
             " AND message_key LIKE %(prefix)s", {"prefix": f"conc-{run}-%"}).fetchone()
     assert completions is not None
     # Exactly one completion per batch whose slots all got something, none for the rest.
