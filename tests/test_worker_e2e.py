@@ -181,10 +181,19 @@ def test_malformed_events_dead_lettered_neighbours_applied(
         good[3],
         (topics.batch_registered, key, event_bytes(conflicting)),
     ]
-    env = worker_env(db_url, kafka_bootstrap, topics)
+    waiting = f"waiting-{uuid.uuid4().hex[:8]}"  # registered, never complete: "stuck"
+    msgs.append(_batch_messages(topics, waiting, 2)[0])
+    env = worker_env(db_url, kafka_bootstrap, topics, ELS_STUCK_AFTER_SECONDS="0")
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         produce(kafka_bootstrap, msgs)
         wait_until(lambda: all_complete(db_url, [batch_id]), 60, "batch complete", worker.tail)
+
+        def stuck() -> list[str]:
+            status, body = worker.http_status("/health/batches")
+            assert status == 200, body
+            return [b["batch_id"] for b in json.loads(body)["stuck_batches"]]
+
+        assert wait_until(stuck, 30, "the waiting batch in /health/batches") == [waiting]
 
         def dlq_count() -> bool:
             return (
