@@ -14,7 +14,7 @@ STACK  := scripts/stack.sh
 LINT_PATHS := worker.py els_migrate.py tests bench
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
-        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot
+        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -77,3 +77,6 @@ clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, log
 schema-snapshot: stack-up ## rewrite docs/schema.sql from a freshly migrated scratch database
 	@eval "$$($(STACK) env)"
 	$(PY) els_migrate.py snapshot
+
+bench: stack-up ## benchmarks: register_batch vs COPY/INSERT, duplicates, throughput, end to end (docs/BENCHMARKS.md)
+	@$(PY) -m bench.run $(BENCH_ARGS)

@@ -1,0 +1,249 @@
+"""Shared plumbing of the benchmark: the stack, fresh databases, event builders, timing.
+
+Every scenario runs in a database of its own, cloned from one migrated and seeded
+template (``els_bench_template``), so that table sizes are the same at the start of
+every scenario: the template holds SEED_BATCHES registered batches of SEED_ESSAYS
+essays, most of them filled, some complete, plus an outbox, and is ANALYZEd, so
+plans are chosen against realistic sizes, not empty tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TEMPLATE = "els_bench_template"
+DB_PREFIX = "els_bench_"
+SEED_BATCHES = 1000
+SEED_ESSAYS = 20
+
+TOPIC_REGISTERED = "huleedu.batch.essays.registered.v1"
+TOPIC_CONTENT = "huleedu.file.essay.content.provisioned.v1"
+TOPIC_FAILED = "huleedu.file.essay.validation.failed.v1"
+
+
+@dataclass(frozen=True)
+class Stack:
+    admin_url: str
+    kafka_bootstrap: str
+
+    def url_for(self, dbname: str) -> str:
+        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
+
+
+def stack_from_env() -> Stack:
+    """The local stack of scripts/stack.sh (started if needed), or ELS_PG_ADMIN_URL +
+    ELS_KAFKA_BOOTSTRAP from the environment when both are set."""
+    if os.environ.get("ELS_PG_ADMIN_URL") and os.environ.get("ELS_KAFKA_BOOTSTRAP"):
+        return Stack(os.environ["ELS_PG_ADMIN_URL"], os.environ["ELS_KAFKA_BOOTSTRAP"])
+    stack_sh = str(ROOT / "scripts" / "stack.sh")
+    if subprocess.run(["bash", stack_sh, "status"], capture_output=True).returncode != 0:
+        subprocess.run(["bash", stack_sh, "up"], check=True)
+    out = subprocess.run(["bash", stack_sh, "env"], check=True, capture_output=True, text=True)
+    env: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export ") :].partition("=")
+            env[key] = value.strip("'\"")
+    return Stack(env["ELS_PG_ADMIN_URL"], env["ELS_KAFKA_BOOTSTRAP"])
+
+
+# ---------------------------------------------------------------- events
+
+
+def envelope(topic: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "event_type": topic,
+        "event_timestamp": "2026-11-28T12:00:00Z",
+        "source_service": "bench",
+        "schema_version": 1,
+        "correlation_id": str(uuid.uuid4()),
+        "data": data,
+        "metadata": {},
+    }
+
+
+def essay_ids(batch_id: str, n: int) -> list[str]:
+    return [f"{batch_id}-e{i:05d}" for i in range(n)]
+
+
+def registration(batch_id: str, n: int, class_id: str | None = None) -> dict[str, Any]:
+    return envelope(TOPIC_REGISTERED, {
+        "entity_id": batch_id,
+        "expected_essay_count": n,
+        "essay_ids": essay_ids(batch_id, n),
+        "course_code": "ENG5",
+        "user_id": "user-bench",
+        "org_id": None,
+        "class_id": class_id,
+        "student_prompt_ref": None,
+        "metadata": {},
+    })
+
+
+def content(batch_id: str, i: int) -> dict[str, Any]:
+    tsid = f"{batch_id}-t{i:05d}"
+    return envelope(TOPIC_CONTENT, {
+        "entity_id": batch_id,
+        "text_storage_id": tsid,
+        "file_upload_id": f"{batch_id}-u{i:05d}",
+        "original_file_name": f"essay-{i}.docx",
+        "raw_file_storage_id": f"raw-{tsid}",
+        "file_size_bytes": 20480,
+        "content_md5_hash": "d41d8cd98f00b204e9800998ecf8427e",
+    })
+
+
+def failure(batch_id: str, i: int) -> dict[str, Any]:
+    return envelope(TOPIC_FAILED, {
+        "entity_id": batch_id,
+        "file_upload_id": f"{batch_id}-f{i:05d}",
+        "original_file_name": f"broken-{i}.pdf",
+        "validation_error_code": "TEXT_EXTRACTION_FAILED",
+        "validation_error_detail": {"page": 1},
+    })
+
+
+def dumps(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------- databases
+
+
+def _admin(stack: Stack) -> psycopg.Connection:
+    return psycopg.connect(stack.admin_url, autocommit=True)
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def build_template(stack: Stack, log: Callable[[str], None]) -> None:
+    """(Re)creates the migrated, seeded template database."""
+    import els_migrate
+
+    ident = sql.Identifier(TEMPLATE)
+    with _admin(stack) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE,)).fetchone():
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(ident))
+            drop_database(conn, TEMPLATE)
+        # leftovers of an interrupted earlier run
+        for (name,) in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "s%",)
+        ).fetchall():
+            drop_database(conn, name)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
+    url = stack.url_for(TEMPLATE)
+    els_migrate.apply_migrations(url)
+    t0 = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Realistic background: SEED_BATCHES batches of SEED_ESSAYS essays; 80% of them
+        # get all their uploads (complete), the rest three quarters (open), so the
+        # partial "empty slot" index holds a realistic mix and the outbox has history;
+        # one batch in ten had a validation failure; some uploads wait for batches not
+        # registered yet (pending).
+        with conn.transaction():
+            for b in range(SEED_BATCHES):
+                bid = f"seed-{b:05d}"
+                conn.execute("SELECT els.register_batch(%s::jsonb)",
+                             (dumps(registration(bid, SEED_ESSAYS)),))
+                filled = SEED_ESSAYS if b % 5 else SEED_ESSAYS * 3 // 4
+                for i in range(filled):
+                    if b % 10 == 1 and i == 0:  # some uploads failed validation
+                        conn.execute("SELECT els.record_validation_failure(%s::jsonb)",
+                                     (dumps(failure(bid, i)),))
+                    else:
+                        conn.execute("SELECT els.provision_content(%s::jsonb)",
+                                     (dumps(content(bid, i)),))
+            for b in range(SEED_BATCHES // 10):  # uploads of batches not registered yet
+                bid = f"seed-unregistered-{b:05d}"
+                conn.execute("SELECT els.provision_content(%s::jsonb)", (dumps(content(bid, 0)),))
+                conn.execute("SELECT els.record_validation_failure(%s::jsonb)",
+                             (dumps(failure(bid, 1)),))
+        conn.execute("UPDATE els.event_outbox SET published_at = now()")
+        conn.execute("VACUUM (ANALYZE)")
+    log(f"template {TEMPLATE}: {SEED_BATCHES} batches x {SEED_ESSAYS} essays seeded "
+        f"in {time.perf_counter() - t0:.1f}s")
+    with _admin(stack) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()", (TEMPLATE,))
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(ident))
+
+
+@contextmanager
+def fresh_database(stack: Stack, label: str) -> Iterator[str]:
+    """A database cloned from the template for one scenario; dropped afterwards."""
+    name = f"{DB_PREFIX}s_{label}_{uuid.uuid4().hex[:8]}"
+    with _admin(stack) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(TEMPLATE)))
+    try:
+        yield stack.url_for(name)
+    finally:
+        with _admin(stack) as conn:
+            drop_database(conn, name)
+
+
+def drop_template(stack: Stack) -> None:
+    with _admin(stack) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(
+            sql.Identifier(TEMPLATE)))
+        drop_database(conn, TEMPLATE)
+
+
+# ---------------------------------------------------------------- timing
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float]) -> str:
+    """min..max of the repetitions relative to their median, e.g. '±4%'."""
+    m = statistics.median(values)
+    if m == 0 or len(values) < 2:
+        return ""
+    dev = max(abs(max(values) - m), abs(m - min(values))) / m
+    return f"±{dev * 100:.0f}%"
+
+
+def rotate(items: list[Any], k: int) -> list[Any]:
+    """The variants in a different order each repetition, to cancel drift and noise."""
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])

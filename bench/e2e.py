@@ -1,0 +1,297 @@
+"""End to end through the real broker, against the direct-SQL ceiling.
+
+The stream: N_BATCHES registrations of 10-essay batches plus the 10 contents of each
+(11 events per batch), keyed by batch id, produced to fresh input topics before any
+worker starts. A run times, watching the database, from the start of the worker
+process(es) to the moment the last of the expected outbox rows (10 EssaySlotAssigned +
+1 BatchContentProvisioningCompleted per batch) is marked published by the relay.
+
+The ceiling applies the same message values by direct SQL calls with the worker's
+grouping (micro-batches of ELS_BATCH_MAX_MESSAGES calls per transaction, pipelined),
+one session per partition, each in its own process, no Kafka and no relay.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from bench.common import (
+    ROOT,
+    TOPIC_CONTENT,
+    TOPIC_FAILED,
+    TOPIC_REGISTERED,
+    Stack,
+    content,
+    dumps,
+    fresh_database,
+    registration,
+)
+
+ESSAYS = 10
+GROUP = 500  # the worker's default ELS_BATCH_MAX_MESSAGES
+OUTPUTS = {
+    "ELS_TOPIC_OUT_COMPLETED": "huleedu.batch.content.provisioning.completed.v1",
+    "ELS_TOPIC_OUT_SLOT_ASSIGNED": "huleedu.els.essay.slot.assigned.v1",
+    "ELS_TOPIC_OUT_EXCESS": "huleedu.els.excess.content.provisioned.v1",
+}
+SQL_BY_TOPIC = {
+    TOPIC_REGISTERED: "SELECT els.register_batch(%(event)s::jsonb)",
+    TOPIC_CONTENT: "SELECT els.provision_content(%(event)s::jsonb)",
+}
+RUN_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Stream:
+    batches: list[str]
+    # (topic, key, value) in production order: a registration, then its contents
+    messages: list[tuple[str, str, str]]
+
+    @property
+    def expected_outbox(self) -> int:
+        return len(self.batches) * (ESSAYS + 1)
+
+
+def build_stream(n_batches: int) -> Stream:
+    run = uuid.uuid4().hex[:6]
+    batches = [f"e2e-{run}-{b:06d}" for b in range(n_batches)]
+    messages: list[tuple[str, str, str]] = []
+    for bid in batches:
+        messages.append((TOPIC_REGISTERED, bid, dumps(registration(bid, ESSAYS))))
+        messages.extend((TOPIC_CONTENT, bid, dumps(content(bid, i))) for i in range(ESSAYS))
+    return Stream(batches, messages)
+
+
+@dataclass
+class RunResult:
+    events: int
+    seconds: float  # worker start (or ceiling start) -> done
+    steady_seconds: float = 0.0  # first outbox row written -> done
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def steady_rate(self) -> float:
+        return self.events / self.steady_seconds if self.steady_seconds else 0.0
+
+
+# ---------------------------------------------------------------- Kafka helpers
+
+
+def _admin(stack: Stack) -> AdminClient:
+    return AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+
+
+def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
+    admin = _admin(stack)  # must outlive the futures
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        operation_timeout=30, request_timeout=30)
+    for fut in futures.values():
+        fut.result(timeout=30)
+
+
+def _delete_topics(stack: Stack, prefix: str) -> None:
+    admin = _admin(stack)
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    if names:
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            try:
+                fut.result(timeout=30)
+            except Exception:  # cleanup only
+                pass
+
+
+def _produce(stack: Stack, prefix: str, stream: Stream) -> None:
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 20,
+                         "enable.idempotence": True, "acks": "all",
+                         "queue.buffering.max.messages": 200000})
+    failures: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for topic, key, value in stream.messages:
+        while True:
+            try:
+                producer.produce(prefix + topic, key=key.encode(), value=value.encode(),
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(60) or failures:
+        raise RuntimeError(f"pre-loading the input topics failed: {failures[:3]}")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks
+
+
+# ---------------------------------------------------------------- worker runs
+
+
+def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
+                log_dir: Path) -> RunResult:
+    prefix = f"bench{uuid.uuid4().hex[:8]}."
+    topics = [prefix + t for t in (TOPIC_REGISTERED, TOPIC_CONTENT, TOPIC_FAILED)]
+    try:
+        _create_topics(stack, topics, partitions)
+        _produce(stack, prefix, stream)
+        with fresh_database(stack, f"w{workers}p{partitions}") as url, \
+                psycopg.connect(url, autocommit=True) as watch:
+            base = watch.execute("SELECT coalesce(max(id), 0) FROM els.event_outbox").fetchone()
+            base_id = base[0] if base else 0
+            env = dict(os.environ)
+            env.update({
+                "ELS_DATABASE_URL": url,
+                "ELS_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+                "ELS_GROUP_ID": f"{prefix}group",
+                "ELS_TOPIC_BATCH_REGISTERED": topics[0],
+                "ELS_TOPIC_CONTENT_PROVISIONED": topics[1],
+                "ELS_TOPIC_VALIDATION_FAILED": topics[2],
+                "ELS_METRICS_PORT": "0",
+                "ELS_METRICS_HOST": "127.0.0.1",
+                "ELS_TOPIC_PARTITIONS": str(partitions),
+                **{k: prefix + v for k, v in OUTPUTS.items()},
+            })
+            procs: list[subprocess.Popen[bytes]] = []
+            logs = []
+            t0 = time.monotonic()
+            for w in range(workers):
+                logf = open(log_dir / f"{prefix}worker{w}.log", "wb")
+                logs.append(logf)
+                procs.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "worker.py"), "run"], env=env, cwd=str(ROOT),
+                    stdout=logf, stderr=subprocess.STDOUT))
+            first_row_at = 0.0
+            try:
+                while True:
+                    row = watch.execute(
+                        "SELECT count(*), count(*) FILTER (WHERE published_at IS NULL)"
+                        " FROM els.event_outbox WHERE id > %s", (base_id,)).fetchone()
+                    now = time.monotonic()
+                    total, unpublished = row if row else (0, 0)
+                    if total and not first_row_at:
+                        first_row_at = now
+                    if total >= stream.expected_outbox and unpublished == 0:
+                        done_at = now
+                        break
+                    if now - t0 > RUN_TIMEOUT_S:
+                        raise RuntimeError(
+                            f"end to end with {workers} worker(s): {total} of "
+                            f"{stream.expected_outbox} outbox rows, {unpublished} unpublished "
+                            f"after {RUN_TIMEOUT_S:.0f}s; logs in {log_dir}")
+                    for p in procs:
+                        if p.poll() is not None:
+                            raise RuntimeError(f"worker exited with {p.returncode}; "
+                                               f"logs in {log_dir}")
+                    time.sleep(0.05)
+                cpu = {"worker processes": sum(_cpu_seconds(p.pid) for p in procs)}
+                backends = watch.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name LIKE 'els-%'").fetchall()
+                cpu["their PG backends"] = sum(_cpu_seconds(pid) for (pid,) in backends)
+            finally:
+                for p in procs:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                for p in procs:
+                    try:
+                        p.wait(30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+                for logf in logs:
+                    logf.close()
+            _check_complete(watch, stream)
+        return RunResult(len(stream.messages), done_at - t0, done_at - first_row_at, cpu)
+    finally:
+        _delete_topics(stack, prefix)
+
+
+def _check_complete(conn: psycopg.Connection, stream: Stream) -> None:
+    row = conn.execute(
+        "SELECT count(*) FILTER (WHERE completed_at IS NOT NULL), count(*)"
+        " FROM els.batch_tracker WHERE batch_id = ANY(%s)", (stream.batches,)).fetchone()
+    if not row or row[0] != len(stream.batches):
+        raise RuntimeError(f"only {row} of {len(stream.batches)} batches complete")
+
+
+# ---------------------------------------------------------------- ceiling
+
+
+def _ceiling_child(url: str, messages: list[tuple[str, str]], group: int,
+                   ready: Any, go: Any, results: Any) -> None:
+    conn = psycopg.connect(url, autocommit=True)
+    ready.put(os.getpid())
+    go.wait()
+    for start in range(0, len(messages), group):
+        chunk = messages[start:start + group]
+        with conn.transaction():
+            cursors = []
+            with conn.pipeline():
+                for topic, value in chunk:
+                    cur = conn.cursor()
+                    cur.execute(SQL_BY_TOPIC[topic], {"event": value})
+                    cursors.append(cur)
+            for cur in cursors:
+                cur.fetchone()
+    results.put((time.monotonic(), _cpu_seconds(os.getpid())))
+    conn.close()
+
+
+def run_ceiling(stack: Stack, stream: Stream, sessions: int) -> RunResult:
+    """The same message values, by direct SQL: one process and session per partition
+    (batches split by key), micro-batches of GROUP calls per transaction, pipelined."""
+    parts: list[list[tuple[str, str]]] = [[] for _ in range(sessions)]
+    index = {bid: i % sessions for i, bid in enumerate(stream.batches)}
+    for topic, key, value in stream.messages:
+        parts[index[key]].append((topic, value))
+    ctx = mp.get_context("spawn")
+    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    with fresh_database(stack, f"ceil{sessions}") as url:
+        procs = [ctx.Process(target=_ceiling_child, args=(url, part, GROUP, ready, go, results))
+                 for part in parts]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.get(timeout=120)
+        t0 = time.monotonic()
+        go.set()
+        ends = [results.get(timeout=RUN_TIMEOUT_S) for _ in procs]
+        for p in procs:
+            p.join(30)
+        with psycopg.connect(url, autocommit=True) as conn:
+            _check_complete(conn, stream)
+    wall = max(e[0] for e in ends) - t0
+    cpu = {"client processes": sum(e[1] for e in ends)}
+    return RunResult(len(stream.messages), wall, wall, cpu)
+
+
+def log_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="els-bench-"))
