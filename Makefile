@@ -14,7 +14,7 @@ STACK  := scripts/stack.sh
 LINT_PATHS := worker.py els_migrate.py tests bench
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
-        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench
+        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -80,3 +80,6 @@ schema-snapshot: stack-up ## rewrite docs/schema.sql from a freshly migrated scr
 
 bench: stack-up ## benchmarks: register_batch vs COPY/INSERT, duplicates, throughput, end to end (docs/BENCHMARKS.md)
 	@$(PY) -m bench.run $(BENCH_ARGS)
+
+chaos: bootstrap ## full chaos run on a private PostgreSQL + Kafka: kills, restarts, oracle check (docs/RELIABILITY.md)
+	@$(PY) -m chaos.run --profile full $(CHAOS_ARGS)
