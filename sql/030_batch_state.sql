@@ -75,84 +75,97 @@ DECLARE
     v_failures_excess integer;
     v_events jsonb;
 BEGIN
-    WITH empty_slot AS (
-        SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-        FROM els.essay_slot AS s
-        WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-    ), pending AS (
-        SELECT c.text_storage_id, row_number() OVER (ORDER BY c.arrival_seq, c.text_storage_id) AS rn
-        FROM els.essay_content AS c
-        WHERE c.batch_id = p_batch_id AND c.disposition = 'pending'
-    ), disposed AS (
-        UPDATE els.essay_content AS c
-        SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-            essay_id = e.essay_id,
-            disposed_at = now()
-        FROM pending AS p
-        LEFT JOIN empty_slot AS e ON e.rn = p.rn
-        WHERE c.batch_id = p_batch_id AND c.text_storage_id = p.text_storage_id
-        RETURNING c.*
-    ), filled AS (
-        UPDATE els.essay_slot AS s
-        SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
-        FROM disposed AS d
-        WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-        RETURNING s.essay_id
-    )
-    SELECT (SELECT count(*) FROM filled)::integer,
-           (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
-           jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
-                         jsonb_build_object(
-                             'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
-                             'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
-                             'correlation_id', d.correlation_id,
-                             'data', jsonb_build_object(
-                                 'batch_id', p_batch_id, 'essay_id', d.essay_id,
-                                 'file_upload_id', d.file_upload_id,
-                                 'text_storage_id', d.text_storage_id,
-                                 'original_file_name', d.original_file_name))
-                     ELSE
-                         jsonb_build_object(
-                             'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
-                             'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
-                             'correlation_id', d.correlation_id,
-                             'data', jsonb_build_object(
-                                 'batch_id', p_batch_id,
-                                 'original_file_name', d.original_file_name,
-                                 'text_storage_id', d.text_storage_id,
-                                 'reason', 'NO_AVAILABLE_SLOT'))
-                     END ORDER BY d.arrival_seq, d.text_storage_id)
-      INTO content_assigned, v_content_excess, v_events
-      FROM disposed AS d;
+    content_assigned := 0;
+    v_content_excess := 0;
+    failures_applied := 0;
+    v_failures_excess := 0;
+    -- Each set-based statement only when there is something pending: most
+    -- registrations find nothing, and one index probe is far cheaper than
+    -- starting the statement (docs/BENCHMARKS.md).
+    IF EXISTS (SELECT FROM els.essay_content AS c
+                WHERE c.batch_id = p_batch_id AND c.disposition = 'pending') THEN
+        WITH empty_slot AS (
+            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
+            FROM els.essay_slot AS s
+            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
+        ), pending AS (
+            SELECT c.text_storage_id, row_number() OVER (ORDER BY c.arrival_seq, c.text_storage_id) AS rn
+            FROM els.essay_content AS c
+            WHERE c.batch_id = p_batch_id AND c.disposition = 'pending'
+        ), disposed AS (
+            UPDATE els.essay_content AS c
+            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+                essay_id = e.essay_id,
+                disposed_at = now()
+            FROM pending AS p
+            LEFT JOIN empty_slot AS e ON e.rn = p.rn
+            WHERE c.batch_id = p_batch_id AND c.text_storage_id = p.text_storage_id
+            RETURNING c.*
+        ), filled AS (
+            UPDATE els.essay_slot AS s
+            SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
+            FROM disposed AS d
+            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+            RETURNING s.essay_id
+        )
+        SELECT (SELECT count(*) FROM filled)::integer,
+               (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
+               jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
+                             jsonb_build_object(
+                                 'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
+                                 'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
+                                 'correlation_id', d.correlation_id,
+                                 'data', jsonb_build_object(
+                                     'batch_id', p_batch_id, 'essay_id', d.essay_id,
+                                     'file_upload_id', d.file_upload_id,
+                                     'text_storage_id', d.text_storage_id,
+                                     'original_file_name', d.original_file_name))
+                         ELSE
+                             jsonb_build_object(
+                                 'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
+                                 'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
+                                 'correlation_id', d.correlation_id,
+                                 'data', jsonb_build_object(
+                                     'batch_id', p_batch_id,
+                                     'original_file_name', d.original_file_name,
+                                     'text_storage_id', d.text_storage_id,
+                                     'reason', 'NO_AVAILABLE_SLOT'))
+                         END ORDER BY d.arrival_seq, d.text_storage_id)
+          INTO content_assigned, v_content_excess, v_events
+          FROM disposed AS d;
+    END IF;
 
-    WITH empty_slot AS (
-        SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-        FROM els.essay_slot AS s
-        WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-    ), pending AS (
-        SELECT f.file_upload_id, row_number() OVER (ORDER BY f.arrival_seq, f.file_upload_id) AS rn
-        FROM els.validation_failure AS f
-        WHERE f.batch_id = p_batch_id AND f.disposition = 'pending'
-    ), disposed AS (
-        UPDATE els.validation_failure AS f
-        SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-            essay_id = e.essay_id,
-            disposed_at = now()
-        FROM pending AS p
-        LEFT JOIN empty_slot AS e ON e.rn = p.rn
-        WHERE f.batch_id = p_batch_id AND f.file_upload_id = p.file_upload_id
-        RETURNING f.essay_id, f.file_upload_id
-    ), closed AS (
-        UPDATE els.essay_slot AS s
-        SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id,
-            filled_at = now()
-        FROM disposed AS d
-        WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-        RETURNING s.essay_id
-    )
-    SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
-      INTO failures_applied, v_failures_excess
-      FROM disposed AS d;
+    IF EXISTS (SELECT FROM els.validation_failure AS f
+                WHERE f.batch_id = p_batch_id AND f.disposition = 'pending') THEN
+        WITH empty_slot AS (
+            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
+            FROM els.essay_slot AS s
+            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
+        ), pending AS (
+            SELECT f.file_upload_id, row_number() OVER (ORDER BY f.arrival_seq, f.file_upload_id) AS rn
+            FROM els.validation_failure AS f
+            WHERE f.batch_id = p_batch_id AND f.disposition = 'pending'
+        ), disposed AS (
+            UPDATE els.validation_failure AS f
+            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+                essay_id = e.essay_id,
+                disposed_at = now()
+            FROM pending AS p
+            LEFT JOIN empty_slot AS e ON e.rn = p.rn
+            WHERE f.batch_id = p_batch_id AND f.file_upload_id = p.file_upload_id
+            RETURNING f.essay_id, f.file_upload_id
+        ), closed AS (
+            UPDATE els.essay_slot AS s
+            SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id,
+                filled_at = now()
+            FROM disposed AS d
+            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+            RETURNING s.essay_id
+        )
+        SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
+          INTO failures_applied, v_failures_excess
+          FROM disposed AS d;
+    END IF;
 
     excess := v_content_excess + v_failures_excess;
     event_ids := CASE WHEN v_events IS NULL THEN '{}'::uuid[] ELSE els._emit_events(v_events) END;
@@ -168,11 +181,15 @@ CREATE OR REPLACE FUNCTION els._complete_if_done(
     p_batch_id text, OUT complete boolean, OUT event_id uuid)
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-    v_tracker els.batch_tracker;
+    v_tracker record;
     v_ready jsonb;
     v_ready_count integer;
 BEGIN
-    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
+    -- Only the columns needed: a whole row would detoast essay_ids (up to
+    -- 10,000 ids) on every content event of a big batch.
+    SELECT t.completed_at, t.expected_count, t.correlation_id, t.course_code, t.user_id,
+           t.class_type
+      INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
     IF NOT FOUND THEN
         complete := false;
         RETURN;

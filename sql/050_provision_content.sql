@@ -28,6 +28,7 @@ DECLARE
     v_events uuid[];
     v_complete boolean := false;
     v_completion_event uuid;
+    v_completion record;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
                                'essay.content.provisioned');
@@ -95,8 +96,10 @@ BEGIN
                 'batch_id', v_batch_id, 'essay_id', v_essay_id,
                 'file_upload_id', v_file_upload_id, 'text_storage_id', v_text_storage_id,
                 'original_file_name', v_original_file_name))));
-        SELECT c.complete, c.event_id INTO v_complete, v_completion_event
-          FROM els._complete_if_done(v_batch_id) AS c;
+        -- assigned, not SELECT ... FROM: a function in FROM goes through a tuplestore
+        v_completion := els._complete_if_done(v_batch_id);
+        v_complete := v_completion.complete;
+        v_completion_event := v_completion.event_id;
         IF v_completion_event IS NOT NULL THEN
             v_events := v_events || v_completion_event;
         END IF;
@@ -108,7 +111,8 @@ BEGIN
             'data', jsonb_build_object(
                 'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
                 'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'))));
-        SELECT c.complete INTO v_complete FROM els._complete_if_done(v_batch_id) AS c;
+        v_completion := els._complete_if_done(v_batch_id);
+        v_complete := v_completion.complete;
     END IF;
 
     RETURN jsonb_build_object(

@@ -27,6 +27,7 @@ DECLARE
     v_outcome text;
     v_complete boolean := false;
     v_completion_event uuid;
+    v_completion record;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.validation.failed.v1',
                                'essay.validation.failed');
@@ -91,8 +92,9 @@ BEGIN
          WHERE s.essay_id = v_essay_id;
     END IF;
     IF v_outcome <> 'pending' THEN
-        SELECT c.complete, c.event_id INTO v_complete, v_completion_event
-          FROM els._complete_if_done(v_batch_id) AS c;
+        v_completion := els._complete_if_done(v_batch_id);
+        v_complete := v_completion.complete;
+        v_completion_event := v_completion.event_id;
     END IF;
 
     RETURN jsonb_build_object(
