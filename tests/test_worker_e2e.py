@@ -325,6 +325,7 @@ def test_sigterm_mid_stream_then_restart_nothing_lost_nothing_twice(
     assert any(r.get("msg") == "worker stopped" for r in records1), first.tail()
     applied1 = [r for r in records1 if r.get("msg") == "event applied"]
     assert 0 < len(applied1) < len(msgs), "SIGTERM should land mid-stream"
+    print(f"first run applied {len(applied1)} of {len(msgs)} before SIGTERM")
 
     second = WorkerProcess(env, tmp_path / "worker2.log")
     with second:
