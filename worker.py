@@ -542,7 +542,7 @@ def dlq_topic(source_topic: str) -> str:
 
 
 class _DeliveryTracker:
-    """Delivery callback that records the items whose produce failed."""
+    """Delivery callback that records the items whose produce failed, with the error."""
 
     def __init__(self, failed: list[Any], item: Any) -> None:
         self.failed = failed
@@ -550,7 +550,15 @@ class _DeliveryTracker:
 
     def __call__(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
-            self.failed.append(self.item)
+            self.failed.append((self.item, err))
+
+
+# Produce errors that no retry can cure: the dead letter is too big for the producer or
+# the dead-letter topic. The worker then sends a stand-in without the value.
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, 18})  # 18: RECORD_LIST_TOO_LARGE
+# Dead-letter producer's own size limit (librdkafka default: 1 MB); the topic's
+# max.message.bytes still applies, broker side.
+DLQ_PRODUCER_MAX_BYTES = 64 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -1204,6 +1212,7 @@ class Worker:
         self.dlq_producer = Producer(
             cfg.kafka(
                 **{
+                    "message.max.bytes": DLQ_PRODUCER_MAX_BYTES,
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 2,
@@ -1421,54 +1430,103 @@ class Worker:
                 log(logging.INFO, "event applied", **fields)
 
     def _dead_letter(self, dead: Sequence[Item]) -> None:
-        """Produces dead letters and waits until the broker confirmed every one."""
+        """Produces dead letters and waits until the broker confirmed every one.
+
+        A dead letter too large for the producer or the dead-letter topic is sent as a
+        stand-in: same key and headers, no value, and ``els.error.detail`` extended with
+        ``dlq_value_omitted`` and the original size (the source coordinates are in the
+        headers). Any other failure is retried with backoff until it succeeds."""
         assert self.dlq_producer is not None
         producer = self.dlq_producer
         backoff = Backoff(self.cfg.retry_base_ms, self.cfg.retry_max_ms)
+        omitted: set[int] = set()  # id() of items sent as stand-ins
         pending = list(dead)
         while pending:
-            failed: list[Item] = []
+            failed: list[tuple[Item, KafkaError]] = []
             for it in pending:
-                headers: list[tuple[str, str | bytes | None]] = [
-                    ("els.error.sqlstate", (it.sqlstate or "").encode()),
-                    ("els.error.message", it.error_message.encode()),
-                    ("els.error.detail", it.error_detail.encode()),
-                    ("els.source.topic", it.topic.encode()),
-                    ("els.source.partition", str(it.partition).encode()),
-                    ("els.source.offset", str(it.offset).encode()),
-                    ("els.failed_at", datetime.now(UTC).isoformat().encode()),
-                    ("els.attempts", str(max(it.attempts, 1)).encode()),
-                ]
-                while True:
-                    try:
-                        producer.produce(
-                            dlq_topic(it.topic),
-                            key=it.msg.key(),
-                            value=it.msg.value(),
-                            headers=headers,
-                            on_delivery=_DeliveryTracker(failed, it),
-                        )
-                        break
-                    except BufferError:
-                        producer.poll(0.1)
+                self._produce_dead_letter(producer, it, id(it) in omitted, failed)
             remaining = producer.flush(60)
             if remaining:
                 # undelivered messages are still queued; wait for their reports too
                 remaining = producer.flush(60)
             if not failed and not remaining:
                 return
-            pending = failed if not remaining else list(dead)
+            too_large = [
+                it for it, err in failed if err.code() in TOO_LARGE and id(it) not in omitted
+            ]
+            for it in too_large:
+                omitted.add(id(it))
+                log(
+                    logging.WARNING,
+                    "dead letter too large: sending a stand-in without the value",
+                    topic=it.topic,
+                    partition=it.partition,
+                    offset=it.offset,
+                    bytes=len(it.msg.value() or b""),
+                )
+            pending = [it for it, _err in failed] if not remaining else list(dead)
+            if too_large and len(too_large) == len(failed) and not remaining:
+                continue  # stand-ins go out at once, no backoff needed
             self.metrics.retries.labels(kind="dlq_produce").inc()
             delay = backoff.next_delay()
             log(
                 logging.WARNING,
                 "dead-letter produce not confirmed: retrying",
                 failed=len(failed),
+                errors=sorted({str(err) for _it, err in failed})[:3],
                 undelivered=remaining,
                 retry_in_s=round(delay, 3),
             )
             if self.stop.wait(delay):
                 raise Stopping()
+
+    def _produce_dead_letter(
+        self,
+        producer: Producer,
+        it: Item,
+        omit_value: bool,
+        failed: list[tuple[Item, KafkaError]],
+    ) -> None:
+        value = it.msg.value()
+        detail = it.error_detail
+        if omit_value:
+            try:
+                parsed = json.loads(detail) if detail else {}
+            except ValueError:
+                parsed = {"original_detail": detail}
+            if not isinstance(parsed, dict):
+                parsed = {"original_detail": parsed}
+            parsed.update(dlq_value_omitted=True, original_value_bytes=len(value or b""))
+            detail = json.dumps(parsed)
+            value = None
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("els.error.sqlstate", (it.sqlstate or "").encode()),
+            ("els.error.message", it.error_message.encode()),
+            ("els.error.detail", detail.encode()),
+            ("els.source.topic", it.topic.encode()),
+            ("els.source.partition", str(it.partition).encode()),
+            ("els.source.offset", str(it.offset).encode()),
+            ("els.failed_at", datetime.now(UTC).isoformat().encode()),
+            ("els.attempts", str(max(it.attempts, 1)).encode()),
+        ]
+        while True:
+            try:
+                producer.produce(
+                    dlq_topic(it.topic),
+                    key=it.msg.key(),
+                    value=value,
+                    headers=headers,
+                    on_delivery=_DeliveryTracker(failed, it),
+                )
+                return
+            except BufferError:
+                producer.poll(0.1)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None:
+                    raise
+                failed.append((it, err))  # e.g. MSG_SIZE_TOO_LARGE, raised before sending
+                return
 
     def _commit_offsets(self, items: Sequence[Item]) -> None:
         assert self.consumer is not None
@@ -1648,6 +1706,15 @@ def cmd_dlq_replay(
             state = h.get("els.error.sqlstate", "")
             source = h.get("els.source.topic") or (msg.topic() or "").removesuffix(".dlq")
             match = not sqlstates or any(state.startswith(s) for s in sqlstates)
+            if match and msg.value() is None:
+                # a stand-in for a dead letter too large to keep: nothing to replay here
+                print(
+                    f"cannot replay {key[0]}[{key[1]}]@{offset}: value omitted (too large); "
+                    f"the original is {source}[{h.get('els.source.partition')}]"
+                    f"@{h.get('els.source.offset')}",
+                    file=sys.stderr,
+                )
+                match = False
             verb = "replay" if match else "keep"
             print(
                 f"{verb:6} {key[0]}[{key[1]}]@{offset} sqlstate={state} -> "

@@ -74,14 +74,6 @@ def big_topics(stack: Stack) -> Iterator[Topics]:
             pass
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker.py bug found by the chaos run: a dead letter larger than the DLQ producer's "
-    "message.max.bytes (librdkafka default 1 MB) makes producer.produce() raise "
-    "KafkaException(MSG_SIZE_TOO_LARGE) in Worker._dead_letter, which only catches "
-    "BufferError: the worker exits with code 1, and after every restart crashes again on "
-    "the same uncommitted message, so its partition stalls for good. The input topic "
-    "accepted the message; the worker must dead-letter it (or a truncated stand-in with "
-    "its source coordinates) and go on. Workaround: ELS_KAFKA_CONFIG message.max.bytes."))
 def test_oversized_malformed_event_does_not_stall_its_partition(
     db_url: str, stack: Stack, big_topics: Topics, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests import events as ev
+from tests.conftest import DEFAULT_TOPICS as DEFAULT_TOPIC_NAMES
 from tests.conftest import ROOT, STACK_SH, Topics
 from tests.worker_harness import (
     WORKER,
@@ -467,3 +468,84 @@ def test_rebalance_second_worker_joins_then_first_leaves(
     by_w2 = [r for r in w2.log_records() if r.get("msg") == "event applied"]
     assert by_w2, "the second worker should have taken over part of the stream"
     print(f"worker 1 applied {len(applied) - len(by_w2)}, worker 2 applied {len(by_w2)}")
+
+
+def test_dead_letter_too_large_for_its_topic_goes_as_stand_in(
+    db_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The input topic takes 4 MB messages, its DLQ only the broker default (1 MB): a
+    3 MB rejected event is dead-lettered as a stand-in (no value, source coordinates
+    in the headers, the size in the detail) and the event behind it is applied; the
+    partition does not stall."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    names = {k: f"{prefix}.{v}" for k, v in DEFAULT_TOPIC_NAMES.items()}
+    topics = Topics(
+        batch_registered=names["batch_registered"],
+        content_provisioned=names["content_provisioned"],
+        validation_failed=names["validation_failed"],
+        completed=names["completed"],
+        slot_assigned=names["slot_assigned"],
+        excess=names["excess"],
+        group_id=f"{prefix}.els",
+    )
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    big = {"max.message.bytes": str(4 * 1024 * 1024)}
+    new = [
+        NewTopic(names["content_provisioned"], num_partitions=1, replication_factor=1, config=big),
+        *[
+            NewTopic(names[k], num_partitions=1, replication_factor=1)
+            for k in names
+            if k != "content_provisioned"
+        ],
+        *[
+            NewTopic(names[k] + ".dlq", num_partitions=1, replication_factor=1)
+            for k in ("batch_registered", "content_provisioned", "validation_failed")
+        ],
+    ]
+    for fut in admin.create_topics(new, operation_timeout=30).values():
+        fut.result(timeout=60)
+    try:
+        batch_id = f"big-{uuid.uuid4().hex[:6]}"
+        oversized = ev.content(batch_id, "t-big")
+        oversized["data"]["original_file_name"] = "A" * (3 * 1024 * 1024)  # ELV03: too long
+        producer = Producer(
+            {"bootstrap.servers": kafka_bootstrap, "message.max.bytes": 8 * 1024 * 1024}
+        )
+        for event in (oversized, ev.content(batch_id, "t-after")):
+            producer.produce(
+                topics.content_provisioned, key=batch_id.encode(), value=event_bytes(event)
+            )
+        assert producer.flush(60) == 0
+        env = worker_env(db_url, kafka_bootstrap, topics)
+        with WorkerProcess(env, tmp_path / "worker.log") as worker:
+
+            def applied() -> bool:
+                return bool(
+                    query(
+                        db_url, "SELECT 1 FROM els.essay_content WHERE text_storage_id = 't-after'"
+                    )
+                )
+
+            wait_until(applied, 60, "the event behind the big one", worker.tail)
+            dead = wait_until(
+                lambda: read_topic(kafka_bootstrap, topics.content_provisioned_dlq),
+                30,
+                "the stand-in dead letter",
+                worker.tail,
+            )
+            assert worker.proc is not None and worker.proc.poll() is None
+            assert worker.terminate() == 0
+        (standin,) = dead
+        h = headers_of(standin)
+        assert set(h) == DLQ_HEADERS
+        assert standin.value() is None and standin.key() == batch_id.encode()
+        assert h["els.error.sqlstate"] == "ELV03" and h["els.source.offset"] == "0"
+        detail = json.loads(h["els.error.detail"])
+        assert detail["dlq_value_omitted"] is True
+        assert detail["original_value_bytes"] > 3 * 1024 * 1024
+        assert detail["field"] == "original_file_name"
+    finally:
+        admin.delete_topics([t.topic for t in new], operation_timeout=30)
