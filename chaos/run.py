@@ -113,6 +113,7 @@ class ChaosConfig:
         "message.max.bytes": MAX_MESSAGE_BYTES})
     worker_env: dict[str, str] = field(default_factory=dict)
     include_known_deviations: bool = False
+    tamper: bool = False  # negative control: damage the final state before verifying
     out_dir: Path | None = None
 
 
@@ -236,6 +237,30 @@ class WorkerSlot:
             return -9
 
 
+def pg_client_ports(pid: int, pg_port: int) -> list[int]:
+    """Local ports of the TCP connections process ``pid`` holds to ``pg_port`` (Linux
+    /proc), i.e. the ``client_port`` of its backends in pg_stat_activity."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    ports = []
+    for line in lines:
+        parts = line.split()
+        local, remote, inode = parts[1], parts[2], parts[9]
+        if inode in inodes and int(remote.split(":")[1], 16) == pg_port:
+            ports.append(int(local.split(":")[1], 16))
+    return ports
+
+
 # ---------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------
@@ -247,6 +272,7 @@ class Action:
     kind: str  # kill | pg-restart | pg-crash | kafka-restart
     done_at: float | None = None
     detail: str = ""
+    in_transaction: list[str] = field(default_factory=list)
 
 
 class ChaosRun:
@@ -273,7 +299,7 @@ class ChaosRun:
 
     # -- helpers -----------------------------------------------------------
     def mismatch(self, text: str) -> None:
-        self.mismatches.append(text)
+        self.mismatches.append(text if len(text) <= 500 else text[:497] + "...")
 
     def admin_url(self, dbname: str) -> str:
         return self.env["ELS_PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + dbname
@@ -288,6 +314,7 @@ class ChaosRun:
         if self.kafka_stack is not None:
             self.kafka_stack.run("kafka-up")
         self.env = self.pg.env()
+        self.pg_port = int(self.env["ELS_PG_ADMIN_URL"].rsplit(":", 1)[1].split("/")[0])
         if cfg.kafka == "shared":
             if not cfg.kafka_bootstrap:
                 raise SystemExit("--kafka shared needs --kafka-bootstrap")
@@ -424,23 +451,58 @@ class ChaosRun:
             elif not slot.alive() and slot.proc is not None:
                 slot.start()
 
+    def busy(self, slots: list[WorkerSlot], conn: psycopg.Connection[Any]) -> list[str]:
+        """application_name of each backend of these workers that is inside a
+        transaction right now (els-worker: a micro-batch; els-outbox-relay: a relay
+        round between claim and mark)."""
+        ports = [port for slot in slots if slot.alive() and slot.proc is not None
+                 for port in pg_client_ports(slot.proc.pid, self.pg_port)]
+        if not ports:
+            return []
+        rows = conn.execute(
+            "SELECT application_name FROM pg_stat_activity"
+            " WHERE client_port = ANY(%(ports)s) AND xact_start IS NOT NULL",
+            {"ports": ports}).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def wait_busy(self, slots: list[WorkerSlot], patience: float) -> list[str]:
+        """Waits up to ``patience`` seconds for one of the workers to be inside a
+        database transaction, so that the blow lands mid-flight; returns who was busy."""
+        deadline = time.monotonic() + patience
+        try:
+            with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
+                while time.monotonic() < deadline:
+                    busy = self.busy(slots, conn)
+                    if busy:
+                        return busy
+                    time.sleep(0.003)
+        except psycopg.Error:
+            pass  # the database is down: strike anyway
+        return []
+
     def perform(self, action: Action) -> None:
         rng = self.rng
         if action.kind == "kill":
             slot = rng.choice(self.slots)
             pid = slot.proc.pid if slot.proc else None
+            busy = self.wait_busy([slot], 3.0)
             if slot.kill():
-                action.detail = f"worker {slot.index} pid {pid}"
+                action.in_transaction = busy
+                action.detail = f"worker {slot.index} pid {pid}" + (
+                    f", inside a transaction of {'+'.join(busy)}" if busy else ", idle")
                 time.sleep(rng.uniform(0.2, 2.5))
             else:
                 action.detail = f"worker {slot.index} was not running"
             slot.start()
         elif action.kind in ("pg-restart", "pg-crash"):
             down = rng.uniform(1.0, 5.0)
+            action.in_transaction = self.wait_busy(self.slots, 5.0)
             self.pg.run("pg-down" if action.kind == "pg-restart" else "pg-kill")
             time.sleep(down)
             self.pg.run("pg-up")
-            action.detail = f"down {down:.1f} s"
+            action.detail = f"down {down:.1f} s" + (
+                f", while {'+'.join(action.in_transaction)} in a transaction"
+                if action.in_transaction else "")
         elif action.kind == "kafka-restart":
             assert self.kafka_stack is not None
             down = rng.uniform(1.0, 3.0)
@@ -779,7 +841,7 @@ class ChaosRun:
                     if n != int(exp.complete):
                         self.mismatch(f"batch {bid!r}: {n} distinct completion event id(s) on "
                                       f"{topic}, expected {int(exp.complete)}")
-                    if n == 1:
+                    if n == 1 and exp.complete:
                         self.check_completion(bid, envelopes[next(iter(ids[bid]))], db)
                 out[key]["complete_batches"] = sum(1 for b in batches.values() if b.complete)
         return out
@@ -800,6 +862,44 @@ class ChaosRun:
                               f"expected {value!r}")
         if env.get("source_service") != "essay_lifecycle_service":
             self.mismatch(f"completion of {bid!r}: source_service {env.get('source_service')!r}")
+
+    # -- negative control --------------------------------------------------
+    def tamper(self, gen: Generated) -> None:
+        """Damages the final state in five known ways before verification, to show that
+        the comparison catches each (``--tamper``; the run must then FAIL with at least
+        these five mismatches)."""
+        log("TAMPERING with the final state (negative control)")
+        pred = gen.prediction
+        complete = sorted(b for b, e in pred.batches.items() if e.complete)
+        incomplete = sorted(b for b, e in pred.batches.items() if e.registered
+                            and not e.complete)
+        valid = next(m for m in gen.messages if m.expect is None and m.kind == "content")
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            conn.execute("UPDATE els.essay_content SET original_file_name = 'tampered'"
+                         " WHERE (batch_id, text_storage_id) = (SELECT batch_id, text_storage_id"
+                         " FROM els.essay_content WHERE batch_id = %(b)s LIMIT 1)",
+                         {"b": complete[0]})
+            conn.execute("UPDATE els.event_outbox SET published_at = NULL WHERE id ="
+                         " (SELECT min(id) FROM els.event_outbox)")
+            conn.execute("SELECT els.register_batch(%(e)s::jsonb)", {"e": json.dumps({
+                "entity_id": "ghost", "expected_essay_count": 1, "essay_ids": ["ghost-e"],
+                "course_code": "ENG5", "user_id": "nobody"})})
+        producer = Producer({"bootstrap.servers": self.bootstrap, **QUIET})
+        p, o = self.delivered[valid.seq]
+        producer.produce(self.topics[valid.kind] + ".dlq", key=valid.key, value=valid.value,
+                         headers=[("els.error.sqlstate", b"ELV03"),
+                                  ("els.error.message", b"tampered"),
+                                  ("els.error.detail", b"{}"),
+                                  ("els.source.topic", self.topics[valid.kind].encode()),
+                                  ("els.source.partition", str(p).encode()),
+                                  ("els.source.offset", str(o).encode()),
+                                  ("els.failed_at", b"2026-01-01T00:00:00Z"),
+                                  ("els.attempts", b"1")])
+        producer.produce(self.topics["completed"], key=incomplete[0].encode(), value=json.dumps({
+            "event_id": str(uuid.uuid4()), "event_type": DEFAULT_TOPICS["completed"],
+            "source_service": "essay_lifecycle_service",
+            "data": {"batch_id": incomplete[0]}}).encode())
+        producer.flush(30)
 
     # -- logs --------------------------------------------------------------
     def worker_log_summary(self) -> dict[str, int]:
@@ -864,6 +964,8 @@ class ChaosRun:
                 if code not in (0, None):
                     self.mismatch(f"worker {slot.index} exited with {code} on SIGTERM")
             log("workers stopped; verifying")
+            if cfg.tamper:
+                self.tamper(gen)
             summary = self.verify(gen)
             report = self.report(gen, summary, time.monotonic() - started)
         finally:
@@ -905,6 +1007,9 @@ class ChaosRun:
                                  f"--seed {self.cfg.seed}"]),
             "events": self.stats,
             "kills": len(kills),
+            "kills_inside_transaction": sum(1 for a in kills if a.in_transaction),
+            "kills_inside_relay_transaction": sum(1 for a in kills
+                                                  if "els-outbox-relay" in a.in_transaction),
             "pg_restarts": sum(1 for a in self.actions if a.kind.startswith("pg-")),
             "kafka_restarts": sum(1 for a in self.actions if a.kind == "kafka-restart"),
             "actions": [asdict(a) for a in self.actions],
@@ -980,7 +1085,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"(incl. {ev['redeliveries']} redeliveries), {ev['malformed']} malformed "
         f"of {ev['malformed_kinds']} variants; {ev['batches']} batches "
         f"({ev['batches_registered']} registered, {ev['batches_complete']} to complete)",
-        f"  kills         {r['kills']} SIGKILLs of a worker (each restarted); "
+        f"  kills         {r['kills']} SIGKILLs of a worker (each restarted), "
+        f"{r['kills_inside_transaction']} of them inside a database transaction "
+        f"({r['kills_inside_relay_transaction']} in an outbox relay round); "
         f"{r['unexpected_worker_exits']} unexpected worker exit(s)",
         f"  restarts      PostgreSQL {r['pg_restarts']}, Kafka {r['kafka_restarts']}",
         f"  applied       {r['applied']} valid deliveries; database: {r['db']['trackers']} "
@@ -1024,13 +1131,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-kafka-config", type=json.loads,
                         help="ELS_KAFKA_CONFIG of the workers, a JSON object (replaces the "
                              "default session timeout and message.max.bytes settings)")
+    parser.add_argument("--tamper", action="store_true", default=None,
+                        help="negative control: damage the final state in five ways before "
+                             "verifying; the run must FAIL and list each")
     parser.add_argument("--keep", action="store_true", default=None,
                         help="keep the database, topics and private stack for inspection")
     args = parser.parse_args(argv)
     settings = dict(PROFILES[args.profile])
     for name in ("seed", "batches", "kills", "pg_restarts", "kafka_restarts", "produce_seconds",
                  "kafka", "kafka_bootstrap", "include_known_deviations", "keep",
-                 "worker_kafka_config"):
+                 "worker_kafka_config", "tamper"):
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
