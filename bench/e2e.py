@@ -152,11 +152,46 @@ def _cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / ticks
 
 
+def _listener_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:port (the broker), from /proc; None if unseen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(parts[9])
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
 # ---------------------------------------------------------------- worker runs
 
 
 def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
-                log_dir: Path) -> RunResult:
+                log_dir: Path, extra_env: dict[str, str] | None = None) -> RunResult:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
     topics = [prefix + t for t in (TOPIC_REGISTERED, TOPIC_CONTENT, TOPIC_FAILED)]
     try:
@@ -178,9 +213,13 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                 "ELS_METRICS_HOST": "127.0.0.1",
                 "ELS_TOPIC_PARTITIONS": str(partitions),
                 **{k: prefix + v for k, v in OUTPUTS.items()},
+                **(extra_env or {}),
             })
             procs: list[subprocess.Popen[bytes]] = []
             logs = []
+            broker = _listener_pid(int(stack.kafka_bootstrap.rsplit(":", 1)[1]))
+            broker_cpu0 = _cpu_seconds(broker) if broker else 0.0
+            busy0, total0 = _machine_busy()
             t0 = time.monotonic()
             for w in range(workers):
                 logf = open(log_dir / f"{prefix}worker{w}.log", "wb")
@@ -216,6 +255,11 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                     " AND application_name LIKE 'els-%'").fetchall()
                 cpu["their PG backends"] = sum(_cpu_seconds(pid) for (pid,) in backends)
+                if broker:
+                    cpu["Kafka broker"] = _cpu_seconds(broker) - broker_cpu0
+                busy1, total1 = _machine_busy()
+                cpu["machine busy"] = busy1 - busy0
+                cpu["machine total"] = total1 - total0
             finally:
                 for p in procs:
                     if p.poll() is None:
@@ -281,15 +325,18 @@ def run_ceiling(stack: Stack, stream: Stream, sessions: int) -> RunResult:
             p.start()
         for _ in procs:
             ready.get(timeout=120)
+        busy0, total0 = _machine_busy()
         t0 = time.monotonic()
         go.set()
         ends = [results.get(timeout=RUN_TIMEOUT_S) for _ in procs]
+        busy1, total1 = _machine_busy()
         for p in procs:
             p.join(30)
         with psycopg.connect(url, autocommit=True) as conn:
             _check_complete(conn, stream)
     wall = max(e[0] for e in ends) - t0
-    cpu = {"client processes": sum(e[1] for e in ends)}
+    cpu = {"client processes": sum(e[1] for e in ends), "machine busy": busy1 - busy0,
+           "machine total": total1 - total0}
     return RunResult(len(stream.messages), wall, wall, cpu)
 
 

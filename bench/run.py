@@ -119,38 +119,64 @@ def main(argv: list[str] | None = None) -> int:
             stream = e2e.build_stream(args.e2e_batches)
             logs = e2e.log_dir()
             log(f"end to end: {len(stream.messages)} events, worker logs in {logs}")
-            variants = ["1 worker", "2 workers", "ceiling 1 session", "ceiling 2 sessions"]
+            # label -> (workers or sessions, partitions, extra worker env); "ceiling" = direct SQL
+            variants: dict[str, tuple[int, int, dict[str, str]]] = {
+                "1 worker, 2 partitions": (1, 2, {}),
+                "2 workers, 2 partitions": (2, 2, {}),
+                "2 workers, 4 partitions": (2, 4, {}),
+                "1 worker, 2 partitions, ELS_LOG_EVENTS=false (diagnostic)":
+                    (1, 2, {"ELS_LOG_EVENTS": "false"}),
+                "ceiling 1 session": (1, 0, {}),
+                "ceiling 2 sessions": (2, 0, {}),
+            }
             runs: dict[str, list[e2e.RunResult]] = {v: [] for v in variants}
             for rep in range(args.e2e_reps):
-                for v in common.rotate(variants, rep):
-                    n = int(v.split()[-2])
-                    res = (e2e.run_workers(stack, stream, n, 2, logs) if "worker" in v
+                for v in common.rotate(list(variants), rep):
+                    n, parts, extra = variants[v]
+                    res = (e2e.run_workers(stack, stream, n, parts, logs, extra) if parts
                            else e2e.run_ceiling(stack, stream, n))
                     runs[v].append(res)
                     log(f"e2e {v}: {res.rate:,.0f} events/s ({res.seconds:.1f}s; steady "
-                        f"{res.steady_rate:,.0f}/s; cpu {res.cpu})")
+                        f"{res.steady_rate:,.0f}/s; cpu "
+                        + ", ".join(f"{k} {x:.1f}s" for k, x in res.cpu.items()) + ")")
             e2e_rate = {v: median([r.rate for r in rs]) for v, rs in runs.items()}
             steady = {v: median([r.steady_rate for r in rs]) for v, rs in runs.items()}
+            events = len(stream.messages)
+
+            def per_event(v: str, key: str) -> str:
+                vals = [r.cpu.get(key, 0.0) for r in runs[v]]
+                return f"{median(vals) / events * 1e6:.0f}"
+
             rows = []
-            for n in (1, 2):
-                wk = f"{n} worker" + ("s" if n > 1 else "")
-                ck = f"ceiling {n} session" + ("s" if n > 1 else "")
-                cpu_w = runs[wk][0].cpu
-                rows.append([
-                    f"{n} (2 partitions)", f"{e2e_rate[wk]:,.0f}/s", f"{steady[wk]:,.0f}/s",
-                    f"{e2e_rate[ck]:,.0f}/s", f"{e2e_rate[wk] / e2e_rate[ck] * 100:.0f}%",
-                    f"{median([r.seconds for r in runs[wk]]):.1f}s",
-                    ", ".join(f"{k} {v:.1f}s" for k, v in cpu_w.items()),
-                ])
-            out.append(f"\n### end to end through Kafka: {len(stream.messages):,} events "
-                       f"({len(stream.batches):,} batches of {e2e.ESSAYS} + their content), "
-                       f"pre-loaded, worker start -> last outbox row published\n")
-            out.append(table(["workers", "events/s", "steady events/s", "direct-SQL ceiling",
-                              "of ceiling", "wall", "CPU (first run)"], rows))
-            scale_w = e2e_rate["2 workers"] / e2e_rate["1 worker"]
+            for v, (n, parts, _) in variants.items():
+                ceiling = f"ceiling {n} session" + ("s" if n > 1 else "")
+                busy = median([r.cpu["machine busy"] / r.cpu["machine total"] for r in runs[v]])
+                if parts:
+                    rows.append([
+                        v, f"{e2e_rate[v]:,.0f}/s", f"{steady[v]:,.0f}/s",
+                        f"{median([r.seconds for r in runs[v]]):.1f}s",
+                        f"{e2e_rate[v] / e2e_rate[ceiling] * 100:.0f}% of {ceiling}",
+                        per_event(v, "their PG backends"), per_event(v, "worker processes"),
+                        per_event(v, "Kafka broker"), f"{busy * 100:.0f}%"])
+                else:
+                    rows.append([
+                        v + " (direct SQL, no Kafka)", f"{e2e_rate[v]:,.0f}/s", "",
+                        f"{median([r.seconds for r in runs[v]]):.1f}s", "", "",
+                        per_event(v, "client processes"), "", f"{busy * 100:.0f}%"])
+            out.append(f"\n### end to end through Kafka: {events:,} events "
+                       f"({len(stream.batches):,} batches of {e2e.ESSAYS} essays + their content), "
+                       f"pre-loaded; worker start -> last outbox row published\n")
+            out.append(table(["variant", "events/s", "steady events/s", "wall", "vs ceiling",
+                              "PG backend CPU µs/event", "worker (client) CPU µs/event",
+                              "broker CPU µs/event", "machine busy"], rows))
+            scale_w = e2e_rate["2 workers, 2 partitions"] / e2e_rate["1 worker, 2 partitions"]
+            scale_p = e2e_rate["2 workers, 4 partitions"] / e2e_rate["1 worker, 2 partitions"]
             scale_c = e2e_rate["ceiling 2 sessions"] / e2e_rate["ceiling 1 session"]
-            out.append(f"\n2 workers ÷ 1 worker: {scale_w:.2f}x; "
-                       f"ceiling 2 ÷ 1 sessions: {scale_c:.2f}x")
+            out.append(f"\nScaling: 2 workers ÷ 1 worker: {scale_w:.2f}x (2 partitions), "
+                       f"{scale_p:.2f}x (4 partitions); ceiling 2 ÷ 1 sessions: {scale_c:.2f}x. "
+                       f"steady = from the first outbox row written (worker start-up excluded). "
+                       f"machine busy = share of both cores busy during the run, anything "
+                       f"running on the machine included.")
     finally:
         common.drop_template(stack)
     out.append(f"\n(bench took {time.monotonic() - started:.0f}s; medians of {args.reps} "

@@ -138,7 +138,7 @@ def bench_register(stack: Stack, sizes: list[int], reps: int,
                    log: Callable[[str], None]) -> list[RegisterResult]:
     results = []
     for n in sizes:
-        k = {10: 100, 100: 40, 1000: 8, 10000: 2}.get(n, max(1, 10000 // n))
+        k = {10: 100, 100: 40, 1000: 15, 10000: 2}.get(n, max(1, 10000 // n))
         res = RegisterResult(n, k, {v: [] for v in REGISTER_VARIANTS})
         with fresh_database(stack, f"reg{n}") as url, connect(url) as conn:
             warm_up(conn, f"r{n}")
