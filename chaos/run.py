@@ -433,7 +433,8 @@ class ChaosRun:
         self.actions = [Action(t, "kill") for t in times]
         pg_kinds = ["pg-restart", "pg-crash"]
         for i in range(cfg.pg_restarts):
-            self.actions.append(Action(rng.uniform(lo + 5, hi), pg_kinds[i % 2]))
+            self.actions.append(Action(rng.uniform(lo + 5, max(lo + 6, hi - 10)),
+                                       pg_kinds[i % 2]))
         for _ in range(cfg.kafka_restarts if cfg.kafka == "private" else 0):
             self.actions.append(Action(rng.uniform(lo + 10, max(lo + 11, hi - 20)),
                                        "kafka-restart"))
@@ -451,29 +452,33 @@ class ChaosRun:
 
     def busy(self, slots: list[WorkerSlot], conn: psycopg.Connection[Any]) -> list[str]:
         """application_name of each backend of these workers that is inside a
-        transaction right now (els-worker: a micro-batch; els-outbox-relay: a relay
-        round between claim and mark)."""
+        transaction holding uncommitted work (it has a transaction id: rows written or
+        locked): els-worker = a micro-batch applied but not committed, els-outbox-relay
+        = a relay round between claim (rows locked) and mark."""
         ports = [port for slot in slots if slot.alive() and slot.proc is not None
                  for port in pg_client_ports(slot.proc.pid, self.pg_port)]
         if not ports:
             return []
         rows = conn.execute(
             "SELECT application_name FROM pg_stat_activity"
-            " WHERE client_port = ANY(%(ports)s) AND xact_start IS NOT NULL",
+            " WHERE client_port = ANY(%(ports)s) AND backend_xid IS NOT NULL",
             {"ports": ports}).fetchall()
         return sorted(r[0] for r in rows)
 
-    def wait_busy(self, slots: list[WorkerSlot], patience: float) -> list[str]:
-        """Waits up to ``patience`` seconds for one of the workers to be inside a
-        database transaction, so that the blow lands mid-flight; returns who was busy."""
-        deadline = time.monotonic() + patience
+    def wait_busy(self, slots: list[WorkerSlot], patience: float,
+                  prefer: str | None = None) -> list[str]:
+        """Waits up to ``patience`` seconds for one of the workers to hold uncommitted
+        work (``prefer``: in that application first, for 3/4 of the time), so that the
+        blow lands mid-flight; returns who was caught (empty: it struck an idle worker)."""
+        start = time.monotonic()
         try:
             with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
-                while time.monotonic() < deadline:
+                while time.monotonic() - start < patience:
                     busy = self.busy(slots, conn)
-                    if busy:
+                    picky = prefer is not None and time.monotonic() - start < patience * 0.75
+                    if busy and (not picky or prefer in busy):
                         return busy
-                    time.sleep(0.003)
+                    time.sleep(0.002)
         except psycopg.Error:
             pass  # the database is down: strike anyway
         return []
@@ -483,23 +488,24 @@ class ChaosRun:
         if action.kind == "kill":
             slot = rng.choice(self.slots)
             pid = slot.proc.pid if slot.proc else None
-            busy = self.wait_busy([slot], 3.0)
+            kills = sum(1 for a in self.actions if a.kind == "kill" and a.done_at is not None)
+            busy = self.wait_busy([slot], 4.0, ("els-worker", "els-outbox-relay")[kills % 2])
             if slot.kill():
                 action.in_transaction = busy
                 action.detail = f"worker {slot.index} pid {pid}" + (
-                    f", inside a transaction of {'+'.join(busy)}" if busy else ", idle")
+                    f", uncommitted work in {'+'.join(busy)}" if busy else ", no open work")
                 time.sleep(rng.uniform(0.2, 2.5))
             else:
                 action.detail = f"worker {slot.index} was not running"
             slot.start()
         elif action.kind in ("pg-restart", "pg-crash"):
             down = rng.uniform(1.0, 5.0)
-            action.in_transaction = self.wait_busy(self.slots, 5.0)
+            action.in_transaction = self.wait_busy(self.slots, 5.0, "els-worker")
             self.pg.run("pg-down" if action.kind == "pg-restart" else "pg-kill")
             time.sleep(down)
             self.pg.run("pg-up")
             action.detail = f"down {down:.1f} s" + (
-                f", while {'+'.join(action.in_transaction)} in a transaction"
+                f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
                 if action.in_transaction else "")
         elif action.kind == "kafka-restart":
             assert self.kafka_stack is not None
@@ -1006,6 +1012,8 @@ class ChaosRun:
             "events": self.stats,
             "kills": len(kills),
             "kills_inside_transaction": sum(1 for a in kills if a.in_transaction),
+            "kills_inside_consumer_transaction": sum(1 for a in kills
+                                                     if "els-worker" in a.in_transaction),
             "kills_inside_relay_transaction": sum(1 for a in kills
                                                   if "els-outbox-relay" in a.in_transaction),
             "pg_restarts": sum(1 for a in self.actions if a.kind.startswith("pg-")),
@@ -1084,8 +1092,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"of {ev['malformed_kinds']} variants; {ev['batches']} batches "
         f"({ev['batches_registered']} registered, {ev['batches_complete']} to complete)",
         f"  kills         {r['kills']} SIGKILLs of a worker (each restarted), "
-        f"{r['kills_inside_transaction']} of them inside a database transaction "
-        f"({r['kills_inside_relay_transaction']} in an outbox relay round); "
+        f"{r['kills_inside_transaction']} of them with uncommitted work in the database "
+        f"({r['kills_inside_consumer_transaction']} mid micro-batch, "
+        f"{r['kills_inside_relay_transaction']} mid outbox relay round); "
         f"{r['unexpected_worker_exits']} unexpected worker exit(s)",
         f"  restarts      PostgreSQL {r['pg_restarts']}, Kafka {r['kafka_restarts']}",
         f"  applied       {r['applied']} valid deliveries; database: {r['db']['trackers']} "
