@@ -450,33 +450,36 @@ class ChaosRun:
             elif not slot.alive() and slot.proc is not None:
                 slot.start()
 
-    def busy(self, slots: list[WorkerSlot], conn: psycopg.Connection[Any]) -> list[str]:
-        """application_name of each backend of these workers that is inside a
+    def busy(self, conn: psycopg.Connection[Any]) -> list[tuple[WorkerSlot, str]]:
+        """(worker, application_name) for each backend of a live worker that is inside a
         transaction holding uncommitted work (it has a transaction id: rows written or
         locked): els-worker = a micro-batch applied but not committed, els-outbox-relay
         = a relay round between claim (rows locked) and mark."""
-        ports = [port for slot in slots if slot.alive() and slot.proc is not None
-                 for port in pg_client_ports(slot.proc.pid, self.pg_port)]
-        if not ports:
+        owner = {port: slot for slot in self.slots if slot.alive() and slot.proc is not None
+                 for port in pg_client_ports(slot.proc.pid, self.pg_port)}
+        if not owner:
             return []
         rows = conn.execute(
-            "SELECT application_name FROM pg_stat_activity"
+            "SELECT client_port, application_name FROM pg_stat_activity"
             " WHERE client_port = ANY(%(ports)s) AND backend_xid IS NOT NULL",
-            {"ports": ports}).fetchall()
-        return sorted(r[0] for r in rows)
+            {"ports": list(owner)}).fetchall()
+        return [(owner[port], app) for port, app in rows if port in owner]
 
-    def wait_busy(self, slots: list[WorkerSlot], patience: float,
-                  prefer: str | None = None) -> list[str]:
-        """Waits up to ``patience`` seconds for one of the workers to hold uncommitted
-        work (``prefer``: in that application first, for 3/4 of the time), so that the
-        blow lands mid-flight; returns who was caught (empty: it struck an idle worker)."""
+    def wait_busy(self, patience: float, prefer: str | None = None
+                  ) -> list[tuple[WorkerSlot, str]]:
+        """Waits up to ``patience`` seconds for a worker to hold uncommitted work
+        (``prefer``: in that application, for the first 3/4 of the time), so that the
+        blow lands mid-flight; returns who was caught (empty: nobody was)."""
         start = time.monotonic()
         try:
             with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
                 while time.monotonic() - start < patience:
-                    busy = self.busy(slots, conn)
+                    busy = self.busy(conn)
                     picky = prefer is not None and time.monotonic() - start < patience * 0.75
-                    if busy and (not picky or prefer in busy):
+                    if busy and (not picky or any(app == prefer for _, app in busy)):
+                        if picky:
+                            busy = [b for b in busy if b[1] == prefer] + [
+                                b for b in busy if b[1] != prefer]
                         return busy
                     time.sleep(0.002)
         except psycopg.Error:
@@ -486,10 +489,12 @@ class ChaosRun:
     def perform(self, action: Action) -> None:
         rng = self.rng
         if action.kind == "kill":
-            slot = rng.choice(self.slots)
-            pid = slot.proc.pid if slot.proc else None
             kills = sum(1 for a in self.actions if a.kind == "kill" and a.done_at is not None)
-            busy = self.wait_busy([slot], 4.0, ("els-worker", "els-outbox-relay")[kills % 2])
+            caught = self.wait_busy(6.0, ("els-worker", "els-outbox-relay")[kills % 2])
+            # the worker caught with uncommitted work, else one drawn at random
+            slot = caught[0][0] if caught else rng.choice(self.slots)
+            busy = sorted({app for s, app in caught if s is slot})
+            pid = slot.proc.pid if slot.proc else None
             if slot.kill():
                 action.in_transaction = busy
                 action.detail = f"worker {slot.index} pid {pid}" + (
@@ -500,7 +505,7 @@ class ChaosRun:
             slot.start()
         elif action.kind in ("pg-restart", "pg-crash"):
             down = rng.uniform(1.0, 5.0)
-            action.in_transaction = self.wait_busy(self.slots, 5.0, "els-worker")
+            action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, "els-worker")})
             self.pg.run("pg-down" if action.kind == "pg-restart" else "pg-kill")
             time.sleep(down)
             self.pg.run("pg-up")
