@@ -22,6 +22,12 @@ DECLARE
     v_ready jsonb;
     v_ready_count integer;
 BEGIN
+    -- Most calls fill a slot that is not the last: one probe of the partial
+    -- index of empty slots answers them without reading the tracker.
+    IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded') THEN
+        complete := false;
+        RETURN;
+    END IF;
     -- Only the columns needed: a whole row would detoast essay_ids (up to
     -- 10,000 ids) on every content event of a big batch.
     SELECT t.completed_at, t.expected_count, t.correlation_id, t.course_code, t.user_id,
@@ -35,11 +41,10 @@ BEGIN
         complete := true;
         RETURN;
     END IF;
-    -- Complete means every expected slot exists and none is empty: a tracker
-    -- whose slots an older writer left missing (all or some) is not complete.
-    IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded')
-       OR (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
-          <> v_tracker.expected_count THEN
+    -- Complete means no slot is empty and every expected slot exists: a
+    -- tracker whose slots an older writer left missing (all or some) is not.
+    IF (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
+       <> v_tracker.expected_count THEN
         complete := false;
         RETURN;
     END IF;
