@@ -293,6 +293,8 @@ class ChaosRun:
         self.produce_errors: list[str] = []
         self.stream_started = 0.0
         self.stream_done = threading.Event()
+        self.pause_requested = threading.Event()
+        self.paused = threading.Event()
         self.stats: dict[str, Any] = {}
 
     # -- helpers -----------------------------------------------------------
@@ -381,8 +383,8 @@ class ChaosRun:
         return env
 
     # -- the stream --------------------------------------------------------
-    def produce(self, gen: Generated) -> None:
-        producer = Producer({
+    def new_producer(self) -> Producer:
+        return Producer({
             "bootstrap.servers": self.bootstrap,
             "enable.idempotence": True,
             "acks": "all",
@@ -392,6 +394,14 @@ class ChaosRun:
             "client.id": "chaos-producer",
             **QUIET,
         })
+
+    def produce(self, gen: Generated) -> None:
+        """Produces the stream in order at a steady pace. The stream stands in for the
+        upstream services, which are not under test: while the broker restarts it pauses
+        with everything delivered (``pause_stream``) and resumes with a new producer,
+        because librdkafka's idempotent producer may hold messages whose fate a broker
+        restart left unknown until message.timeout.ms, which would stall the stream."""
+        producer = self.new_producer()
         messages = gen.messages
         interval = self.cfg.produce_seconds / max(1, len(messages))
 
@@ -404,8 +414,20 @@ class ChaosRun:
             return cb
 
         start = time.monotonic()
+        paused_for = 0.0
         for m in messages:
-            due = start + m.seq * interval
+            if self.pause_requested.is_set():
+                t0 = time.monotonic()
+                left = producer.flush(300)
+                if left:
+                    self.produce_errors.append(f"{left} message(s) not delivered before a pause")
+                self.paused.set()
+                while self.pause_requested.is_set():
+                    time.sleep(0.05)
+                producer = self.new_producer()
+                self.paused.clear()
+                paused_for += time.monotonic() - t0
+            due = start + paused_for + m.seq * interval
             while True:
                 now = time.monotonic()
                 if now >= due:
@@ -423,7 +445,17 @@ class ChaosRun:
         if left:
             self.produce_errors.append(f"{left} message(s) not delivered after 600 s")
         self.timings["stream_s"] = time.monotonic() - start
+        self.timings["stream_paused_s"] = paused_for
         self.stream_done.set()
+
+    def pause_stream(self) -> bool:
+        """Asks the stream to pause with everything delivered; False if it has ended."""
+        self.pause_requested.set()
+        while not self.paused.wait(0.2):
+            if self.stream_done.is_set():
+                self.pause_requested.clear()
+                return False
+        return True
 
     # -- the controller ----------------------------------------------------
     def schedule(self) -> None:
@@ -515,16 +547,24 @@ class ChaosRun:
         elif action.kind == "kafka-restart":
             assert self.kafka_stack is not None
             down = rng.uniform(1.0, 3.0)
-            self.kafka_stack.run("kafka-down")
-            time.sleep(down)
-            self.kafka_stack.run("kafka-up")
-            action.detail = f"down {down:.1f} s"
+            paused = self.pause_stream()
+            try:
+                self.kafka_stack.run("kafka-down")
+                time.sleep(down)
+                self.kafka_stack.run("kafka-up")
+            finally:
+                self.pause_requested.clear()
+            action.detail = f"down {down:.1f} s" + (" (stream paused)" if paused else "")
         action.done_at = time.monotonic() - self.stream_started
         log(f"{action.kind:<13} at {action.done_at:6.1f} s  {action.detail}")
 
     def control(self) -> None:
         pending = list(self.actions)
+        give_up = self.cfg.produce_seconds + self.cfg.quiesce_timeout
         while pending or not self.stream_done.is_set():
+            if time.monotonic() - self.stream_started > give_up:
+                self.mismatch(f"harness: the stream did not finish within {give_up:.0f} s")
+                return
             now = time.monotonic() - self.stream_started
             while pending and pending[0].at <= now:
                 self.perform(pending.pop(0))
@@ -960,10 +1000,11 @@ class ChaosRun:
                 slot.start()
             self.schedule()
             self.stream_started = time.monotonic()
-            producer = threading.Thread(target=self.produce, args=(gen,), name="producer")
+            producer = threading.Thread(target=self.produce, args=(gen,), name="producer",
+                                        daemon=True)
             producer.start()
             self.control()
-            producer.join()
+            producer.join(timeout=60)
             log("stream produced and chaos done; waiting for quiescence")
             quiet = self.quiesce()
             if not quiet:
@@ -1158,6 +1199,10 @@ def main(argv: list[str] | None = None) -> int:
             settings[name] = value
     if settings.get("kafka") == "shared" and not settings.get("kafka_bootstrap"):
         settings["kafka_bootstrap"] = os.environ.get("ELS_KAFKA_BOOTSTRAP")
+    def terminate(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # run the cleanup in `finally`
+
+    signal.signal(signal.SIGTERM, terminate)
     report = run_chaos(ChaosConfig(**settings))
     print(format_report(report), flush=True)
     return 0 if report["mismatches"] == 0 else 1
