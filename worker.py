@@ -1278,6 +1278,10 @@ class Worker:
         self.http_port: int | None = None
         self._signals = 0
         self._inflight: list[Message] = []
+        # offsets committed asynchronously and not yet confirmed by the broker:
+        # (topic, partition) -> next offset. Committed again synchronously before the
+        # partitions go (revocation) and before the consumer closes (shutdown).
+        self._unconfirmed: dict[tuple[str, int], int] = {}
         # idle database ping: often enough for /healthz's window
         self._ping_every = min(5.0, cfg.health_max_age_seconds / 3)
 
@@ -1353,6 +1357,7 @@ class Worker:
                     "statistics.interval.ms": 10000,
                     "stats_cb": self._on_stats,
                     "error_cb": self._on_kafka_error,
+                    "on_commit": self._on_commit,
                 }
             )
         )
@@ -1386,6 +1391,7 @@ class Worker:
         if self.dlq_producer is not None:
             self.dlq_producer.flush(30)
         if self.consumer is not None:
+            self._commit_unconfirmed()
             try:
                 self.consumer.close()  # leaves the group
             except KafkaException as exc:
@@ -1418,11 +1424,14 @@ class Worker:
         )
         if inflight:
             self.process(inflight)
+        self._commit_unconfirmed({(p.topic, p.partition) for p in partitions})
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): another member may already own them; what we had in
         # flight will be redelivered to it, so do not apply it here.
         self._inflight = []
+        for p in partitions:
+            self._unconfirmed.pop((p.topic, p.partition), None)
         log(
             logging.WARNING,
             "partitions lost",
@@ -1661,6 +1670,13 @@ class Worker:
                 return
 
     def _commit_offsets(self, items: Sequence[Item]) -> None:
+        """Commits ``last offset + 1`` per partition, asynchronously: the micro-batch's
+        transaction has committed and its dead letters are confirmed, so whatever
+        happens to this commit, nothing is lost (at worst the messages come again and
+        the functions answer ``duplicate``). librdkafka sends the commits of one
+        consumer in order; failures are reported to ``_on_commit``. What is not yet
+        confirmed is committed again synchronously before partitions are revoked and
+        before the consumer closes."""
         assert self.consumer is not None
         nexts: dict[tuple[str, int], int] = {}
         for it in items:
@@ -1668,16 +1684,45 @@ class Worker:
             nexts[key] = max(nexts.get(key, -1), it.offset + 1)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
+            self._commit_failed(str(exc))
+            return
+        self._unconfirmed.update(nexts)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        failed = [p for p in partitions if p.error is not None]
+        if err is not None or failed:
             # e.g. a rebalance took the partition: the next owner re-applies these
             # messages, which the functions answer with `duplicate`.
-            self.metrics.retries.labels(kind="offset_commit").inc()
-            log(
-                logging.WARNING,
-                "offset commit failed; messages may be redelivered (idempotent)",
-                error=str(exc),
-            )
+            self._commit_failed(str(err or failed[0].error))
+            return
+        for p in partitions:
+            key = (p.topic, p.partition)
+            if self._unconfirmed.get(key, -1) <= p.offset:
+                self._unconfirmed.pop(key, None)
+
+    def _commit_unconfirmed(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Synchronous commit of the offsets whose asynchronous commit is not confirmed
+        yet (all, or those of ``only``)."""
+        if self.consumer is None:
+            return
+        keys = [k for k in self._unconfirmed if only is None or k in only]
+        if not keys:
+            return
+        offsets = [TopicPartition(t, p, self._unconfirmed.pop((t, p))) for t, p in keys]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            self._commit_failed(str(exc))
+
+    def _commit_failed(self, error: str) -> None:
+        self.metrics.retries.labels(kind="offset_commit").inc()
+        log(
+            logging.WARNING,
+            "offset commit failed; messages may be redelivered (idempotent)",
+            error=error,
+        )
 
 
 # ---------------------------------------------------------------------------
