@@ -110,6 +110,10 @@ class ChaosConfig:
     worker_kafka_config: dict[str, Any] = field(default_factory=lambda: {
         "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
     worker_env: dict[str, str] = field(default_factory=dict)
+    # per worker: static group membership (group.instance.id), so that a restarted
+    # worker takes its partitions back at once; the others are dynamic members, whose
+    # restarts go through rebalances. Both kinds are exercised.
+    static_members: tuple[bool, ...] = (True, False)
     include_known_deviations: bool = False
     tamper: bool = False  # negative control: damage the final state before verifying
     out_dir: Path | None = None
@@ -362,6 +366,13 @@ class ChaosRun:
             except Exception as exc:  # cleanup only
                 log(f"topic cleanup: {exc}")
 
+    def kafka_config(self, index: int) -> dict[str, Any]:
+        conf = dict(self.cfg.worker_kafka_config)
+        static = self.cfg.static_members
+        if index < len(static) and static[index]:
+            conf["group.instance.id"] = f"{self.group}.worker-{index}"
+        return conf
+
     def worker_env(self, index: int) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ELS_")}
         env.update({
@@ -376,7 +387,7 @@ class ChaosRun:
             "ELS_TOPIC_OUT_EXCESS": self.topics["excess"],
             "ELS_METRICS_PORT": "0",
             "ELS_METRICS_HOST": "127.0.0.1",
-            "ELS_KAFKA_CONFIG": json.dumps(self.cfg.worker_kafka_config),
+            "ELS_KAFKA_CONFIG": json.dumps(self.kafka_config(index)),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.cfg.worker_env)
