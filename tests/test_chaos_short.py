@@ -115,3 +115,34 @@ def test_oversized_malformed_event_does_not_stall_its_partition(
             time.sleep(1)
         assert applied, f"the event behind the 5 MB one was not applied\n{worker.tail(30)}"
         assert dead, f"the 5 MB event is not in the DLQ\n{worker.tail(30)}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "worker.py: decode_item parses every value with Python's json module, whose recursion "
+    "limit (about 1000 levels) turns a deeply nested but valid JSON value into ELV01 "
+    "'not valid JSON', although PostgreSQL takes it as jsonb (SPEC 7: only values that are "
+    "not valid UTF-8 JSON, or that PostgreSQL cannot take, are ELV01)"))
+def test_deeply_nested_valid_event_is_applied(
+    db_url: str, stack: Stack, unique_topics: Topics, tmp_path: Path
+) -> None:
+    """A registration whose free-form metadata nests 3000 arrays deep is valid JSON that
+    PostgreSQL accepts: it must be registered, not dead-lettered."""
+    event = events.registration("deep-batch", ["deep-e1"])
+    deep = "[" * 3000 + "]" * 3000
+    value = json.dumps(event).replace('"metadata": {}', '"metadata": {"deep": ' + deep + '}', 1)
+    assert deep in value
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    producer.produce(unique_topics.batch_registered, key=b"deep-batch", value=value.encode())
+    assert producer.flush(30) == 0
+    env = worker_env(db_url, stack.kafka_bootstrap, unique_topics)
+    with WorkerProcess(env, tmp_path / "worker.log") as worker:
+        deadline = time.monotonic() + 30
+        registered = dead = False
+        while time.monotonic() < deadline and not (registered or dead):
+            registered = bool(query(db_url, "SELECT 1 FROM els.batch_tracker"
+                                    " WHERE batch_id = 'deep-batch'"))
+            dead = bool(read_topic(stack.kafka_bootstrap, unique_topics.batch_registered_dlq))
+            time.sleep(0.5)
+        assert registered and not dead, (
+            f"registered={registered} dead_lettered={dead}\n{worker.tail(5)}")
+
