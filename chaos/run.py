@@ -3,7 +3,7 @@
 ``python -m chaos.run`` (``make chaos``) does, with a fixed seed:
 
 1. starts a *private* PostgreSQL cluster and Kafka broker for this run (a copy of
-   scripts/stack.sh rooted in ``.stack/chaos-<name>/``), so that restarting them
+   scripts/stack.sh rooted in ``.stack/chaos-<run id>/``), so that restarting them
    disturbs nobody else on the machine; migrates a fresh database; creates a login
    role that is only a member of ``els_worker``; creates unique topics;
 2. generates the stream (``chaos.generator``: ~20,900 messages, 226 malformed) and
@@ -137,8 +137,10 @@ def log(msg: str) -> None:
 
 
 class PrivateStack:
-    """scripts/stack.sh, copied under .stack/chaos-<name>/ so that it manages its own
-    cluster, broker, ports and data; the Kafka jars and the venv are shared by links."""
+    """scripts/stack.sh, copied under .stack/chaos-<run id>/ so that it manages its own
+    cluster, broker, ports and data, private to one run (two runs in one checkout do
+    not meet); the Kafka jars and the venv are shared by links. ``remove()`` deletes
+    it after the run."""
 
     def __init__(self, name: str, log_path: Path) -> None:
         self.root = ROOT / ".stack" / f"chaos-{name}"
@@ -159,6 +161,12 @@ class PrivateStack:
             mine.mkdir(parents=True, exist_ok=True)
             (mine / "libs").symlink_to(libs)
             shutil.copy(ROOT / ".stack" / "kafka" / "libs.stamp", mine / "libs.stamp")
+
+    def remove(self) -> None:
+        pg = self.root / ".stack" / "pg"
+        if pg.is_symlink():  # stack.sh put the cluster elsewhere (see pg_prepare_dir)
+            shutil.rmtree(pg.resolve(), ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def run(self, command: str) -> None:
         with self.log_path.open("a") as out:
@@ -280,11 +288,12 @@ class Action:
 class ChaosRun:
     def __init__(self, cfg: ChaosConfig) -> None:
         self.cfg = cfg
-        self.run_id = f"{cfg.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        self.run_id = (f"{cfg.name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-"
+                       f"{uuid.uuid4().hex[:4]}")
         self.out = cfg.out_dir or ROOT / "build" / "chaos" / self.run_id
         self.out.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(cfg.seed ^ 0xC4A05)
-        self.pg = PrivateStack(cfg.name, self.out / "stack.log")
+        self.pg = PrivateStack(self.run_id, self.out / "stack.log")
         self.kafka_stack = self.pg if cfg.kafka == "private" else None
         self.topics = {k: f"chaos.{self.run_id}.{v}" for k, v in DEFAULT_TOPICS.items()}
         self.group = f"chaos.{self.run_id}.els"
@@ -328,10 +337,6 @@ class ChaosRun:
         import els_migrate
 
         with psycopg.connect(self.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
-            for (old,) in conn.execute("SELECT datname FROM pg_database"
-                                       " WHERE datname LIKE 'chaos\\_%'").fetchall():
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(old)))
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
         self.db_url = self.admin_url(self.dbname)
         els_migrate.apply_migrations(self.db_url)
@@ -1056,6 +1061,7 @@ class ChaosRun:
         if self.kafka_stack is not None:
             self.kafka_stack.run("kafka-down")
         self.pg.run("pg-down")
+        self.pg.remove()
 
     def report(self, gen: Generated, summary: dict[str, Any], duration: float) -> dict[str, Any]:
         kills = [a for a in self.actions if a.kind == "kill" and "was not running" not in a.detail]
