@@ -771,7 +771,12 @@ def decode_item(msg: Message) -> Item:
         if text.startswith("\ufeff"):  # as json.loads does
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
         item.envelope = _DECODE_JSON(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Nested deeper than Python's parser goes, yet possibly valid JSON:
+        # PostgreSQL judges it (its ::jsonb cast rejects what is not JSON, and
+        # that data exception is dead-lettered as ELV01 by the error table).
+        item.envelope = None
+    except ValueError as exc:
         item.kill(
             SQLSTATE_MALFORMED,
             "message value is not valid JSON",
@@ -1341,6 +1346,10 @@ class Worker:
                     "enable.idempotence": True,
                     "acks": "all",
                     "linger.ms": 2,
+                    # Bounded like the relay's: after a broker restart an unbounded
+                    # (300 s) delivery would hold the consumer loop; _dead_letter
+                    # retries what times out.
+                    "message.timeout.ms": 30000,
                     "client.id": "els-worker-dlq",
                 }
             )

@@ -117,11 +117,6 @@ def test_oversized_malformed_event_does_not_stall_its_partition(
         assert dead, f"the 5 MB event is not in the DLQ\n{worker.tail(30)}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "worker.py: decode_item parses every value with Python's json module, whose recursion "
-    "limit (about 1000 levels) turns a deeply nested but valid JSON value into ELV01 "
-    "'not valid JSON', although PostgreSQL takes it as jsonb (SPEC 7: only values that are "
-    "not valid UTF-8 JSON, or that PostgreSQL cannot take, are ELV01)"))
 def test_deeply_nested_valid_event_is_applied(
     db_url: str, stack: Stack, unique_topics: Topics, tmp_path: Path
 ) -> None:
