@@ -7,82 +7,13 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
+\ir helpers/common.psql
 SELECT plan(170);
 
 -- ---------------------------------------------------------------------------
--- Helpers (session-local, rolled back with the test).
+-- Helpers (session-local, rolled back with the test); els_state, error_of and
+-- rejects come from helpers/common.psql.
 -- ---------------------------------------------------------------------------
-
--- Row count and content hash of every table in schema els.
-CREATE FUNCTION pg_temp.els_state() RETURNS jsonb LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_table regclass;
-    v_rows bigint;
-    v_hash text;
-    v_state jsonb := '{}';
-BEGIN
-    FOR v_table IN
-        SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
-          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'els' AND c.relkind IN ('r', 'p') ORDER BY c.relname
-    LOOP
-        EXECUTE format('SELECT count(*), md5(coalesce(string_agg(x::text, %L ORDER BY x::text), %L)) FROM %s AS x',
-                       E'\n', '', v_table)
-           INTO v_rows, v_hash;
-        v_state := v_state || jsonb_build_object(v_table::text, jsonb_build_object('rows', v_rows, 'md5', v_hash));
-    END LOOP;
-    RETURN v_state;
-END
-$fn$;
-
--- The error a statement raises: {"sqlstate", "message", "detail"} with detail
--- parsed as JSON when it is JSON (else kept as a JSON string); NULL if no error.
-CREATE FUNCTION pg_temp.error_of(p_sql text) RETURNS jsonb LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_json jsonb;
-BEGIN
-    EXECUTE p_sql;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL;
-    BEGIN
-        v_json := v_detail::jsonb;
-    EXCEPTION WHEN OTHERS THEN
-        v_json := to_jsonb(v_detail);
-    END;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message, 'detail', v_json);
-END
-$fn$;
-
--- Two tests per rejection: throws_ok(SQLSTATE, MESSAGE), then one is() over the
--- JSON DETAIL (the keys of p_detail must have these values), the message being
--- one line, and every els table unchanged.
-CREATE FUNCTION pg_temp.rejects(p_sql text, p_sqlstate text, p_message text, p_detail jsonb,
-                                p_description text)
-RETURNS SETOF text LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_before jsonb := pg_temp.els_state();
-    v_error jsonb;
-    v_detail jsonb;
-BEGIN
-    RETURN NEXT throws_ok(p_sql, p_sqlstate, p_message, p_description || ' -> ' || p_sqlstate);
-    v_error := pg_temp.error_of(p_sql);
-    SELECT coalesce(jsonb_object_agg(k, coalesce(v_error -> 'detail' -> k, '"<absent>"')), '{}')
-      INTO v_detail FROM jsonb_object_keys(p_detail) AS k;
-    RETURN NEXT is(
-        jsonb_build_object('detail_is_json_object', jsonb_typeof(v_error -> 'detail') = 'object',
-                           'message_is_one_line', strpos(v_error ->> 'message', E'\n') = 0,
-                           'detail', v_detail,
-                           'els_tables_unchanged', pg_temp.els_state() = v_before),
-        jsonb_build_object('detail_is_json_object', true, 'message_is_one_line', true,
-                           'detail', p_detail, 'els_tables_unchanged', true),
-        p_description || ': JSON detail, no row changed');
-END
-$fn$;
 
 -- A valid bare BatchEssaysRegistered payload; tests break one thing at a time.
 CREATE FUNCTION pg_temp.batch() RETURNS jsonb LANGUAGE sql IMMUTABLE

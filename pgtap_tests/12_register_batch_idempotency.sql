@@ -9,29 +9,8 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
+\ir helpers/common.psql
 SELECT plan(72);
-
--- Row count and content hash of every table in schema els.
-CREATE FUNCTION pg_temp.els_state() RETURNS jsonb LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_table regclass;
-    v_rows bigint;
-    v_hash text;
-    v_state jsonb := '{}';
-BEGIN
-    FOR v_table IN
-        SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
-          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'els' AND c.relkind IN ('r', 'p') ORDER BY c.relname
-    LOOP
-        EXECUTE format('SELECT count(*), md5(coalesce(string_agg(x::text, %L ORDER BY x::text), %L)) FROM %s AS x',
-                       E'\n', '', v_table)
-           INTO v_rows, v_hash;
-        v_state := v_state || jsonb_build_object(v_table::text, jsonb_build_object('rows', v_rows, 'md5', v_hash));
-    END LOOP;
-    RETURN v_state;
-END
-$fn$;
 
 CREATE FUNCTION pg_temp.content(p_batch text, p_text text) RETURNS jsonb LANGUAGE sql IMMUTABLE
 RETURN jsonb_build_object('entity_id', p_batch, 'text_storage_id', p_text,
@@ -42,10 +21,6 @@ RETURN jsonb_build_object('entity_id', p_batch, 'file_upload_id', p_upload,
 CREATE FUNCTION pg_temp.batch(p_batch text, p_essays text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE
 RETURN jsonb_build_object('entity_id', p_batch, 'expected_essay_count', cardinality(p_essays),
                           'essay_ids', to_jsonb(p_essays), 'course_code', 'ENG7', 'user_id', 'teacher');
--- The outbox event ids of one batch, oldest first, as a JSON array.
-CREATE FUNCTION pg_temp.outbox_ids(p_batch text) RETURNS jsonb LANGUAGE sql STABLE
-RETURN (SELECT coalesce(jsonb_agg(o.event_id ORDER BY o.id), '[]') FROM els.event_outbox AS o
-         WHERE o.message_key = p_batch);
 
 CREATE TEMP TABLE result (name text PRIMARY KEY, value jsonb);
 

@@ -6,6 +6,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
+\ir helpers/common.psql
 SELECT plan(52);
 
 CREATE FUNCTION pg_temp.content(p_batch text, p_text text, p_correlation text DEFAULT NULL) RETURNS jsonb
@@ -29,9 +30,6 @@ RETURN (SELECT count(*)::integer FROM els.event_outbox AS o
 CREATE FUNCTION pg_temp.completion(p_batch text) RETURNS jsonb LANGUAGE sql STABLE
 RETURN (SELECT o.envelope FROM els.event_outbox AS o
          WHERE o.message_key = p_batch AND o.event_type = 'BatchContentProvisioningCompleted');
-CREATE FUNCTION pg_temp.outbox_ids(p_batch text) RETURNS jsonb LANGUAGE sql STABLE
-RETURN (SELECT coalesce(jsonb_agg(o.event_id ORDER BY o.id), '[]') FROM els.event_outbox AS o
-         WHERE o.message_key = p_batch);
 -- the envelope's timestamps, which must be this transaction's time in UTC ISO-8601
 CREATE FUNCTION pg_temp.utc_now() RETURNS text LANGUAGE sql STABLE
 RETURN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
