@@ -25,6 +25,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+# the envelope and topic names are the tests' (tests/events.py); the payloads differ
+from tests.events import TOPIC_CONTENT, TOPIC_FAILED, TOPIC_REGISTERED, envelope
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -33,11 +36,6 @@ TEMPLATE = "els_bench_template"
 DB_PREFIX = "els_bench_"
 SEED_BATCHES = 1000
 SEED_ESSAYS = 20
-
-TOPIC_REGISTERED = "huleedu.batch.essays.registered.v1"
-TOPIC_CONTENT = "huleedu.file.essay.content.provisioned.v1"
-TOPIC_FAILED = "huleedu.file.essay.validation.failed.v1"
-
 
 @dataclass(frozen=True)
 class Stack:
@@ -68,25 +66,12 @@ def stack_from_env() -> Stack:
 # ---------------------------------------------------------------- events
 
 
-def envelope(topic: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": topic,
-        "event_timestamp": "2026-11-28T12:00:00Z",
-        "source_service": "bench",
-        "schema_version": 1,
-        "correlation_id": str(uuid.uuid4()),
-        "data": data,
-        "metadata": {},
-    }
-
-
 def essay_ids(batch_id: str, n: int) -> list[str]:
     return [f"{batch_id}-e{i:05d}" for i in range(n)]
 
 
 def registration(batch_id: str, n: int, class_id: str | None = None) -> dict[str, Any]:
-    return envelope(TOPIC_REGISTERED, {
+    return envelope(TOPIC_REGISTERED, source_service="bench", data={
         "entity_id": batch_id,
         "expected_essay_count": n,
         "essay_ids": essay_ids(batch_id, n),
@@ -101,7 +86,7 @@ def registration(batch_id: str, n: int, class_id: str | None = None) -> dict[str
 
 def content(batch_id: str, i: int) -> dict[str, Any]:
     tsid = f"{batch_id}-t{i:05d}"
-    return envelope(TOPIC_CONTENT, {
+    return envelope(TOPIC_CONTENT, source_service="bench", data={
         "entity_id": batch_id,
         "text_storage_id": tsid,
         "file_upload_id": f"{batch_id}-u{i:05d}",
@@ -113,7 +98,7 @@ def content(batch_id: str, i: int) -> dict[str, Any]:
 
 
 def failure(batch_id: str, i: int) -> dict[str, Any]:
-    return envelope(TOPIC_FAILED, {
+    return envelope(TOPIC_FAILED, source_service="bench", data={
         "entity_id": batch_id,
         "file_upload_id": f"{batch_id}-f{i:05d}",
         "original_file_name": f"broken-{i}.pdf",

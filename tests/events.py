@@ -11,12 +11,14 @@ TOPIC_CONTENT = "huleedu.file.essay.content.provisioned.v1"
 TOPIC_FAILED = "huleedu.file.essay.validation.failed.v1"
 
 
-def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None) -> dict[str, Any]:
+def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None, *,
+             source_service: str = "tests") -> dict[str, Any]:
+    """The standard event envelope around ``data`` (also used by bench/common.py)."""
     return {
         "event_id": str(uuid.uuid4()),
         "event_type": topic,
         "event_timestamp": "2026-11-28T12:00:00Z",
-        "source_service": "tests",
+        "source_service": source_service,
         "schema_version": 1,
         "correlation_id": correlation_id or str(uuid.uuid4()),
         "data": data,
