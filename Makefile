@@ -33,7 +33,7 @@ bootstrap: ## install missing system packages (as root) and the .venv
 stack-up: bootstrap ## start PostgreSQL + Kafka (idempotent)
 	@$(STACK) up
 
-stack-down: ## stop PostgreSQL + Kafka, leave no process behind
+stack-down: ## stop the demo worker, PostgreSQL + Kafka; leave no process behind
 	@$(STACK) down
 
 stack-status: ## show whether PostgreSQL and Kafka are running

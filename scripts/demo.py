@@ -220,7 +220,7 @@ def stop_previous_worker() -> None:
     if not PID_FILE.exists():
         return
     try:
-        pid = int(PID_FILE.read_text().split()[0])
+        pid = int(PID_FILE.read_text().strip())
     except (ValueError, IndexError):
         PID_FILE.unlink(missing_ok=True)
         return
@@ -259,7 +259,7 @@ def start_worker(port: int) -> int:
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # survives `make`
     )
-    PID_FILE.write_text(f"{proc.pid} {port}\n")
+    PID_FILE.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -545,7 +545,7 @@ def main() -> int:
     say(f"  tail -f {LOG_FILE.relative_to(ROOT)}    # one JSON line per event")
     say(f"{BOLD}Stop:{RESET}")
     say(f"  kill {pid}        # the worker (SIGTERM: finishes, commits, leaves the group)")
-    say("  make stack-down   # PostgreSQL and Kafka")
+    say("  make stack-down   # the demo worker (if still running), PostgreSQL and Kafka")
     return 0
 
 

@@ -486,6 +486,25 @@ kafka_up() {
     log "kafka ready"
 }
 
+# The worker `make demo` leaves running (scripts/demo.py writes its pid): stopped
+# first, with SIGTERM so it commits and leaves its group, so that `down` leaves
+# no process of this checkout behind.
+demo_worker_down() {
+    local pidfile="$STACK/worker.pid" pid
+    [[ -f "$pidfile" ]] || return 0
+    pid="$(head -c 32 "$pidfile" | tr -dc '0-9')"
+    if [[ -n "$pid" ]] && pid_alive "$pid" && grep -qa worker.py "/proc/$pid/cmdline"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 300); do
+            pid_alive "$pid" || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        log "demo worker (pid $pid) stopped"
+    fi
+    rm -f "$pidfile"
+}
+
 kafka_down() {
     local pids
     pids="$(kafka_pids)"
@@ -575,6 +594,7 @@ main() {
         cmd_status
         ;;
     down)
+        demo_worker_down
         kafka_down
         pg_down
         log "stack stopped"
