@@ -129,17 +129,8 @@ BEGIN
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         VALUES (v_id, v_item ->> 'event_type', els.output_topic(v_item ->> 'event_type'),
                 v_item ->> 'key',
-                jsonb_build_object(
-                    'event_id', v_id,
-                    'event_type', els.output_topic(v_item ->> 'event_type'),
-                    'event_timestamp', v_timestamp,
-                    'source_service', 'essay_lifecycle_service',
-                    'schema_version', 1,
-                    'correlation_id', v_item ->> 'correlation_id',
-                    'data', (v_item -> 'data')
-                            || jsonb_build_object('correlation_id', v_item ->> 'correlation_id',
-                                                  'timestamp', v_timestamp),
-                    'metadata', '{}'::jsonb));
+                els._envelope(v_id, v_item ->> 'event_type', v_item ->> 'correlation_id',
+                              v_item -> 'data', v_timestamp));
         RETURN ARRAY[v_id];
     END IF;
     WITH input AS (
@@ -153,16 +144,7 @@ BEGIN
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         SELECT i.event_id, i.event_type, els.output_topic(i.event_type), i.message_key,
-               jsonb_build_object(
-                   'event_id', i.event_id,
-                   'event_type', els.output_topic(i.event_type),
-                   'event_timestamp', v_timestamp,
-                   'source_service', 'essay_lifecycle_service',
-                   'schema_version', 1,
-                   'correlation_id', i.correlation_id,
-                   'data', i.data || jsonb_build_object('correlation_id', i.correlation_id,
-                                                        'timestamp', v_timestamp),
-                   'metadata', '{}'::jsonb)
+               els._envelope(i.event_id, i.event_type, i.correlation_id, i.data, v_timestamp)
         FROM input AS i
         ORDER BY i.ord
         RETURNING event_outbox.id, event_outbox.event_id
@@ -187,6 +169,14 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) OWNER TO els_owner;
+CREATE FUNCTION els.output_topic(p_event_type text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE p_event_type WHEN 'BatchContentProvisioningCompleted'::text THEN 'huleedu.batch.content.provisioning.completed.v1'::text WHEN 'EssaySlotAssigned'::text THEN 'huleedu.els.essay.slot.assigned.v1'::text WHEN 'ExcessContentProvisioned'::text THEN 'huleedu.els.excess.content.provisioned.v1'::text ELSE NULL::text END;
+ALTER FUNCTION els.output_topic(p_event_type text) OWNER TO els_owner;
+CREATE FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN jsonb_build_object('event_id', p_event_id, 'event_type', els.output_topic(p_event_type), 'event_timestamp', p_timestamp, 'source_service', 'essay_lifecycle_service', 'schema_version', 1, 'correlation_id', p_correlation_id, 'data', (p_data || jsonb_build_object('correlation_id', p_correlation_id, 'timestamp', p_timestamp)), 'metadata', '{}'::jsonb);
+ALTER FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) OWNER TO els_owner;
 CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN (encode(set_byte(set_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6) & 15) | 48)), 8, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 8) & 63) | 128)), 'hex'::text))::uuid;
@@ -693,10 +683,6 @@ CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_second
    WHERE (o.published_at IS NULL);
 END;
 ALTER FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) OWNER TO els_owner;
-CREATE FUNCTION els.output_topic(p_event_type text) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN CASE p_event_type WHEN 'BatchContentProvisioningCompleted'::text THEN 'huleedu.batch.content.provisioning.completed.v1'::text WHEN 'EssaySlotAssigned'::text THEN 'huleedu.els.essay.slot.assigned.v1'::text WHEN 'ExcessContentProvisioned'::text THEN 'huleedu.els.excess.content.provisioned.v1'::text ELSE NULL::text END;
-ALTER FUNCTION els.output_topic(p_event_type text) OWNER TO els_owner;
 CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1192,6 +1178,10 @@ REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, OUT complete boole
 REVOKE ALL ON FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_worker;
+GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_readonly;
+REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;
@@ -1220,9 +1210,6 @@ GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_worker;
 GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_readonly;
-REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_worker;
-GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_readonly;
 REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;

@@ -32,6 +32,7 @@ SELECT results_eq(
              ('els._create_slots(text,text[],boolean)', false, false),
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
+             ('els._envelope(uuid,text,text,jsonb,text)', false, false),
              ('els._event_id(text,jsonb)', true, true),
              ('els._integer_field(jsonb,text,numeric)', false, false),
              ('els._lock_batch(text)', false, false),

@@ -50,6 +50,24 @@ RETURN CASE p_event_type
     WHEN 'ExcessContentProvisioned' THEN 'huleedu.els.excess.content.provisioned.v1'
 END;
 
+-- The envelope of an outgoing event (SPEC sections 2 and 5), the one place its
+-- shape is written. A plain SQL expression, so the planner inlines it into the
+-- statements of _emit_events.
+CREATE OR REPLACE FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text,
+                                         p_data jsonb, p_timestamp text)
+RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'event_id', p_event_id,
+    'event_type', els.output_topic(p_event_type),
+    'event_timestamp', p_timestamp,
+    'source_service', 'essay_lifecycle_service',
+    'schema_version', 1,
+    'correlation_id', p_correlation_id,
+    'data', p_data || jsonb_build_object('correlation_id', p_correlation_id,
+                                         'timestamp', p_timestamp),
+    'metadata', '{}'::jsonb);
+
 -- Appends events to the outbox, set-based: one row of p_events per event, each
 -- {"event_type", "key" (message key = batch id), "identity", "correlation_id",
 -- "data"}. "identity" is a JSON array of the ids that name the logical event
@@ -73,17 +91,8 @@ BEGIN
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         VALUES (v_id, v_item ->> 'event_type', els.output_topic(v_item ->> 'event_type'),
                 v_item ->> 'key',
-                jsonb_build_object(
-                    'event_id', v_id,
-                    'event_type', els.output_topic(v_item ->> 'event_type'),
-                    'event_timestamp', v_timestamp,
-                    'source_service', 'essay_lifecycle_service',
-                    'schema_version', 1,
-                    'correlation_id', v_item ->> 'correlation_id',
-                    'data', (v_item -> 'data')
-                            || jsonb_build_object('correlation_id', v_item ->> 'correlation_id',
-                                                  'timestamp', v_timestamp),
-                    'metadata', '{}'::jsonb));
+                els._envelope(v_id, v_item ->> 'event_type', v_item ->> 'correlation_id',
+                              v_item -> 'data', v_timestamp));
         RETURN ARRAY[v_id];
     END IF;
     WITH input AS (
@@ -97,16 +106,7 @@ BEGIN
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         SELECT i.event_id, i.event_type, els.output_topic(i.event_type), i.message_key,
-               jsonb_build_object(
-                   'event_id', i.event_id,
-                   'event_type', els.output_topic(i.event_type),
-                   'event_timestamp', v_timestamp,
-                   'source_service', 'essay_lifecycle_service',
-                   'schema_version', 1,
-                   'correlation_id', i.correlation_id,
-                   'data', i.data || jsonb_build_object('correlation_id', i.correlation_id,
-                                                        'timestamp', v_timestamp),
-                   'metadata', '{}'::jsonb)
+               els._envelope(i.event_id, i.event_type, i.correlation_id, i.data, v_timestamp)
         FROM input AS i
         ORDER BY i.ord
         RETURNING event_outbox.id, event_outbox.event_id
@@ -117,6 +117,7 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]),
-    els.output_topic(text), els._emit_events(jsonb) FROM PUBLIC;
+    els.output_topic(text), els._envelope(uuid, text, text, jsonb, text),
+    els._emit_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]), els.output_topic(text)
     TO els_worker, els_readonly;
