@@ -581,10 +581,15 @@ CREATE TABLE els.event_outbox (
     message_key text NOT NULL,
     envelope jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    published_at timestamp with time zone
+    published_at timestamp with time zone,
+    publish_attempts integer DEFAULT 0 NOT NULL,
+    last_error text,
+    retry_after timestamp with time zone
 );
 ALTER TABLE els.event_outbox OWNER TO els_owner;
 COMMENT ON TABLE els.event_outbox IS 'Transactional outbox: events written with the state change that caused them; the worker relay publishes them to Kafka and stamps published_at after delivery.';
+COMMENT ON COLUMN els.event_outbox.last_error IS 'Why Kafka refused the row the last time (set by els.set_aside_outbox); NULL when never refused.';
+COMMENT ON COLUMN els.event_outbox.retry_after IS 'A set-aside row is not claimed again before this time.';
 CREATE TABLE els.validation_failure (
     batch_id text NOT NULL,
     file_upload_id text NOT NULL,
@@ -650,13 +655,13 @@ CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id b
      o.envelope,
      o.created_at
     FROM els.event_outbox o
-   WHERE (o.published_at IS NULL)
+   WHERE ((o.published_at IS NULL) AND ((o.retry_after IS NULL) OR (o.retry_after <= now())))
    ORDER BY o.id
   LIMIT claim_outbox.p_limit
   FOR UPDATE OF o SKIP LOCKED;
 END;
 ALTER FUNCTION els.claim_outbox(p_limit integer) OWNER TO els_owner;
-COMMENT ON FUNCTION els.claim_outbox(p_limit integer) IS 'Locks and returns up to p_limit unpublished outbox rows, oldest first, skipping rows another relay holds. Call in the same transaction as mark_outbox_published.';
+COMMENT ON FUNCTION els.claim_outbox(p_limit integer) IS 'Locks and returns up to p_limit unpublished outbox rows, oldest first, skipping rows another relay holds and rows set aside until later. Call in the same transaction as mark_outbox_published and set_aside_outbox.';
 CREATE FUNCTION els.mark_outbox_published(p_ids bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -673,16 +678,17 @@ END
 $$;
 ALTER FUNCTION els.mark_outbox_published(p_ids bigint[]) OWNER TO els_owner;
 COMMENT ON FUNCTION els.mark_outbox_published(p_ids bigint[]) IS 'Stamps outbox rows as published, after Kafka confirmed their delivery.';
-CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) RETURNS record
+CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) RETURNS record
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     BEGIN ATOMIC
  SELECT count(*) AS count,
-     COALESCE((EXTRACT(epoch FROM (now() - min(o.created_at))))::double precision, (0)::double precision) AS "coalesce"
+     COALESCE((EXTRACT(epoch FROM (now() - min(o.created_at))))::double precision, (0)::double precision) AS "coalesce",
+     count(*) FILTER (WHERE (o.last_error IS NOT NULL)) AS count
     FROM els.event_outbox o
    WHERE (o.published_at IS NULL);
 END;
-ALTER FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) OWNER TO els_owner;
+ALTER FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) OWNER TO els_owner;
 CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1067,6 +1073,16 @@ END
 $$;
 ALTER FUNCTION els.register_batch(event jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els.register_batch(event jsonb) IS 'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
+CREATE FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) RETURNS timestamp with time zone
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ UPDATE els.event_outbox o SET publish_attempts = (o.publish_attempts + 1), last_error = "left"(set_aside_outbox.p_reason, 2000), retry_after = (now() + LEAST('01:00:00'::interval, ('00:00:05'::interval * power((2)::double precision, (LEAST(o.publish_attempts, 20))::double precision))))
+   WHERE ((o.id = set_aside_outbox.p_id) AND (o.published_at IS NULL))
+   RETURNING o.retry_after;
+END;
+ALTER FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) IS 'Sets a claimed outbox row aside after Kafka refused it, with the reason; it is retried later and never blocks the rows behind it.';
 CREATE FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN els._event_id(p_event_type, to_jsonb(p_ids));
@@ -1116,6 +1132,21 @@ ALTER TABLE els.event_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+CREATE VIEW els.outbox_set_aside AS
+ SELECT o.id,
+    o.event_id,
+    o.event_type,
+    o.topic,
+    o.message_key,
+    o.created_at,
+    o.publish_attempts,
+    o.last_error,
+    o.retry_after,
+    octet_length((o.envelope)::text) AS envelope_bytes
+   FROM els.event_outbox o
+  WHERE ((o.published_at IS NULL) AND (o.last_error IS NOT NULL));
+ALTER TABLE els.outbox_set_aside OWNER TO els_owner;
+COMMENT ON VIEW els.outbox_set_aside IS 'Unpublished outbox rows that Kafka refused at least once, with the reason and the next try.';
 ALTER TABLE ONLY els.batch_tracker
     ADD CONSTRAINT batch_tracker_pkey PRIMARY KEY (batch_id);
 ALTER TABLE ONLY els.essay_content
@@ -1202,24 +1233,23 @@ GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
 GRANT SELECT ON TABLE els.validation_failure TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_readonly;
-GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_worker;
 REVOKE ALL ON FUNCTION els.claim_outbox(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.claim_outbox(p_limit integer) TO els_worker;
 REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) TO els_worker;
-REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_worker;
-GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision) TO els_readonly;
+REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) TO els_worker;
+GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) TO els_readonly;
 REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.purge_outbox(p_older_than interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.reconcile_batch(p_batch_id text) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.reconcile_batch(p_batch_id text) TO els_worker;
 REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.record_validation_failure(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.register_batch(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.register_batch(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) TO els_worker;
 REVOKE ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) TO els_worker;
 GRANT ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) TO els_readonly;
@@ -1227,4 +1257,5 @@ GRANT SELECT ON TABLE els.stuck_batches TO els_readonly;
 REVOKE ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_readonly;
 GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_worker;
+GRANT SELECT ON TABLE els.outbox_set_aside TO els_readonly;
 ALTER DEFAULT PRIVILEGES FOR ROLE els_owner IN SCHEMA els GRANT SELECT ON TABLES  TO els_readonly;

@@ -7,7 +7,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(78);
+SELECT plan(83);
 
 -- Runs p_sql as p_role (then returns to the caller's role). Used inside
 -- throws_ok/lives_ok so that pgTAP itself keeps running as the test user.
@@ -44,16 +44,17 @@ SELECT results_eq(
              ('els._text_field(jsonb,text,integer)', false, false),
              ('els._timestamp_field(jsonb,text)', false, false),
              ('els._unwrap_event(jsonb,text,text)', false, false),
-             ('els.batch_report(text)', true, true),
+             ('els.batch_report(text)', false, true),
              ('els.claim_outbox(integer)', true, false),
              ('els.mark_outbox_published(bigint[])', true, false),
              ('els.outbox_backlog()', true, true),
              ('els.output_topic(text)', true, true),
              ('els.provision_content(jsonb)', true, false),
-             ('els.purge_outbox(interval)', true, false),
-             ('els.reconcile_batch(text)', true, false),
+             ('els.purge_outbox(interval)', false, false),
+             ('els.reconcile_batch(text)', false, false),
              ('els.record_validation_failure(jsonb)', true, false),
              ('els.register_batch(jsonb)', true, false),
+             ('els.set_aside_outbox(bigint,text)', true, false),
              ('els.stable_event_id(text,text[])', true, true),
              ('els.stuck_batch_list(interval,integer)', true, true)$$,
     'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody, but _event_id behind stable_event_id)');
@@ -69,8 +70,12 @@ SELECT function_privs_are('els', 'claim_outbox', ARRAY['integer'], 'els_worker',
                           'els_worker may execute els.claim_outbox');
 SELECT function_privs_are('els', 'mark_outbox_published', ARRAY['bigint[]'], 'els_worker', ARRAY['EXECUTE'],
                           'els_worker may execute els.mark_outbox_published');
-SELECT function_privs_are('els', 'purge_outbox', ARRAY['interval'], 'els_worker', ARRAY['EXECUTE'],
-                          'els_worker may execute els.purge_outbox');
+SELECT function_privs_are('els', 'purge_outbox', ARRAY['interval'], 'els_worker', ARRAY[]::text[],
+                          'els_worker may not purge the outbox (SPEC 6: ingest and relay only)');
+SELECT function_privs_are('els', 'set_aside_outbox', ARRAY['bigint', 'text'], 'els_worker', ARRAY['EXECUTE'],
+                          'els_worker may set aside an unpublishable outbox row');
+SELECT function_privs_are('els', 'set_aside_outbox', ARRAY['bigint', 'text'], 'els_readonly', ARRAY[]::text[],
+                          'els_readonly may not set aside outbox rows');
 SELECT function_privs_are('els', 'outbox_backlog', ARRAY[]::text[], 'els_worker', ARRAY['EXECUTE'],
                           'els_worker may execute els.outbox_backlog');
 SELECT function_privs_are('els', 'claim_outbox', ARRAY['integer'], 'els_readonly', ARRAY[]::text[],
@@ -153,9 +158,12 @@ SELECT lives_ok($$SELECT pg_temp.as_role('els_worker', $q$
                                    "original_file_name": "n"}'),
            els.record_validation_failure('{"entity_id": "priv-w", "file_upload_id": "g", "original_file_name": "n",
                                            "validation_error_code": "EMPTY_CONTENT"}'),
-           els.reconcile_batch('priv-w'), els.batch_report('priv-w'), els.stuck_batch_list(),
-           els.outbox_backlog(), els.purge_outbox('1 day')$q$)$$,
-    'els_worker can call the ingest, operations and outbox functions (SECURITY DEFINER does the table work)');
+           els.stuck_batch_list(), els.outbox_backlog()$q$)$$,
+    'els_worker can call the ingest, stuck-list and outbox functions (SECURITY DEFINER does the table work)');
+SELECT throws_ok(format($$SELECT pg_temp.as_role('els_worker', %L)$$, format('SELECT %s', c)), '42501', NULL,
+                 format('els_worker cannot call %s (SPEC 6: ingest and relay only)', c))
+  FROM unnest(ARRAY['els.batch_report(''priv-w'')', 'els.reconcile_batch(''priv-w'')',
+                    'els.purge_outbox(''-1000 years'')']) AS c;
 SELECT lives_ok($$SELECT pg_temp.as_role('els_worker', $q$
     SELECT els.mark_outbox_published(array_agg(c.id)) FROM els.claim_outbox(10) AS c$q$)$$,
     'els_worker can claim and mark outbox rows');
@@ -271,7 +279,7 @@ CREATE FUNCTION evil.to_char(timestamp, text) RETURNS text LANGUAGE plpgsql AS
     $$BEGIN INSERT INTO evil.calls VALUES ('to_char'); RETURN 'evil'; END$$;
 
 CREATE TEMP TABLE hostile (name text PRIMARY KEY, value jsonb, error text);
-GRANT ALL ON hostile TO els_worker;
+GRANT ALL ON hostile TO els_worker, els_readonly;
 -- Runs p_sql with the hostile search_path in force, keeping its result or its
 -- error (so that a leak shows as a failed test, not an aborted file). Only the
 -- EXECUTEd statement sees the hostile path; this helper's own statements run
@@ -300,11 +308,14 @@ SELECT pg_temp.hostile_call('content', $q$SELECT els.provision_content('{"entity
     "file_upload_id": "f1", "original_file_name": "n"}')$q$);
 SELECT pg_temp.hostile_call('failure', $q$SELECT els.record_validation_failure('{"entity_id": "priv-evil", "file_upload_id": "f2",
     "original_file_name": "n", "validation_error_code": "EMPTY_CONTENT"}')$q$);
-SELECT pg_temp.hostile_call('reconcile', $q$SELECT els.reconcile_batch('priv-evil')$q$);
-SELECT pg_temp.hostile_call('report', $q$SELECT els.batch_report('priv-evil')$q$);
 SELECT pg_temp.hostile_call('stable_id', $q$SELECT to_jsonb(els.stable_event_id('BatchContentProvisioningCompleted', 'priv-evil'))$q$);
 SELECT pg_temp.hostile_call('backlog', $q$SELECT to_jsonb(b) FROM els.outbox_backlog() AS b$q$);
 RESET ROLE;
+SET LOCAL ROLE els_readonly;
+SELECT pg_temp.hostile_call('report', $q$SELECT els.batch_report('priv-evil')$q$);
+RESET ROLE;
+-- re-driving is the owner's (a DBA's) call; the pinned path must hold for it too
+SELECT pg_temp.hostile_call('reconcile', $q$SELECT els.reconcile_batch('priv-evil')$q$);
 
 SELECT is_empty($$SELECT name, error FROM hostile WHERE error IS NOT NULL$$,
                 'hostile search_path: no call failed');

@@ -5,7 +5,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(52);
+SELECT plan(63);
 
 -- The outbox assertions below count rows: start from an empty outbox (this
 -- file rolls back, so whatever was there is back afterwards).
@@ -251,8 +251,8 @@ SELECT is((SELECT array_agg(id ORDER BY id) FROM els.claim_outbox(2)),
 SELECT is(els.batch_report('ops-report') -> 'outbox', pg_temp.outbox_json('ops-report'),
           'batch_report shows the published flags');
 
-SELECT is(els.outbox_backlog(), ROW(6::bigint, 0::double precision)::record,
-          'outbox_backlog: 6 unpublished, the oldest created now (0 seconds)');
+SELECT is(els.outbox_backlog(), ROW(6::bigint, 0::double precision, 0::bigint)::record,
+          'outbox_backlog: 6 unpublished, the oldest created now (0 seconds), none set aside');
 UPDATE els.event_outbox SET created_at = now() - interval '90 seconds'
  WHERE id = (SELECT min(id) FROM els.event_outbox WHERE published_at IS NULL);
 SELECT is((SELECT oldest_age_seconds FROM els.outbox_backlog()), 90::double precision,
@@ -269,11 +269,36 @@ SELECT is(els.purge_outbox('1 day'), 0::bigint, 'purge_outbox again: nothing lef
 SELECT is(els.purge_outbox('0'), 0::bigint, 'purge_outbox(0): a row published in this very transaction is not older than now(): kept');
 SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE published_at IS NULL), 6,
           'purge_outbox never deletes unpublished rows, even 30 days old');
-SELECT is(els.outbox_backlog(), ROW(6::bigint, 2592000::double precision)::record,
+SELECT is(els.outbox_backlog(), ROW(6::bigint, 2592000::double precision, 0::bigint)::record,
           'outbox_backlog: the 30-day-old unpublished row is still waiting');
 
+-- set_aside_outbox: a refused row steps out of the claim order, with its reason
+CREATE TEMP TABLE refused AS SELECT min(id) AS id FROM els.event_outbox WHERE published_at IS NULL;
+SELECT is(els.set_aside_outbox((SELECT id FROM refused), 'MSG_SIZE_TOO_LARGE: 70000000 bytes'),
+          now() + interval '5 seconds', 'set_aside_outbox: first refusal, retried in 5 seconds');
+SELECT ok((SELECT id FROM refused) NOT IN (SELECT id FROM els.claim_outbox(100)),
+          'claim_outbox: a row set aside is not claimed before its retry time');
+SELECT is((SELECT count(*)::integer FROM els.claim_outbox(100)), 5,
+          'claim_outbox: the rows behind the set-aside row are still claimed');
+SELECT results_eq($$SELECT publish_attempts, last_error FROM els.outbox_set_aside$$,
+                  $$VALUES (1, 'MSG_SIZE_TOO_LARGE: 70000000 bytes')$$,
+                  'outbox_set_aside shows the row, its attempts and its reason');
+SELECT is(els.set_aside_outbox((SELECT id FROM refused), 'again'), now() + interval '10 seconds',
+          'set_aside_outbox: the delay doubles with each refusal');
+UPDATE els.event_outbox SET publish_attempts = 40 WHERE id = (SELECT id FROM refused);
+SELECT is(els.set_aside_outbox((SELECT id FROM refused), 'again'), now() + interval '1 hour',
+          'set_aside_outbox: the delay is capped at one hour');
+SELECT is((SELECT set_aside FROM els.outbox_backlog()), 1::bigint, 'outbox_backlog counts the set-aside row');
+UPDATE els.event_outbox SET retry_after = now() - interval '1 second' WHERE id = (SELECT id FROM refused);
+SELECT ok((SELECT id FROM refused) IN (SELECT id FROM els.claim_outbox(100)),
+          'claim_outbox: a set-aside row is claimed again once its retry time has passed');
+SELECT is(els.mark_outbox_published(ARRAY[(SELECT id FROM refused)]), 1, 'a set-aside row can still be published');
+SELECT is_empty($$SELECT * FROM els.outbox_set_aside$$, 'outbox_set_aside lists only unpublished rows');
+SELECT is(els.set_aside_outbox((SELECT id FROM refused), 'late'), NULL,
+          'set_aside_outbox on a published row changes nothing (NULL)');
+
 DELETE FROM els.event_outbox;
-SELECT is(els.outbox_backlog(), ROW(0::bigint, 0::double precision)::record, 'outbox_backlog on an empty outbox: (0, 0)');
+SELECT is(els.outbox_backlog(), ROW(0::bigint, 0::double precision, 0::bigint)::record, 'outbox_backlog on an empty outbox: (0, 0, 0)');
 
 SELECT * FROM finish();
 ROLLBACK;

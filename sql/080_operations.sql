@@ -153,6 +153,8 @@ COMMENT ON FUNCTION els.reconcile_batch(text) IS
 REVOKE ALL ON FUNCTION els.stuck_batch_list(interval, integer), els.batch_report(text),
     els.reconcile_batch(text) FROM PUBLIC;
 GRANT SELECT ON els.stuck_batches TO els_readonly;
-GRANT EXECUTE ON FUNCTION els.stuck_batch_list(interval, integer), els.batch_report(text)
-    TO els_readonly, els_worker;
-GRANT EXECUTE ON FUNCTION els.reconcile_batch(text) TO els_worker;
+-- SPEC 6: els_worker gets the ingest and relay functions only. stuck_batch_list feeds its
+-- /health/batches page (ids and ages, nothing personal); batch_report exposes user, org and
+-- class ids, so it is for els_readonly; re-driving a batch is a DBA's act (owner only).
+GRANT EXECUTE ON FUNCTION els.stuck_batch_list(interval, integer) TO els_readonly, els_worker;
+GRANT EXECUTE ON FUNCTION els.batch_report(text) TO els_readonly;

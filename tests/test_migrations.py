@@ -49,7 +49,7 @@ def els_objects(url: str) -> list[tuple[str, str]]:
 
 def test_migrations_build_the_schema_from_an_empty_database(empty_db_url: str) -> None:
     applied = els_migrate.apply_migrations(empty_db_url)
-    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables"]
+    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
     objects = dict((name, kind) for kind, name in els_objects(empty_db_url))
     assert objects["batch_tracker"] == "r" and objects["event_outbox"] == "r"
     assert objects["stuck_batches"] == "v"
@@ -75,7 +75,7 @@ def test_rollback_then_reapply(empty_db_url: str) -> None:
     els_migrate.apply_migrations(empty_db_url)
     before = els_migrate.dump_schema(empty_db_url)
     rolled_back = els_migrate.rollback_migrations(empty_db_url)
-    assert rolled_back == ["0002_batch_registration_tables", "0001_roles_and_schema"]
+    assert rolled_back == ["0003_outbox_set_aside", "0002_batch_registration_tables", "0001_roles_and_schema"]
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'els'").fetchone() == (0,)
