@@ -7,7 +7,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(83);
+SELECT plan(96);
 
 -- Runs p_sql as p_role (then returns to the caller's role). Used inside
 -- throws_ok/lives_ok so that pgTAP itself keeps running as the test user.
@@ -28,8 +28,10 @@ SELECT results_eq(
              has_function_privilege('els_readonly', p.oid, 'EXECUTE')
         FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = 'els'::regnamespace
        ORDER BY p.oid::regprocedure::text COLLATE "C"$$,
-    $$VALUES ('els._complete_if_done(text)', false, false),
+    $$VALUES ('els._close_locked_batch(text,boolean)', false, false),
+             ('els._complete_if_done(text,text)', false, false),
              ('els._create_slots(text,text[],boolean)', false, false),
+             ('els._emit_event_if_absent(jsonb)', false, false),
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
              ('els._envelope(uuid,text,text,jsonb,text)', false, false),
@@ -43,13 +45,18 @@ SELECT results_eq(
              ('els._text_array_field(jsonb,text)', false, false),
              ('els._text_field(jsonb,text,integer)', false, false),
              ('els._timestamp_field(jsonb,text)', false, false),
+             ('els._try_lock_batch(text)', false, false),
              ('els._unwrap_event(jsonb,text,text)', false, false),
+             ('els.batch_health(interval)', true, true),
              ('els.batch_report(text)', false, true),
              ('els.claim_outbox(integer)', true, false),
+             ('els.close_batch(text)', true, false),
+             ('els.close_overdue_batches(interval,integer)', true, false),
              ('els.mark_outbox_published(bigint[])', true, false),
              ('els.outbox_backlog()', true, true),
              ('els.output_topic(text)', true, true),
              ('els.provision_content(jsonb)', true, false),
+             ('els.purge_history(interval)', true, false),
              ('els.purge_outbox(interval)', false, false),
              ('els.reconcile_batch(text)', false, false),
              ('els.record_validation_failure(jsonb)', true, false),
@@ -92,6 +99,27 @@ SELECT function_privs_are('els', 'stuck_batch_list', ARRAY['interval', 'integer'
                           'els_readonly may execute els.stuck_batch_list');
 SELECT function_privs_are('els', '_emit_events', ARRAY['jsonb'], 'els_worker', ARRAY[]::text[],
                           'els_worker may not write outbox events directly (els._emit_events)');
+-- SPEC 8/10: the deadline and retention calls are the worker's (maintenance loop), not els_readonly's
+SELECT function_privs_are('els', f.name, f.args, 'els_worker', ARRAY['EXECUTE'],
+                          format('els_worker may execute els.%s (SPEC 10)', f.name))
+  FROM (VALUES ('close_overdue_batches', ARRAY['interval', 'integer']), ('close_batch', ARRAY['text']),
+               ('purge_history', ARRAY['interval'])) AS f(name, args);
+SELECT function_privs_are('els', f.name, f.args, 'els_readonly', ARRAY[]::text[],
+                          format('els_readonly may not execute els.%s (SPEC 8)', f.name))
+  FROM (VALUES ('close_overdue_batches', ARRAY['interval', 'integer']), ('close_batch', ARRAY['text']),
+               ('purge_history', ARRAY['interval'])) AS f(name, args);
+SELECT function_privs_are('els', 'batch_health', ARRAY['interval'], 'els_worker', ARRAY['EXECUTE'],
+                          'els_worker may execute els.batch_health (its gauges)');
+SELECT function_privs_are('els', 'batch_health', ARRAY['interval'], 'els_readonly', ARRAY['EXECUTE'],
+                          'els_readonly may execute els.batch_health (a report)');
+SELECT throws_ok($$SELECT pg_temp.as_role('els_readonly', 'SELECT els.close_batch(''x'')')$$, '42501', NULL,
+                 'els_readonly cannot close a batch');
+SELECT throws_ok($$SELECT pg_temp.as_role('els_readonly', 'SELECT els.purge_history(''1 day'')')$$, '42501', NULL,
+                 'els_readonly cannot purge history');
+SELECT lives_ok($$SELECT pg_temp.as_role('els_worker', $q$
+    SELECT els.close_overdue_batches(older_than => '1 day', max_batches => 10),
+           els.purge_history(older_than => '1 day'), els.batch_health(stuck_after => '1 hour')$q$)$$,
+    'els_worker can call the maintenance functions with named arguments (SECURITY DEFINER does the table work)');
 
 -- ===========================================================================
 -- PUBLIC: nothing in els
@@ -128,7 +156,7 @@ SELECT throws_ok($$SELECT pg_temp.as_role('els_test_nobody', 'SELECT els.stable_
 SELECT throws_ok(format($$SELECT pg_temp.as_role('els_worker', %L)$$, format('SELECT * FROM %s', t)), '42501', NULL,
                  format('els_worker cannot SELECT from %s', t))
   FROM unnest(ARRAY['els.batch_tracker', 'els.essay_slot', 'els.essay_content', 'els.validation_failure',
-                    'els.event_outbox', 'els.stuck_batches']) AS t;
+                    'els.event_outbox', 'els.stuck_batches', 'els.batch_tombstone']) AS t;
 SELECT throws_ok($$SELECT pg_temp.as_role('els_worker',
                      'INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, correlation_id)
                       VALUES (''w'', 1, ARRAY[''w''], ''ENG5'', ''u'', ''c'')')$$, '42501', NULL,
@@ -180,7 +208,7 @@ SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE message_key = 'p
 SELECT lives_ok(format($$SELECT pg_temp.as_role('els_readonly', %L)$$, format('SELECT count(*) FROM %s', t)),
                 format('els_readonly can SELECT from %s', t))
   FROM unnest(ARRAY['els.batch_tracker', 'els.essay_slot', 'els.essay_content', 'els.validation_failure',
-                    'els.event_outbox', 'els.stuck_batches']) AS t;
+                    'els.event_outbox', 'els.stuck_batches', 'els.batch_tombstone']) AS t;
 SELECT lives_ok($$SELECT pg_temp.as_role('els_readonly',
                     'SELECT els.batch_report(''priv-w''), els.stuck_batch_list(), els.outbox_backlog()')$$,
                 'els_readonly can call batch_report, stuck_batch_list and outbox_backlog');

@@ -35,6 +35,20 @@ def empty_db_url(db_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def other_empty_db_url(db_url: str) -> Iterator[str]:
+    """A second empty database, for comparing two ways of building a schema."""
+    admin = other_database(db_url, "postgres")
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    try:
+        yield other_database(db_url, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def els_objects(url: str) -> list[tuple[str, str]]:
     with psycopg.connect(url) as conn:
         rows = conn.execute("""
@@ -49,7 +63,8 @@ def els_objects(url: str) -> list[tuple[str, str]]:
 
 def test_migrations_build_the_schema_from_an_empty_database(empty_db_url: str) -> None:
     applied = els_migrate.apply_migrations(empty_db_url)
-    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
+                       "0004_deadlines_and_retention"]
     objects = dict((name, kind) for kind, name in els_objects(empty_db_url))
     assert objects["batch_tracker"] == "r" and objects["event_outbox"] == "r"
     assert objects["stuck_batches"] == "v"
@@ -75,7 +90,8 @@ def test_rollback_then_reapply(empty_db_url: str) -> None:
     els_migrate.apply_migrations(empty_db_url)
     before = els_migrate.dump_schema(empty_db_url)
     rolled_back = els_migrate.rollback_migrations(empty_db_url)
-    assert rolled_back == ["0003_outbox_set_aside", "0002_batch_registration_tables", "0001_roles_and_schema"]
+    assert rolled_back == ["0004_deadlines_and_retention", "0003_outbox_set_aside",
+                           "0002_batch_registration_tables", "0001_roles_and_schema"]
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'els'").fetchone() == (0,)
@@ -123,3 +139,68 @@ def test_function_files_are_loaded_whole(empty_db_url: str, tmp_path: Path) -> N
 def test_function_files_sort_in_dependency_order() -> None:
     names = [p.name for p in sorted((els_migrate.MIGRATIONS_DIR.parent / "sql").glob("*.sql"))]
     assert names and all(re.match(r"^\d{3}_[a-z_]+\.sql$", n) for n in names), names
+
+
+def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: str,
+                                                                 other_empty_db_url: str) -> None:
+    """0004 rolled back over real data (a batch closed by its deadline, a purged one):
+    the schema is exactly the previous release's (0001-0003 and its function files),
+    timed-out slots became recorded failures, and the previous functions still work."""
+    from yoyo import get_backend, read_migrations
+    from yoyo.migrations import MigrationList
+
+    els_migrate.apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute("""SELECT els.register_batch('{"entity_id": "rb-closed", "expected_essay_count": 2,
+            "essay_ids": ["rbc-1", "rbc-2"], "course_code": "ENG5", "user_id": "u"}')""")
+        conn.execute("""SELECT els.provision_content('{"entity_id": "rb-closed", "text_storage_id": "t1",
+            "file_upload_id": "f1", "original_file_name": "a.docx"}')""")
+        conn.execute("SELECT els.close_batch('rb-closed')")
+        conn.execute("""SELECT els.register_batch('{"entity_id": "rb-purged", "expected_essay_count": 1,
+            "essay_ids": ["rbp-1"], "course_code": "ENG5", "user_id": "u"}')""")
+        conn.execute("SELECT els.close_batch('rb-purged')")
+        conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '2 days'"
+                     " WHERE batch_id = 'rb-purged'")
+        row = conn.execute("SELECT els.purge_history('1 day')").fetchone()
+        assert row is not None and row[0]["batches_purged"] == 1
+
+    backend = get_backend(els_migrate.yoyo_url(empty_db_url))
+    migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
+    with backend.lock():
+        backend.rollback_migrations(MigrationList(
+            [m for m in migrations if m.id == "0004_deadlines_and_retention"]))
+    assert els_migrate.applied_migrations(empty_db_url) == [
+        "0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+
+    # the previous release, built from nothing: 0001-0003, then its own function files
+    other = get_backend(els_migrate.yoyo_url(other_empty_db_url))
+    with other.lock():
+        other.apply_migrations_only(MigrationList(
+            [m for m in migrations if m.id != "0004_deadlines_and_retention"]))
+    with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
+        conn.execute("SET ROLE els_owner")
+        for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
+            conn.execute(path.read_text(encoding="utf-8"))
+    assert els_migrate.dump_schema(empty_db_url) == els_migrate.dump_schema(other_empty_db_url)
+
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        slots = conn.execute(
+            "SELECT essay_id, status::text, failed_file_upload_id FROM els.essay_slot"
+            " WHERE batch_id = 'rb-closed' ORDER BY slot_no").fetchall()
+        assert slots == [("rbc-1", "ready_for_processing", None),
+                         ("rbc-2", "content_ingestion_failed", "els-timeout:rbc-2")]
+        failure = conn.execute(
+            "SELECT validation_error_code, validation_error_detail FROM els.validation_failure"
+            " WHERE file_upload_id = 'els-timeout:rbc-2'").fetchone()
+        assert failure == ("UNKNOWN_VALIDATION_ERROR", {"failure_code": "CONTENT_TIMEOUT"})
+        # the previous release's functions work on the rolled-back schema
+        result = conn.execute("""SELECT els.register_batch('{"entity_id": "rb-new", "expected_essay_count": 1,
+            "essay_ids": ["rbn-1"], "course_code": "ENG5", "user_id": "u"}')""").fetchone()
+        assert result is not None and result[0]["outcome"] == "registered"
+        result = conn.execute("""SELECT els.provision_content('{"entity_id": "rb-new", "text_storage_id": "t9",
+            "file_upload_id": "f9", "original_file_name": "b.docx"}')""").fetchone()
+        assert result is not None and (result[0]["outcome"], result[0]["complete"]) == ("assigned", True)
+        report = conn.execute("SELECT els.batch_report('rb-closed')").fetchone()
+        assert report is not None and report[0]["complete"] is True
+    # and forward again
+    assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention"]
