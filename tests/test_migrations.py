@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 import els_migrate
+from tests import events
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -63,8 +64,8 @@ def els_objects(url: str) -> list[tuple[str, str]]:
 
 def test_migrations_build_the_schema_from_an_empty_database(empty_db_url: str) -> None:
     applied = els_migrate.apply_migrations(empty_db_url)
-    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
-                       "0004_deadlines_and_retention"]
+    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables",
+                       "0003_outbox_set_aside", "0004_deadlines_and_retention"]
     objects = dict((name, kind) for kind, name in els_objects(empty_db_url))
     assert objects["batch_tracker"] == "r" and objects["event_outbox"] == "r"
     assert objects["stuck_batches"] == "v"
@@ -151,14 +152,11 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
 
     els_migrate.apply_migrations(empty_db_url)
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
-        conn.execute("""SELECT els.register_batch('{"entity_id": "rb-closed", "expected_essay_count": 2,
-            "essay_ids": ["rbc-1", "rbc-2"], "course_code": "ENG5", "user_id": "u"}')""")
-        conn.execute("""SELECT els.provision_content('{"entity_id": "rb-closed", "text_storage_id": "t1",
-            "file_upload_id": "f1", "original_file_name": "a.docx"}')""")
-        conn.execute("SELECT els.close_batch('rb-closed')")
-        conn.execute("""SELECT els.register_batch('{"entity_id": "rb-purged", "expected_essay_count": 1,
-            "essay_ids": ["rbp-1"], "course_code": "ENG5", "user_id": "u"}')""")
-        conn.execute("SELECT els.close_batch('rb-purged')")
+        events.apply(conn, "register", events.registration("rb-closed", ["rbc-1", "rbc-2"]))
+        events.apply(conn, "content", events.content("rb-closed", "t1"))
+        conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)", {"b": "rb-closed"})
+        events.apply(conn, "register", events.registration("rb-purged", ["rbp-1"]))
+        conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)", {"b": "rb-purged"})
         conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '2 days'"
                      " WHERE batch_id = 'rb-purged'")
         row = conn.execute("SELECT els.purge_history('1 day')").fetchone()
@@ -194,12 +192,10 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
             " WHERE file_upload_id = 'els-timeout:rbc-2'").fetchone()
         assert failure == ("UNKNOWN_VALIDATION_ERROR", {"failure_code": "CONTENT_TIMEOUT"})
         # the previous release's functions work on the rolled-back schema
-        result = conn.execute("""SELECT els.register_batch('{"entity_id": "rb-new", "expected_essay_count": 1,
-            "essay_ids": ["rbn-1"], "course_code": "ENG5", "user_id": "u"}')""").fetchone()
-        assert result is not None and result[0]["outcome"] == "registered"
-        result = conn.execute("""SELECT els.provision_content('{"entity_id": "rb-new", "text_storage_id": "t9",
-            "file_upload_id": "f9", "original_file_name": "b.docx"}')""").fetchone()
-        assert result is not None and (result[0]["outcome"], result[0]["complete"]) == ("assigned", True)
+        registered = events.apply(conn, "register", events.registration("rb-new", ["rbn-1"]))
+        assert registered["outcome"] == "registered"
+        assigned = events.apply(conn, "content", events.content("rb-new", "t9"))
+        assert (assigned["outcome"], assigned["complete"]) == ("assigned", True)
         report = conn.execute("SELECT els.batch_report('rb-closed')").fetchone()
         assert report is not None and report[0]["complete"] is True
     # and forward again
