@@ -640,7 +640,8 @@ CREATE TABLE els.batch_tombstone (
     failed_count integer NOT NULL,
     timed_out_count integer NOT NULL,
     purged_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_late_item_at timestamp with time zone
+    last_late_item_at timestamp with time zone,
+    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
 );
 ALTER TABLE els.batch_tombstone OWNER TO els_owner;
 COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
@@ -1093,7 +1094,9 @@ BEGIN
         v_batches := v_batches + 1;
         v_slots := v_slots + v_batch.expected_count;
     END LOOP;
-    -- 2a. pending items of batches never registered (a registered batch has none)
+    -- 2a. pending items of batches never registered. A registered batch has none,
+    -- except a tracker an older writer left without its slots: its pending items wait
+    -- for els.reconcile_batch (or a close) and are kept.
     FOR v_batch_id IN
         SELECT p.batch_id FROM (
             SELECT c.batch_id FROM els.essay_content AS c
@@ -1101,11 +1104,15 @@ BEGIN
             UNION
             SELECT f.batch_id FROM els.validation_failure AS f
              WHERE f.disposition = 'pending' AND f.received_at <= v_cutoff) AS p
+         WHERE NOT EXISTS (SELECT FROM els.batch_tracker AS t WHERE t.batch_id = p.batch_id)
          ORDER BY p.batch_id
          LIMIT greatest(c_max_batches - v_locked, 0)
     LOOP
         CONTINUE WHEN NOT els._try_lock_batch(v_batch_id);
         v_locked := v_locked + 1;
+        -- under the lock: registered meanwhile? Then its items are no longer pending
+        -- (the registration reconciled them), and a tracker is there to keep them.
+        CONTINUE WHEN EXISTS (SELECT FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id);
         DELETE FROM els.essay_content AS c
          WHERE c.batch_id = v_batch_id AND c.disposition = 'pending' AND c.received_at <= v_cutoff;
         GET DIAGNOSTICS v_rows = ROW_COUNT;

@@ -89,7 +89,8 @@ CREATE TABLE els.batch_tombstone (
     correlation_id      text        NOT NULL,
     registered_at       timestamptz NOT NULL,
     completed_at        timestamptz NOT NULL,
-    completion_reason   text        NOT NULL,
+    completion_reason   text        NOT NULL
+        CHECK (completion_reason IN ('all_slots_closed', 'deadline')),
     filled_count        integer     NOT NULL,
     failed_count        integer     NOT NULL,
     timed_out_count     integer     NOT NULL,

@@ -9,7 +9,7 @@ BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 \ir helpers/common.psql
-SELECT plan(39);
+SELECT plan(41);
 
 -- The outbox counts below start from an empty outbox (rolled back afterwards).
 DELETE FROM els.event_outbox;
@@ -183,6 +183,17 @@ SELECT is((SELECT last_late_item_at FROM els.batch_tombstone WHERE batch_id = 'p
           'the tombstone''s late mark is cleared');
 SELECT is(els.register_batch(pg_temp.batch('ph-old', ARRAY['pho-1', 'pho-2', 'pho-3'])) ->> 'outcome', 'duplicate',
           'still a duplicate after the second purge');
+
+-- a tracker an older writer left without slots, with old content waiting for it: kept
+DO $setup$ BEGIN
+    PERFORM els.provision_content(pg_temp.content('ph-legacy', 'phl-t1'));
+    INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, correlation_id, registered_at)
+    VALUES ('ph-legacy', 1, ARRAY['phl-1'], 'ENG5', 'u', 'corr-legacy', now() - interval '9 days');
+    UPDATE els.essay_content SET received_at = now() - interval '9 days' WHERE batch_id = 'ph-legacy';
+END $setup$;
+SELECT is(els.purge_history(interval '1 day') -> 'pending_purged', '0'::jsonb,
+          'pending content of a registered (legacy, slotless) batch is not purged');
+SELECT is(els.reconcile_batch('ph-legacy') ->> 'complete', 'true', 'it is still there for els.reconcile_batch');
 
 -- ===========================================================================
 -- Arguments
