@@ -7,7 +7,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(96);
+SELECT plan(97);
 
 -- Runs p_sql as p_role (then returns to the caller's role). Used inside
 -- throws_ok/lives_ok so that pgTAP itself keeps running as the test user.
@@ -338,6 +338,11 @@ SELECT pg_temp.hostile_call('failure', $q$SELECT els.record_validation_failure('
     "original_file_name": "n", "validation_error_code": "EMPTY_CONTENT"}')$q$);
 SELECT pg_temp.hostile_call('stable_id', $q$SELECT to_jsonb(els.stable_event_id('BatchContentProvisioningCompleted', 'priv-evil'))$q$);
 SELECT pg_temp.hostile_call('backlog', $q$SELECT to_jsonb(b) FROM els.outbox_backlog() AS b$q$);
+-- the deadline and retention calls (SPEC 10), as the worker's maintenance loop makes them
+SELECT pg_temp.hostile_call('close', $q$SELECT els.close_batch(batch_id => 'priv-evil')$q$);
+SELECT pg_temp.hostile_call('overdue', $q$SELECT els.close_overdue_batches(older_than => '0 seconds', max_batches => 10)$q$);
+SELECT pg_temp.hostile_call('purge', $q$SELECT els.purge_history(older_than => '1 day')$q$);
+SELECT pg_temp.hostile_call('health', $q$SELECT els.batch_health(stuck_after => '1 hour')$q$);
 RESET ROLE;
 SET LOCAL ROLE els_readonly;
 SELECT pg_temp.hostile_call('report', $q$SELECT els.batch_report('priv-evil')$q$);
@@ -366,6 +371,11 @@ SELECT is((SELECT envelope ->> 'event_timestamp' FROM els.event_outbox
             WHERE message_key = 'priv-evil' AND event_type = 'BatchContentProvisioningCompleted'),
           to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
           'hostile search_path: timestamps come from pg_catalog.now/to_char');
+SELECT results_eq(
+    $$SELECT name, value ->> 'outcome', (value ? 'batches_closed' OR value ? 'batches_purged' OR value ? 'incomplete_batches')
+        FROM hostile WHERE name IN ('close', 'overdue', 'purge', 'health') ORDER BY name$$,
+    $$VALUES ('close', 'already_complete', false), ('health', NULL, true), ('overdue', NULL, true), ('purge', NULL, true)$$,
+    'hostile search_path: the deadline and retention calls behaved normally');
 SELECT is((SELECT value #>> '{}' FROM hostile WHERE name = 'stable_id'),
           els.stable_event_id('BatchContentProvisioningCompleted', 'priv-evil')::text,
           'hostile search_path: stable_event_id (not a definer, but a bound SQL body) gives the same id');
