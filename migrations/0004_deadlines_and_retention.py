@@ -4,7 +4,9 @@
   (its last item closed the last empty slot) or ``deadline`` (els.close_batch /
   els.close_overdue_batches gave up on the missing content). Set together with
   completed_at, by the one completion builder (els._complete_if_done). Batches that
-  completed before this migration completed by their last item: backfilled so.
+  completed before this migration completed by their last item: backfilled so (this
+  UPDATE rewrites every completed tracker row once; on a big table run it in a quiet
+  hour).
 - ``els.essay_slot.failure_code``: a slot the database closed itself carries the code
   that says why, ``CONTENT_TIMEOUT``. It is recorded by the database only: the incoming
   enum of validation_error_code (SPEC section 2, els.validation_failure's check and
@@ -29,7 +31,8 @@ bodies (batch_report) depend on the new columns and the plpgsql ones read them. 
 previous schema cannot say "closed by timeout": a timed-out slot becomes a recorded
 failure with code UNKNOWN_VALIDATION_ERROR, file_upload_id ``els-timeout:<essay id>``
 and detail ``{"failure_code": "CONTENT_TIMEOUT"}``, so counts and completions stay as
-they are. Tombstones are dropped with their table: after a rollback a purged batch's
+they are; applying this migration again turns them back into timed-out slots (and
+their batches' completion_reason into deadline). Tombstones are dropped with their table: after a rollback a purged batch's
 registration would register it anew, so purge nothing you may roll back over.
 """
 
@@ -44,22 +47,6 @@ PREVIOUS_FUNCTIONS = Path(__file__).resolve().parent / "0004_rollback"
 CREATE = """
 SET LOCAL ROLE els_owner;
 
-ALTER TABLE els.batch_tracker
-    ADD COLUMN completion_reason text
-        CONSTRAINT batch_tracker_completion_reason_check
-        CHECK (completion_reason IN ('all_slots_closed', 'deadline'));
-UPDATE els.batch_tracker SET completion_reason = 'all_slots_closed' WHERE completed_at IS NOT NULL;
-ALTER TABLE els.batch_tracker
-    ADD CONSTRAINT batch_tracker_completion_has_reason
-        CHECK ((completed_at IS NULL) = (completion_reason IS NULL));
-COMMENT ON COLUMN els.batch_tracker.completion_reason IS
-    'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, '
-    'els.close_overdue_batches). NULL while incomplete.';
-CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker (registered_at, batch_id)
-    WHERE completed_at IS NULL;
-CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker (completed_at, batch_id)
-    WHERE completed_at IS NOT NULL;
-
 ALTER TABLE els.essay_slot
     DROP CONSTRAINT essay_slot_status_matches_filling,
     ADD COLUMN failure_code text
@@ -73,6 +60,43 @@ ALTER TABLE els.essay_slot
             WHEN 'content_ingestion_failed' THEN text_storage_id IS NULL
                                                  AND (failed_file_upload_id IS NULL) <> (failure_code IS NULL)
         END);
+-- A rollback of this migration kept timed-out slots as recorded failures (see
+-- DROP_COLUMNS below); applied again, they are timed-out slots again.
+UPDATE els.essay_slot AS s SET failed_file_upload_id = NULL, failure_code = 'CONTENT_TIMEOUT'
+  FROM els.validation_failure AS f
+ WHERE f.batch_id = s.batch_id AND f.file_upload_id = s.failed_file_upload_id
+   AND f.file_upload_id = 'els-timeout:' || s.essay_id
+   AND f.validation_error_code = 'UNKNOWN_VALIDATION_ERROR'
+   AND f.validation_error_detail = '{"failure_code": "CONTENT_TIMEOUT"}'::jsonb;
+DELETE FROM els.validation_failure AS f
+ WHERE f.file_upload_id = 'els-timeout:' || f.essay_id
+   AND f.validation_error_code = 'UNKNOWN_VALIDATION_ERROR'
+   AND f.validation_error_detail = '{"failure_code": "CONTENT_TIMEOUT"}'::jsonb
+   AND EXISTS (SELECT FROM els.essay_slot AS s
+                WHERE s.essay_id = f.essay_id AND s.failure_code = 'CONTENT_TIMEOUT');
+
+ALTER TABLE els.batch_tracker
+    ADD COLUMN completion_reason text
+        CONSTRAINT batch_tracker_completion_reason_check
+        CHECK (completion_reason IN ('all_slots_closed', 'deadline'));
+-- Batches completed before: by their last item, unless they have timed-out slots
+-- (completed by a deadline, before a rollback of this migration).
+UPDATE els.batch_tracker AS t
+   SET completion_reason = CASE WHEN EXISTS (SELECT FROM els.essay_slot AS s
+                                              WHERE s.batch_id = t.batch_id
+                                                AND s.failure_code IS NOT NULL)
+                                THEN 'deadline' ELSE 'all_slots_closed' END
+ WHERE t.completed_at IS NOT NULL;
+ALTER TABLE els.batch_tracker
+    ADD CONSTRAINT batch_tracker_completion_has_reason
+        CHECK ((completed_at IS NULL) = (completion_reason IS NULL));
+COMMENT ON COLUMN els.batch_tracker.completion_reason IS
+    'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, '
+    'els.close_overdue_batches). NULL while incomplete.';
+CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker (registered_at, batch_id)
+    WHERE completed_at IS NULL;
+CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker (completed_at, batch_id)
+    WHERE completed_at IS NOT NULL;
 COMMENT ON COLUMN els.essay_slot.failure_code IS
     'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its '
     'deadline). Not an incoming validation_error_code: no event can set it.';

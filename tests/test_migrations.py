@@ -16,6 +16,7 @@ from psycopg import sql
 
 import els_migrate
 from tests import events
+from tests.invariants import check_invariants
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -200,5 +201,19 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
         assert (assigned["outcome"], assigned["complete"]) == ("assigned", True)
         report = conn.execute("SELECT els.batch_report('rb-closed')").fetchone()
         assert report is not None and report[0]["complete"] is True
-    # and forward again
+    # and forward again, over the previous release's data: completion reasons backfilled,
+    # the timed-out slot that the rollback kept as a failure is a timed-out slot again
     assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention"]
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
+                               " ORDER BY batch_id").fetchall()
+        assert reasons == [("rb-closed", "deadline"), ("rb-new", "all_slots_closed")]
+        closed_batch = check_invariants(conn, "rb-closed")
+        assert (closed_batch["failed"], closed_batch["timed_out"]) == (1, 1)
+        assert conn.execute("SELECT count(*) FROM els.validation_failure"
+                            " WHERE batch_id = 'rb-closed'").fetchone() == (0,)
+        # completed by the previous release: its completion event has no completion_reason
+        assert check_invariants(conn, "rb-new", outbox_partial=True)["complete"] is True
+        closed = conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)",
+                              {"b": "rb-new"}).fetchone()
+        assert closed is not None and closed[0]["outcome"] == "already_complete"
