@@ -48,9 +48,11 @@ def format_report(rep: dict[str, Any]) -> str:
             f"completed_at={t.get('completed_at')}",
             f"  correlation_id={t.get('correlation_id')}",
         ]
-        for key in ("completion_reason", "deadline_at", "tombstone"):
-            if key in t or key in rep:
-                lines.append(f"  {key}={t.get(key, rep.get(key))}")
+        if t.get("completion_reason"):
+            lines.append(f"  completion_reason={t['completion_reason']}")
+    if rep.get("purged"):
+        lines[0] = f"batch {bid}: PURGED (history deleted; a tombstone keeps its identity)"
+        lines.append(f"  tombstone: {json.dumps(rep.get('tombstone'), default=str)}")
     counts = rep.get("slot_counts") or {}
     if counts:
         lines.append("  slots: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))

@@ -25,6 +25,7 @@ from els_worker.observability import Metrics, log
 
 STUCK_LIST_LIMIT = 1000
 CLOSE_CHUNK = 1000
+PURGE_CALLS_PER_ROUND = 100
 # The gauges and /health/batches are at most this old, whatever the task interval.
 GAUGE_REFRESH_SECONDS = 10.0
 
@@ -135,8 +136,18 @@ class Maintenance:
                 return
 
     def _purge_history(self) -> None:
-        row = self._conn().execute(db.PURGE_HISTORY,
-                                   {"seconds": self.cfg.retention_seconds}).fetchone()
-        result = row[0] if row else {}
-        if any(result.values()):
-            log(logging.INFO, "history purged", **result)
+        """purge_history is bounded per call (one short transaction each): call it until
+        it finds nothing more, or PURGE_CALLS_PER_ROUND times (the rest waits a round)."""
+        conn = self._conn()
+        totals: dict[str, int] = {}
+        for _ in range(PURGE_CALLS_PER_ROUND):
+            if self.stop.is_set():
+                break
+            row = conn.execute(db.PURGE_HISTORY, {"seconds": self.cfg.retention_seconds}).fetchone()
+            result = row[0] if row else {}
+            for key, value in result.items():
+                totals[key] = totals.get(key, 0) + int(value or 0)
+            if not any(result.values()):
+                break
+        if any(totals.values()):
+            log(logging.INFO, "history purged", **totals)

@@ -113,10 +113,7 @@ class Relay:
         self.published += len(delivered)
         return len(rows)
 
-    def _publish(self, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, KafkaError]]]:
-        """Produces every row; returns the delivered ones and the ones to set aside.
-        Raises when the round must be retried whole (nothing got through for a reason
-        that is Kafka's, or the producer must be replaced)."""
+    def _produce_all(self, rows: list[Row]) -> tuple[int, kafka.Deliveries]:
         deliveries = kafka.Deliveries()
         for row in rows:
             _id, event_id, event_type, topic, key, envelope = row
@@ -127,7 +124,22 @@ class Relay:
                                 deliveries.callback(row))
             if err is not None:
                 deliveries.refuse(row, err)
-        remaining = self.producer.flush(45)
+        return self.producer.flush(45), deliveries
+
+    def _publish(self, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, KafkaError]]]:
+        """Produces every row; returns the delivered ones and the ones to set aside.
+        Raises when the round must be retried whole (nothing got through for a reason
+        that is Kafka's, or the producer must be replaced)."""
+        remaining, deliveries = self._produce_all(rows)
+        # The broker judges a record batch as a whole: an innocent row batched with a
+        # too-large one is refused with it. Each refused row gets a try on its own.
+        too_large = [r for r, e in deliveries.failed.values() if e.code() in kafka.TOO_LARGE]
+        if not remaining and len(too_large) > 1:
+            for row in too_large:
+                alone_remaining, alone = self._produce_all([row])
+                remaining += alone_remaining
+                deliveries.failed.pop(id(row))
+                deliveries.failed.update(alone.failed)
         failed = list(deliveries.failed.values())
         if any(err.fatal() for _row, err in failed):
             self._replace_producer(failed)

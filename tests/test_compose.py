@@ -163,3 +163,31 @@ def test_readme_configuration_table_is_the_config_table() -> None:
     rows = re.findall(r"^\| `(ELS_[A-Z0-9_]+)` \| (.*?) \| (.*) \|$", readme, re.M)
     documented = [(n, "" if d == "(empty)" else d.strip("`"), t) for n, d, t in rows]
     assert documented == settings_table()
+
+
+def _init_sql() -> str:
+    return "\n".join(p.read_text(encoding="utf-8")
+                     for p in sorted((ROOT / "compose" / "postgres-init").glob("*.sql")))
+
+
+def _db_user(service: str) -> str:
+    url = _environment(_services()[service])["ELS_DATABASE_URL"]
+    return url.split("://", 1)[1].split(":", 1)[0].split("@", 1)[0]
+
+
+def test_worker_runs_as_a_login_role_in_els_worker_only() -> None:
+    user = _db_user("worker")
+    assert user not in ("postgres", "els_migrator"), "the worker must not run as a superuser"
+    grant = re.search(rf"CREATE ROLE {user} LOGIN\b(.*?);", _init_sql(), re.S)
+    assert grant, f"compose/postgres-init creates no login role {user}"
+    assert re.search(r"\bIN ROLE els_worker\s*$", grant.group(1).strip() + "\n", re.M)
+    assert not re.search(r"SUPERUSER|CREATEROLE|CREATEDB|BYPASSRLS", grant.group(1))
+
+
+def test_migrations_run_as_a_separate_role_that_may_create_roles() -> None:
+    user = _db_user("migrate")
+    assert user not in ("postgres", _db_user("worker"))
+    grant = re.search(rf"CREATE ROLE {user} LOGIN\b(.*?);", _init_sql(), re.S)
+    assert grant and "CREATEROLE" in grant.group(1) and "IN ROLE els_owner" in grant.group(1)
+    assert "SUPERUSER" not in grant.group(1)
+    assert re.search(rf"ALTER DATABASE els OWNER TO {user};", _init_sql())

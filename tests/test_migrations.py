@@ -219,3 +219,25 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
         closed = conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)",
                               {"b": "rb-new"}).fetchone()
         assert closed is not None and closed[0]["outcome"] == "already_complete"
+
+
+def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
+    """As compose.yaml runs them: a login role with CREATEROLE that owns the database and
+    is a member of els_owner, not a superuser. The result is the committed schema."""
+    admin = other_database(db_url, "postgres")
+    role, name = f"migrator_{uuid.uuid4().hex[:8]}", f"asmigrator_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE IN ROLE els_owner").format(
+            sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+            sql.Identifier(name), sql.Identifier(role)))
+    try:
+        url = other_database(db_url, name).replace("://postgres@", f"://{role}@", 1)
+        assert els_migrate.apply_migrations(url) == MIGRATIONS
+        snapshot = els_migrate.SCHEMA_SNAPSHOT.read_text(encoding="utf-8")
+        assert els_migrate.dump_schema(other_database(db_url, name)) == snapshot
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

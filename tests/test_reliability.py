@@ -7,6 +7,7 @@ complete batch. A lone poison event is still dead-lettered, alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -356,12 +357,13 @@ def test_largest_completion_the_spec_allows_is_published_and_the_batch_behind_it
 
 def test_a_row_kafka_refuses_is_set_aside_and_the_rows_behind_it_flow(
     db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str, unique_topics: Topics,
-    kafka_admin: Any, tmp_path: Path
+    topic_factory: Any, kafka_admin: Any, tmp_path: Path
 ) -> None:
-    """The completion topic refuses messages over 2,000 bytes: the completion row of a
-    200-essay batch is set aside with its reason (SQL, metric, /healthz) while the slot
-    events and a later batch's events are published; once the topic accepts it, the
-    set-aside row is published on its next try."""
+    """The completion topic (one partition) refuses messages over 2,000 bytes: the
+    completion row of a 200-essay batch is set aside with its reason (SQL, metric,
+    /healthz) while the slot events and later batches' completions, produced in the
+    same record batch as it, are published; once the topic accepts it, the set-aside
+    row is published on its next try."""
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
     def topic_limit(nbytes: int) -> None:
@@ -371,7 +373,8 @@ def test_a_row_kafka_refuses_is_set_aside_and_the_rows_behind_it_flow(
         for fut in kafka_admin.incremental_alter_configs([res]).values():
             fut.result(timeout=30)
 
-    topics = unique_topics
+    narrow = topic_factory("completed-narrow", partitions=1)
+    topics = dataclasses.replace(unique_topics, completed=narrow)
     topic_limit(2000)
     wide = f"wide-{uuid.uuid4().hex[:6]}"
     essay_ids = [str(uuid.uuid4()) for _ in range(200)]
@@ -380,7 +383,7 @@ def test_a_row_kafka_refuses_is_set_aside_and_the_rows_behind_it_flow(
     msgs += [(topics.content_provisioned, wide.encode(),
               event_bytes(ev.content(wide, str(uuid.uuid4())))) for _ in range(200)]
     later, later_ids = stream(topics, "later", batches=2, essays=1)
-    env = worker_env(db_url, kafka_bootstrap, topics)
+    env = worker_env(db_url, kafka_bootstrap, topics, ELS_TOPIC_OUT_COMPLETED=narrow)
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         produce(kafka_bootstrap, msgs + later)
         wait_until(lambda: all_complete(db_url, [wide, *later_ids]), 60, "batches complete",

@@ -132,6 +132,8 @@ def test_guest_batch_shuffled_with_duplicates_completes_once(
             )
         )
         assert "els_outbox_published_total" in body
+        # the runbook's `curl :9095/metrics | grep els_batch_registration`
+        assert 'els_batch_registrations_total{outcome="registered"} 1.0' in body
         assert worker.http_status("/healthz")[0] == 200
         status, body = worker.http_status("/health/batches")
         assert status == 200 and json.loads(body)["count"] == 0
