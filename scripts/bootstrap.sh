@@ -5,7 +5,7 @@
 #      Prometheus with promtool),
 #      installed with apt only when something is missing (and only as root;
 #      otherwise it prints what to install and fails).
-#   2. A Python virtualenv in .venv with the project installed editable ('.[dev]').
+#   2. A Python virtualenv in .venv with the project installed editable ('.[dev,bench]').
 #      Skipped when the stamp (hash of pyproject.toml + python version) matches.
 #
 # Safe to run any number of times; a no-op run takes well under a second.
@@ -74,7 +74,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating venv $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-log "installing project into venv: pip install -e '.[dev]'"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+log "installing project into venv: pip install -e '.[dev,bench]'"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,bench]'
 printf '%s\n' "$want" >"$STAMP"
 log "venv ready"

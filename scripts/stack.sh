@@ -681,6 +681,8 @@ prom_up() {
         log "prometheus already running on $(prom_url)"
         return 0
     fi
+    # targets removed earlier (emptied files): gone for good now that nothing runs
+    find "$PROMTARGETS" -maxdepth 1 -name '*.json' -size -8c -delete 2>/dev/null || true
     log "starting prometheus on $(prom_url) (log: $PROMLOG)"
     # setsid + nohup: outlives the calling shell / make process group
     setsid nohup "$PROMBIN" --config.file="$PROMCONF" \
@@ -715,7 +717,9 @@ prom_down() {
 
 # prom-target add NAME HOST:PORT | remove NAME | list
 # One JSON file per target (file_sd format), written atomically; Prometheus picks it
-# up within a second, running or not (the file stays until removed).
+# up within a second, running or not. `remove` empties the file (`[]`) rather than
+# deleting it: a deletion that coincides with a reload can leave the target scraped
+# (observed with 2.42); empty files are deleted by the next prom-up that starts it.
 prom_target() {
     local action="${1:-}" name="${2:-}" addr="${3:-}"
     mkdir -p "$PROMTARGETS"
@@ -730,12 +734,16 @@ prom_target() {
         ;;
     remove)
         [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "prom-target remove NAME: bad NAME '$name'"
-        rm -f "$PROMTARGETS/$name.json"
+        if [[ -f "$PROMTARGETS/$name.json" ]]; then
+            printf '[]\n' >"$PROMTARGETS/$name.json.tmp"
+            mv "$PROMTARGETS/$name.json.tmp" "$PROMTARGETS/$name.json"
+        fi
         ;;
     list)
         local f
         for f in "$PROMTARGETS"/*.json; do
             [[ -e "$f" ]] || continue
+            grep -q '"targets"' "$f" || continue
             printf '%s %s\n' "$(basename "$f" .json)" "$(tr -d '\n' <"$f")"
         done
         ;;
@@ -763,7 +771,7 @@ cmd_status() {
     fi
     if [[ -n "$PROM_PORT" ]] && prom_running; then
         local n
-        n="$(find "$PROMTARGETS" -maxdepth 1 -name '*.json' 2>/dev/null | wc -l)"
+        n="$(prom_target list | wc -l)"
         echo "prometheus: running  $(prom_url)  pid=$(prom_pids | tr '\n' ' ') targets=$n"
     else
         echo "prometheus: stopped"
