@@ -9,6 +9,7 @@ import json
 import re
 
 from monitoring import build_dashboard
+from tests import monitoring_contract as contract
 
 REQUIRED_PANELS = {
     # panel title -> a metric its queries must use
@@ -59,3 +60,48 @@ def test_every_query_uses_the_provisioned_datasource_and_a_unique_ref() -> None:
         for target in panel["targets"]:
             assert target["datasource"] == {"type": "prometheus", "uid": "els-prometheus"}
             assert target["expr"].strip()
+
+
+# ---------------------------------------------------------------- no misspelt metric
+
+
+def _all_queries() -> list[tuple[str, str, str]]:
+    """(where, expr, legend) of every dashboard query and every alert expression."""
+    out = [(f"panel {title!r}", expr, legend)
+           for title, expr, legend in contract.dashboard_queries()]
+    out += [(f"alert {r['alert']}", r["expr"], "") for r in contract.alert_rules()]
+    return out
+
+
+def test_the_query_parser_sees_metrics_and_labels() -> None:
+    expr = ('sum by (job, sqlstate_class) (label_replace(increase('
+            'els_dead_letters_total{sqlstate=~"EL.*"}[5m]) > 0, "c", "$1", "sqlstate", "(..).*"))')
+    assert contract.metrics_in(expr) == {"els_dead_letters_total"}
+    assert contract.grouping_labels(expr) == {"job", "sqlstate_class"}
+    assert contract.matcher_labels(expr) == {"els_dead_letters_total": {"sqlstate"}}
+    assert contract.metrics_in("max(els_outbox_backlog)") == {"els_outbox_backlog"}
+    assert contract.metrics_in('absent(up{job="els-worker"})') == {"up"}
+
+
+def test_every_metric_queried_is_one_the_worker_exports() -> None:
+    for where, expr, _ in _all_queries():
+        found = contract.metrics_in(expr)
+        assert found, f"{where}: no metric found in {expr!r}"
+        unknown = found - set(contract.METRICS)
+        assert not unknown, f"{where}: not a worker metric: {sorted(unknown)}"
+
+
+def test_every_label_queried_is_one_the_metric_has() -> None:
+    for where, expr, legend in _all_queries():
+        metrics = contract.metrics_in(expr)
+        available = set(contract.TARGET_LABELS).union(*(contract.METRICS[m] for m in metrics))
+        for metric, labels in contract.matcher_labels(expr).items():
+            extra = labels - contract.METRICS[metric] - contract.TARGET_LABELS
+            assert not extra, f"{where}: {metric} has no label {sorted(extra)}"
+        # label_replace(v, "dst", "$1", "src", "regex") adds dst; by () may use it
+        added = set(re.findall(r'"([a-zA-Z_]+)",\s*"\$\d+"', expr))
+        extra = contract.grouping_labels(expr) - available - added
+        assert not extra, f"{where}: groups by labels no metric has: {sorted(extra)}"
+        grouped = contract.grouping_labels(expr) or available
+        extra = contract.legend_labels(legend) - grouped
+        assert not extra, f"{where}: legend uses labels the result lacks: {sorted(extra)}"
