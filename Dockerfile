@@ -17,6 +17,7 @@ deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 subprocess.check_call([sys.executable, '-m', 'pip', 'install', *deps])"
 
 COPY els_migrate.py worker.py ./
+COPY els_worker ./els_worker
 COPY migrations ./migrations
 COPY sql ./sql
 

@@ -21,6 +21,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 
+from els_worker import contract
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -169,7 +171,9 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
 
 def _create_topics(admin: AdminClient, names: list[str], partitions: int) -> None:
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
+        # sized as the worker creates its topics (els_worker.kafka.ensure_topics)
+        [NewTopic(n, num_partitions=partitions, replication_factor=1,
+                  config={"max.message.bytes": str(contract.MAX_MESSAGE_BYTES)}) for n in names],
         operation_timeout=KAFKA_TIMEOUT_S,
         request_timeout=KAFKA_TIMEOUT_S,
     )
@@ -238,13 +242,13 @@ class Topics:
         }
 
 
-DEFAULT_TOPICS = {
-    "batch_registered": "huleedu.batch.essays.registered.v1",
-    "content_provisioned": "huleedu.file.essay.content.provisioned.v1",
-    "validation_failed": "huleedu.file.essay.validation.failed.v1",
-    "completed": "huleedu.batch.content.provisioning.completed.v1",
-    "slot_assigned": "huleedu.els.essay.slot.assigned.v1",
-    "excess": "huleedu.els.excess.content.provisioned.v1",
+DEFAULT_TOPICS = {  # the contract's names (els_worker.contract), keyed as Topics' fields
+    "batch_registered": contract.REGISTERED.topic,
+    "content_provisioned": contract.CONTENT_PROVISIONED.topic,
+    "validation_failed": contract.VALIDATION_FAILED.topic,
+    "completed": contract.COMPLETED.topic,
+    "slot_assigned": contract.SLOT_ASSIGNED.topic,
+    "excess": contract.EXCESS.topic,
 }
 
 

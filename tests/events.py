@@ -6,9 +6,11 @@ import json
 import uuid
 from typing import Any
 
-TOPIC_REGISTERED = "huleedu.batch.essays.registered.v1"
-TOPIC_CONTENT = "huleedu.file.essay.content.provisioned.v1"
-TOPIC_FAILED = "huleedu.file.essay.validation.failed.v1"
+from els_worker import contract
+
+TOPIC_REGISTERED = contract.REGISTERED.topic
+TOPIC_CONTENT = contract.CONTENT_PROVISIONED.topic
+TOPIC_FAILED = contract.VALIDATION_FAILED.topic
 
 
 def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None, *,

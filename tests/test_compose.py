@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 import yaml
 
+from els_worker.cli import build_parser
+from els_worker.config import settings_table
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 # the code that reads the ELS_* configuration
-CODE_FILES = [ROOT / "worker.py", ROOT / "els_migrate.py"]
+CODE_FILES = [ROOT / "els_migrate.py", *sorted((ROOT / "els_worker").glob("*.py"))]
 ENV_NAME = re.compile(r"\bELS_[A-Z0-9_]+\b")
 
 
@@ -121,10 +124,8 @@ def test_commands_run_existing_scripts() -> None:
 def test_worker_subcommands_exist(service: str) -> None:
     cmd = _command(_services()[service])
     assert cmd[:2] == ["python", "worker.py"], cmd
-    source = (ROOT / "worker.py").read_text(encoding="utf-8")
-    assert re.search(rf"[\"']{re.escape(cmd[2])}[\"']", source), (
-        f"worker.py has no {cmd[2]!r} subcommand"
-    )
+    assert build_parser().parse_args(cmd[2:]).command == cmd[2], (
+        f"worker.py has no {cmd[2]!r} subcommand")
 
 
 def test_depends_on_conditions_are_valid() -> None:
@@ -157,6 +158,14 @@ def test_every_els_variable_the_code_reads_is_documented() -> None:
     names = set(ENV_NAME.findall(_code_text()))
     undocumented = sorted(n for n in names if n not in readme)
     assert not undocumented, f"README does not document: {undocumented}"
+
+
+def test_readme_configuration_table_is_the_config_table() -> None:
+    """One source of truth for the variables: README's table is els_worker.config's."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `(ELS_[A-Z0-9_]+)` \| (.*?) \| (.*) \|$", readme, re.M)
+    documented = [(n, "" if d == "(empty)" else d.strip("`"), t) for n, d, t in rows]
+    assert documented == settings_table()
 
 
 # ---------------------------------------------------------------- monitoring services

@@ -15,6 +15,9 @@ import pytest
 
 import els_migrate
 
+# every migration of this release, in order (a new one must be added here on purpose)
+MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+
 
 def other_database(url: str, dbname: str) -> str:
     """The same server URL with another database name."""
@@ -49,7 +52,7 @@ def els_objects(url: str) -> list[tuple[str, str]]:
 
 def test_migrations_build_the_schema_from_an_empty_database(empty_db_url: str) -> None:
     applied = els_migrate.apply_migrations(empty_db_url)
-    assert applied == ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+    assert applied == MIGRATIONS
     objects = dict((name, kind) for kind, name in els_objects(empty_db_url))
     assert objects["batch_tracker"] == "r" and objects["event_outbox"] == "r"
     assert objects["stuck_batches"] == "v"
@@ -75,7 +78,7 @@ def test_rollback_then_reapply(empty_db_url: str) -> None:
     els_migrate.apply_migrations(empty_db_url)
     before = els_migrate.dump_schema(empty_db_url)
     rolled_back = els_migrate.rollback_migrations(empty_db_url)
-    assert rolled_back == ["0003_outbox_set_aside", "0002_batch_registration_tables", "0001_roles_and_schema"]
+    assert rolled_back == MIGRATIONS[::-1]
     with psycopg.connect(empty_db_url) as conn:
         assert conn.execute(
             "SELECT count(*) FROM pg_namespace WHERE nspname = 'els'").fetchone() == (0,)

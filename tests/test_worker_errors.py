@@ -1,7 +1,9 @@
-"""The worker's error classification table (worker.CLASSIFICATION), and the micro-batch
-processor's use of it against the real database: rejected events are dead-lettered
-alone, unexpected errors are retried a bounded number of times, operational ones
-forever."""
+"""The worker's error classification table (els_worker.errors.CLASSIFICATION), and the
+micro-batch processor's use of it against the real database: rejected events are
+dead-lettered alone, operational and deployment faults are retried without limit, an
+unexpected error dead-letters its event after bounded retries only while other events
+apply (a poison event), and one that strikes every event is systemic: nothing is
+dead-lettered."""
 
 from __future__ import annotations
 
@@ -15,84 +17,84 @@ import psycopg
 import pytest
 from confluent_kafka import Message
 
-import worker
+from els_worker.apply import BatchProcessor, SystemicFault
+from els_worker.cli import main
+from els_worker.config import Config, settings_table
+from els_worker.errors import CLASSIFICATION, Action, Scope, classify, classify_sqlstate
+from els_worker.health import Health
+from els_worker.messages import decode_item
+from els_worker.observability import Metrics
 from tests import events as ev
-from worker import Action, classify_exception, classify_sqlstate
 
 # --- the table, code by code --------------------------------------------------
 
 DEAD = Action.DEAD_LETTER
 FOREVER = Action.RETRY_FOREVER
 BOUNDED = Action.RETRY_BOUNDED
+VALUE, BODY = Scope.VALUE, Scope.BODY
 
 
 @pytest.mark.parametrize(
-    ("sqlstate", "action"),
+    ("sqlstate", "scope", "action"),
     [
-        # rejections of SPEC section 4
-        *[(code, DEAD) for code in ("ELV01", "ELV02", "ELV03", "ELV04", "ELV05", "ELV06")],
-        ("ELC01", DEAD),
-        ("ELC02", DEAD),
-        # data exceptions (class 22): a verdict on the value
-        ("22P02", DEAD),
-        ("22P05", DEAD),
-        ("22012", DEAD),
-        ("22001", DEAD),
-        # operational: retried forever
-        ("08000", FOREVER),
-        ("08003", FOREVER),
-        ("08006", FOREVER),
-        ("08001", FOREVER),
-        ("08P01", FOREVER),
-        ("40001", FOREVER),
-        ("40P01", FOREVER),
-        ("55P03", FOREVER),
-        ("57014", FOREVER),
-        ("57P01", FOREVER),
-        ("57P02", FOREVER),
-        ("57P03", FOREVER),
-        ("53000", FOREVER),
-        ("53100", FOREVER),
-        ("53200", FOREVER),
-        ("53300", FOREVER),
-        (None, FOREVER),  # connection lost: no SQLSTATE at all
+        # rejections of SPEC section 4, wherever they are raised
+        *[(code, BODY, DEAD) for code in ("ELV01", "ELV02", "ELV03", "ELV04", "ELV05", "ELV06")],
+        ("ELC01", BODY, DEAD),
+        ("ELC02", BODY, DEAD),
+        # PostgreSQL refusing the message value itself: a verdict on the value (ELV01)
+        ("22P02", VALUE, DEAD),
+        ("22P05", VALUE, DEAD),
+        ("54001", VALUE, DEAD),  # nested too deep for the JSON parser
+        # the same classes raised inside a function body: a bug, not the event's verdict
+        ("22P02", BODY, BOUNDED),
+        ("22012", BODY, BOUNDED),  # division_by_zero
+        ("22001", BODY, BOUNDED),
+        ("54001", BODY, BOUNDED),
+        # operational: retried without limit
+        *[(code, BODY, FOREVER) for code in (
+            "08000", "08003", "08006", "08001", "08P01", "40001", "40P01", "55P03", "57014",
+            "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300",
+            "25006",  # read-only transaction: a demoted primary after a failover
+        )],
+        (None, BODY, FOREVER),  # connection lost: no SQLSTATE at all
+        # deployment: the database is not (yet) what the worker needs; retried without limit
+        *[(code, BODY, FOREVER) for code in ("3F000", "42883", "42P01", "42703", "42501")],
         # anything else: bounded
-        ("42883", BOUNDED),  # undefined function
-        ("42P01", BOUNDED),  # undefined table
-        ("XX000", BOUNDED),  # internal error
-        ("P0001", BOUNDED),  # plain RAISE EXCEPTION
-        ("40002", BOUNDED),  # integrity constraint violation at commit
-        ("55000", BOUNDED),  # object not in prerequisite state
-        ("57P04", BOUNDED),  # database dropped
-        ("23505", BOUNDED),  # unique violation escaping a function would be a bug
-        ("ELX01", BOUNDED),  # unknown custom code
+        ("XX000", BODY, BOUNDED),  # internal error
+        ("P0001", BODY, BOUNDED),  # plain RAISE EXCEPTION
+        ("40002", BODY, BOUNDED),  # integrity constraint violation at commit
+        ("55000", BODY, BOUNDED),  # object not in prerequisite state
+        ("57P04", BODY, BOUNDED),  # database dropped
+        ("23505", BODY, BOUNDED),  # unique violation escaping a function would be a bug
+        ("ELX01", BODY, BOUNDED),  # unknown custom code
     ],
 )
-def test_classification_table(sqlstate: str | None, action: Action) -> None:
-    assert classify_sqlstate(sqlstate).action is action
+def test_classification_table(sqlstate: str | None, scope: Scope, action: Action) -> None:
+    assert classify_sqlstate(sqlstate, scope).action is action
 
 
 def test_longest_prefix_wins_and_every_rule_is_reachable() -> None:
-    for rule in worker.CLASSIFICATION:
+    for rule in CLASSIFICATION:
         if rule.prefix:
             probe = rule.prefix + "000"[: max(0, 5 - len(rule.prefix))]
-            assert classify_sqlstate(probe) == rule, rule
+            scope = BODY if rule.scope is Scope.ANY else rule.scope
+            assert classify_sqlstate(probe, scope) == rule, rule
     # the catch-all is last and bounded
-    assert worker.CLASSIFICATION[-1].prefix == ""
-    assert worker.CLASSIFICATION[-1].action is BOUNDED
-    # a data exception is reported as ELV01 (the value was refused as jsonb)
-    assert classify_sqlstate("22P05").report_as == "ELV01"
+    assert CLASSIFICATION[-1].prefix == ""
+    assert CLASSIFICATION[-1].action is BOUNDED
+    # a value PostgreSQL refused as jsonb is reported as ELV01
+    assert classify_sqlstate("22P05", VALUE).report_as == "ELV01"
 
 
 def test_help_lists_table_and_every_env_var(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        worker.main(["--help"])
+        main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name, _default, _text in worker.ENV_VARS:
+    for name, _default, _text in settings_table():
         assert name in out
-    for rule in worker.CLASSIFICATION:
-        assert rule.action.value in out
+    for rule in CLASSIFICATION:
+        assert rule.reason in out
 
 
 # --- real exceptions from the real database ------------------------------------
@@ -111,18 +113,27 @@ def _error(
 def test_real_errors_classified(db: psycopg.Connection[Any], db_url: str) -> None:
     rejected = _error(db, "SELECT els.provision_content(%(e)s::jsonb)", {"e": '{"entity_id": "b"}'})
     assert rejected.sqlstate == "ELV02"
-    assert classify_exception(rejected).action is DEAD
+    assert classify(rejected).action is DEAD
 
     nul = _error(db, "SELECT els.provision_content(%(e)s::jsonb)", {"e": '{"a": "\\u0000"}'})
     assert nul.sqlstate == "22P05"
-    assert classify_exception(nul).action is DEAD
+    assert classify(nul).action is DEAD and classify(nul).report_as == "ELV01"
 
-    bug = _error(db, "SELECT els.no_such_function(%(e)s::jsonb)", {"e": "{}"})
-    assert classify_exception(bug).action is BOUNDED
+    deep = _error(db, "SELECT els.provision_content(%(e)s::jsonb)",
+                  {"e": "[" * 100_000 + "]" * 100_000})
+    assert deep.sqlstate == "54001"
+    assert classify(deep).action is DEAD and classify(deep).report_as == "ELV01"
+
+    in_body = _error(db, "DO $$BEGIN PERFORM 1 / 0; END$$")
+    assert in_body.sqlstate == "22012"
+    assert classify(in_body).action is BOUNDED
+
+    missing = _error(db, "SELECT els.no_such_function(%(e)s::jsonb)", {"e": "{}"})
+    assert classify(missing).action is FOREVER and classify(missing).kind == "deployment"
 
     timeout = _error(db, "SET LOCAL statement_timeout = 1; SELECT pg_sleep(1)")
     assert timeout.sqlstate == "57014"
-    assert classify_exception(timeout).action is FOREVER
+    assert classify(timeout).action is FOREVER
 
     # connection killed under us (admin shutdown / connection loss): retried forever
     victim = psycopg.connect(db_url, autocommit=True)
@@ -130,13 +141,13 @@ def test_real_errors_classified(db: psycopg.Connection[Any], db_url: str) -> Non
     db.execute("SELECT pg_terminate_backend(%(p)s::integer)", {"p": pid})
     lost = _error(victim, "SELECT 1")
     assert isinstance(lost, psycopg.OperationalError)
-    assert classify_exception(lost).action is FOREVER
+    assert classify(lost).action is FOREVER
     victim.close()
 
-    assert classify_exception(psycopg.OperationalError("connection lost")).action is FOREVER
+    assert classify(psycopg.OperationalError("connection lost")).action is FOREVER
     # a value psycopg itself refuses to send (NUL character) is a verdict on the value
     client_side = psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-    rule = classify_exception(client_side)
+    rule = classify(client_side)
     assert rule.action is DEAD and rule.report_as == "ELV01"
 
 
@@ -147,27 +158,51 @@ def _msg(topic: str, offset: int, value: bytes, key: bytes = b"k") -> Message:
     return Message(topic=topic, partition=0, offset=offset, key=key, value=value)
 
 
+def _content(batch: str, text_id: str, offset: int) -> Any:
+    value = json.dumps(ev.content(batch, text_id)).encode()
+    return decode_item(_msg(ev.TOPIC_CONTENT, offset, value))
+
+
 @pytest.fixture
-def processor(db_url: str) -> Iterator[worker.BatchProcessor]:
-    cfg = worker.Config(
-        database_url=db_url,
-        kafka_bootstrap="unused:1",
-        group_id="g",
-        topic_batch_registered=ev.TOPIC_REGISTERED,
-        topic_content_provisioned=ev.TOPIC_CONTENT,
-        topic_validation_failed=ev.TOPIC_FAILED,
-        retry_base_ms=1,
-        retry_max_ms=5,
-        unexpected_max_attempts=3,
-    )
-    metrics = worker.Metrics()
-    proc = worker.BatchProcessor(cfg, metrics, threading.Event(), worker.Health(metrics, 30))
+def processor(db_url: str) -> Iterator[BatchProcessor]:
+    cfg = Config(database_url=db_url, kafka_bootstrap="unused:1", group_id="g",
+                 retry_base_ms=1, retry_max_ms=5, unexpected_max_attempts=3)
+    metrics = Metrics()
+    proc = BatchProcessor(cfg, metrics, threading.Event(), Health(metrics, 30))
     yield proc
     proc.close()
 
 
+@pytest.fixture
+def buggy_provision_content(db: psycopg.Connection[Any]) -> Iterator[None]:
+    """Puts a bug in front of the real els.provision_content: content whose
+    text_storage_id starts with ``poison`` raises division_by_zero inside the function
+    body, ``flaky`` content fails for its first two calls, the rest goes through."""
+    db.execute("CREATE SEQUENCE public.flaky_calls")
+    db.execute("ALTER FUNCTION els.provision_content(jsonb) RENAME TO provision_content_real")
+    db.execute("""
+        CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        BEGIN
+            IF event -> 'data' ->> 'text_storage_id' LIKE 'poison%' THEN
+                RETURN to_jsonb(1 / 0);
+            END IF;
+            IF event -> 'data' ->> 'text_storage_id' LIKE 'flaky%'
+               AND nextval('public.flaky_calls') <= 2 THEN
+                RAISE EXCEPTION 'flaky bug' USING ERRCODE = 'XX000';
+            END IF;
+            RETURN els.provision_content_real(event);
+        END $$""")
+    db.execute("GRANT EXECUTE ON FUNCTION els.provision_content(jsonb) TO els_worker")
+    try:
+        yield
+    finally:
+        db.execute("DROP FUNCTION els.provision_content(jsonb)")
+        db.execute("ALTER FUNCTION els.provision_content_real(jsonb) RENAME TO provision_content")
+        db.execute("DROP SEQUENCE public.flaky_calls")
+
+
 def test_rejected_event_dead_lettered_alone_neighbours_commit(
-    processor: worker.BatchProcessor, db: psycopg.Connection[Any]
+    processor: BatchProcessor, db: psycopg.Connection[Any]
 ) -> None:
     batch = f"b-{uuid.uuid4().hex[:6]}"
     bad = ev.content(batch, "t-bad")
@@ -181,10 +216,8 @@ def test_rejected_event_dead_lettered_alone_neighbours_commit(
         json.dumps(ev.content(batch, "t2")).encode(),
     ]
     topics = [ev.TOPIC_REGISTERED] + [ev.TOPIC_CONTENT] * 5
-    items = [
-        worker.decode_item(_msg(t, i, v))
-        for i, (t, v) in enumerate(zip(topics, values, strict=True))
-    ]
+    items = [decode_item(_msg(t, i, v))
+             for i, (t, v) in enumerate(zip(topics, values, strict=True))]
     processor.apply(items)
     states = [(it.dead, it.sqlstate, (it.result or {}).get("outcome")) for it in items]
     assert states == [
@@ -196,7 +229,6 @@ def test_rejected_event_dead_lettered_alone_neighbours_commit(
         (False, None, "assigned"),
     ]
     assert json.loads(items[4].error_detail)["original_sqlstate"] == "22P05"
-    assert items[2].attempts == 1
     row = db.execute(
         "SELECT completed_at IS NOT NULL FROM els.batch_tracker WHERE batch_id = %(b)s",
         {"b": batch},
@@ -204,53 +236,70 @@ def test_rejected_event_dead_lettered_alone_neighbours_commit(
     assert row == (True,)
 
 
-def test_unexpected_error_retried_bounded_then_dead_lettered(
-    processor: worker.BatchProcessor, db: psycopg.Connection[Any]
+def test_what_postgresql_accepts_the_worker_does_not_reject(
+    processor: BatchProcessor, db: psycopg.Connection[Any]
 ) -> None:
-    # a "bug": a function that fails with an unexpected SQLSTATE a few times
-    db.execute("CREATE SEQUENCE public.flaky_calls")
-    db.execute(
-        """CREATE FUNCTION public.flaky(event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
-        BEGIN
-            IF nextval('public.flaky_calls') <= (event ->> 'fail_times')::int THEN
-                RAISE EXCEPTION 'flaky bug' USING ERRCODE = 'XX000';
-            END IF;
-            RETURN jsonb_build_object('outcome', 'ok', 'batch_id', event ->> 'batch');
-        END $$"""
-    )
-    processor.routes["flaky"] = "SELECT public.flaky(%(event)s::jsonb)"
-    # fails twice, then works: retried within its savepoint, applied, not dead
-    recovers = worker.decode_item(_msg("flaky", 0, b'{"fail_times": 2, "batch": "x"}'))
-    processor.apply([recovers])
-    assert not recovers.dead and recovers.result == {"outcome": "ok", "batch_id": "x"}
-    # the pipelined fast path took the first failure (not attributable to one message),
-    # the savepoint path the second, then it worked
-    assert recovers.attempts == 2
-    # always fails: dead-lettered after unexpected_max_attempts (3), with its SQLSTATE
-    db.execute("SELECT setval('public.flaky_calls', 1, false)")
-    hopeless = worker.decode_item(_msg("flaky", 1, b'{"fail_times": 1000000, "batch": "y"}'))
-    neighbour = worker.decode_item(_msg("flaky", 2, b'{"fail_times": 0, "batch": "z"}'))
-    processor.apply([hopeless, neighbour])
-    assert hopeless.dead and hopeless.sqlstate == "XX000" and hopeless.attempts == 3
-    assert not neighbour.dead and neighbour.result is not None
-    retries = processor.metrics.retries.labels(kind="unexpected")._value.get()
-    assert retries == 1 + 2
+    """A 5,000-digit integer (over Python's 4,300-digit conversion limit) in an ignored
+    field is valid JSON and valid jsonb: applied. JSON nested 100,000 deep is refused
+    by PostgreSQL's parser: ELV01 at once, not after retries."""
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    huge = json.dumps(ev.registration(batch, ["e1"])).replace(
+        '"metadata": {}', '"metadata": {"n": ' + "7" * 5000 + "}", 1)
+    assert "7" * 5000 in huge
+    deep = ("[" * 100_000 + "]" * 100_000).encode()
+    items = [decode_item(_msg(ev.TOPIC_REGISTERED, 0, huge.encode())),
+             decode_item(_msg(ev.TOPIC_REGISTERED, 1, deep))]
+    processor.apply(items)
+    assert not items[0].dead and (items[0].result or {}).get("outcome") == "registered"
+    assert items[1].dead and items[1].sqlstate == "ELV01" and items[1].attempts == 1
+    assert json.loads(items[1].error_detail)["original_sqlstate"] == "54001"
+
+
+@pytest.mark.usefixtures("buggy_provision_content")
+def test_poison_event_dead_lettered_after_bounded_retries_neighbours_apply(
+    processor: BatchProcessor, db: psycopg.Connection[Any]
+) -> None:
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    register = decode_item(_msg(ev.TOPIC_REGISTERED, 0,
+                                json.dumps(ev.registration(batch, ["e1", "e2", "e3"])).encode()))
+    items = [register, _content(batch, "t1", 1), _content(batch, "poison-1", 2),
+             _content(batch, "flaky-1", 3), _content(batch, "t2", 4)]
+    processor.apply(items)
+    poison, flaky = items[2], items[3]
+    # division_by_zero inside the function body is unexpected, not a verdict: bounded
+    # retries (3 attempts), then dead-lettered because its neighbours applied
+    assert poison.dead and poison.sqlstate == "22012" and poison.attempts == 3
+    # the flaky one failed twice and then worked: applied, not dead
+    assert not flaky.dead and (flaky.result or {}).get("outcome") == "assigned"
+    assert [(it.result or {}).get("outcome") for it in (items[0], items[1], items[4])] == [
+        "registered", "assigned", "assigned"]
+    assert processor.metrics.retries.labels(kind="unexpected")._value.get() >= 2
+
+
+@pytest.mark.usefixtures("buggy_provision_content")
+def test_bug_that_strikes_every_event_is_systemic_nothing_dead_lettered(
+    processor: BatchProcessor, db: psycopg.Connection[Any]
+) -> None:
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    items = [_content(batch, f"poison-{i}", i) for i in range(4)]
+    with pytest.raises(SystemicFault) as fault:
+        processor.apply(items)
+    assert isinstance(fault.value.cause, psycopg.errors.DivisionByZero)
+    assert not any(it.dead for it in items)
+    pending = db.execute("SELECT count(*) FROM els.essay_content WHERE batch_id = %(b)s",
+                         {"b": batch}).fetchone()
+    assert pending == (0,), "a systemic fault commits nothing"
 
 
 def test_operational_error_retried_until_database_answers(
-    processor: worker.BatchProcessor, db: psycopg.Connection[Any]
+    processor: BatchProcessor, db: psycopg.Connection[Any]
 ) -> None:
     batch = f"b-{uuid.uuid4().hex[:6]}"
-    items = [
-        worker.decode_item(
-            _msg(ev.TOPIC_REGISTERED, 0, json.dumps(ev.registration(batch, ["e"])).encode())
-        )
-    ]
-    # lock the batch's advisory lock elsewhere with a tiny lock_timeout for the worker:
+    value = json.dumps(ev.registration(batch, ["e"])).encode()
+    items = [decode_item(_msg(ev.TOPIC_REGISTERED, 0, value))]
+    # hold the batch's advisory lock elsewhere with a tiny lock_timeout for the worker:
     # the worker gets 55P03 (operational), retries, and succeeds once the lock is gone
-    processor.apply([])  # connects
-    assert processor.conn is not None
-    processor.conn.execute("SET lock_timeout = '20ms'")
+    processor.session.get().execute("SET lock_timeout = '20ms'")
     holder = psycopg.connect(db.info.dsn)
     holder.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended('els.batch:' || %(b)s::text, 0))",
@@ -267,41 +316,42 @@ def test_operational_error_retried_until_database_answers(
     assert processor.metrics.retries.labels(kind="operational")._value.get() >= 1
 
 
+@pytest.fixture
+def commit_time_check(db: psycopg.Connection[Any]) -> Iterator[None]:
+    """A deferred constraint trigger on els.essay_content that fails at COMMIT for
+    content whose text_storage_id starts with ``commit-fails``."""
+    db.execute("""
+        CREATE FUNCTION public.deferred_check() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.text_storage_id LIKE 'commit-fails%' THEN
+                RAISE EXCEPTION 'refused at commit' USING ERRCODE = 'P0001';
+            END IF;
+            RETURN NULL;
+        END $$""")
+    db.execute(
+        "CREATE CONSTRAINT TRIGGER deferred_check AFTER INSERT ON els.essay_content"
+        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.deferred_check()"
+    )
+    try:
+        yield
+    finally:
+        db.execute("DROP TRIGGER deferred_check ON els.essay_content")
+        db.execute("DROP FUNCTION public.deferred_check()")
+
+
+@pytest.mark.usefixtures("commit_time_check")
 def test_commit_failure_falls_back_to_one_transaction_per_message(
-    processor: worker.BatchProcessor, db: psycopg.Connection[Any]
+    processor: BatchProcessor, db: psycopg.Connection[Any]
 ) -> None:
     """A failure that only shows at COMMIT (a deferred constraint) cannot be pinned on
     one message inside the batch: the processor then commits message by message, so
     the culprit is dead-lettered after its bounded retries and the others are kept."""
-    db.execute("CREATE TABLE public.deferred_t (x int)")
-    db.execute(
-        """CREATE FUNCTION public.deferred_check() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.x < 0 THEN RAISE EXCEPTION 'negative at commit' USING ERRCODE = 'P0001'; END IF;
-            RETURN NULL;
-        END $$"""
-    )
-    db.execute(
-        "CREATE CONSTRAINT TRIGGER deferred_t_check AFTER INSERT ON public.deferred_t"
-        " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.deferred_check()"
-    )
-    db.execute(
-        """CREATE FUNCTION public.insert_x(event jsonb) RETURNS jsonb LANGUAGE sql AS $$
-        INSERT INTO public.deferred_t VALUES ((event ->> 'x')::int);
-        SELECT jsonb_build_object('outcome', 'inserted', 'batch_id', event ->> 'x');
-        $$"""
-    )
-    processor.routes["deferred"] = "SELECT public.insert_x(%(event)s::jsonb)"
-    items = [
-        worker.decode_item(_msg("deferred", i, json.dumps({"x": x}).encode()))
-        for i, x in enumerate([1, -1, 2])
-    ]
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    items = [_content(batch, t, i) for i, t in enumerate(["t1", "commit-fails-1", "t2"])]
     processor.apply(items)
     assert [(it.dead, it.sqlstate) for it in items] == [
-        (False, None),
-        (True, "P0001"),
-        (False, None),
-    ]
+        (False, None), (True, "P0001"), (False, None)]
     assert items[1].attempts == 3
-    rows = db.execute("SELECT x FROM public.deferred_t ORDER BY x").fetchall()
-    assert rows == [(1,), (2,)]
+    rows = db.execute("SELECT text_storage_id FROM els.essay_content WHERE batch_id = %(b)s"
+                      " ORDER BY 1", {"b": batch}).fetchall()
+    assert rows == [("t1",), ("t2",)]

@@ -13,34 +13,62 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 
-import worker
+from els_worker.config import Config
+from els_worker.observability import Metrics
+from els_worker.relay import Relay, relay_producer
 from tests import events as ev
 from tests.conftest import Topics
-from tests.worker_harness import headers_of, outbox_unpublished, read_topic, wait_until
+from tests.worker_harness import (
+    headers_of,
+    outbox_unpublished,
+    read_topic,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.kafka
 
 
-def _config(db_url: str, kafka_bootstrap: str, topics: Topics, **kw: Any) -> worker.Config:
-    return worker.Config(
-        database_url=db_url,
-        kafka_bootstrap=kafka_bootstrap,
-        group_id=topics.group_id,
-        topic_batch_registered=topics.batch_registered,
-        topic_content_provisioned=topics.content_provisioned,
-        topic_validation_failed=topics.validation_failed,
-        topic_out={
-            "BatchContentProvisioningCompleted": topics.completed,
-            "EssaySlotAssigned": topics.slot_assigned,
-            "ExcessContentProvisioned": topics.excess,
-        },
-        retry_base_ms=10,
-        retry_max_ms=100,
-        relay_idle_ms=50,
-        **kw,
-    )
+def _config(db_url: str, kafka_bootstrap: str, topics: Topics, **kw: str) -> Config:
+    return Config.from_env(worker_env(db_url, kafka_bootstrap, topics, ELS_RETRY_BASE_MS="10",
+                                      ELS_RETRY_MAX_MS="100", ELS_RELAY_IDLE_MS="50", **kw))
 
+
+class DatabaseLostAfterDelivery:
+    """Makes relay producers whose first flush delivers every message and then loses the
+    relay's database connection (pg_terminate_backend): the crash between produce and
+    mark, as a real fault instead of a hook in the relay."""
+
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.relay: Relay | None = None
+        self.crashes = 0
+
+    def __call__(self, cfg: Config) -> Producer:
+        real = relay_producer(cfg)
+        outer = self
+
+        class Crashing(Producer):
+            def produce(self, *args: Any, **kwargs: Any) -> None:
+                real.produce(*args, **kwargs)
+
+            def poll(self, timeout: float = 0) -> int:
+                return real.poll(timeout)
+
+            def flush(self, timeout: float = -1) -> int:
+                remaining = real.flush(timeout)
+                if outer.crashes == 0 and outer.relay is not None:
+                    outer.crashes += 1
+                    conn = outer.relay.session.conn
+                    assert conn is not None
+                    with psycopg.connect(outer.db_url, autocommit=True) as admin:
+                        admin.execute("SELECT pg_terminate_backend(%(p)s::integer)",
+                                      {"p": conn.info.backend_pid})
+                return remaining
+
+        return Crashing({"bootstrap.servers": cfg.kafka_bootstrap})
 
 def _fill_outbox(db: psycopg.Connection[Any], batches: int = 3, essays: int = 3) -> set[str]:
     """Applies events with the SQL API directly; returns the outbox's event ids."""
@@ -77,8 +105,8 @@ def test_relay_publishes_each_row_once(
 ) -> None:
     expected = _fill_outbox(db)
     assert len(expected) == 3 * (3 + 1 + 1)  # slots, excess, completion per batch
-    cfg = _config(db_url, kafka_bootstrap, unique_topics, relay_batch_size=4)
-    relay = worker.Relay(cfg, worker.Metrics(), threading.Event())
+    cfg = _config(db_url, kafka_bootstrap, unique_topics, ELS_RELAY_BATCH_SIZE="4")
+    relay = Relay(cfg, Metrics(), threading.Event())
     try:
         total = 0
         while (n := relay.run_once()) > 0:
@@ -99,10 +127,11 @@ def test_crash_between_produce_and_mark_republishes_same_event_ids(
 ) -> None:
     expected = _fill_outbox(db, batches=2)
     cfg = _config(db_url, kafka_bootstrap, unique_topics)
-    metrics = worker.Metrics()
-    relay = worker.Relay(cfg, metrics, threading.Event(), fail_after_produce=1)
+    crash = DatabaseLostAfterDelivery(db_url)
+    relay = Relay(cfg, Metrics(), threading.Event(), make_producer=crash)
+    crash.relay = relay
     try:
-        with pytest.raises(worker.SimulatedRelayCrash):
+        with pytest.raises(psycopg.OperationalError):
             relay.run_once()
         # produced, but the claim rolled back: nothing is marked published
         assert outbox_unpublished(db_url) == len(expected)
@@ -126,8 +155,10 @@ def test_relay_thread_survives_crash_and_drains(
     expected = _fill_outbox(db, batches=1)
     cfg = _config(db_url, kafka_bootstrap, unique_topics)
     stop = threading.Event()
-    metrics = worker.Metrics()
-    relay = worker.Relay(cfg, metrics, stop, fail_after_produce=1)
+    metrics = Metrics()
+    crash = DatabaseLostAfterDelivery(db_url)
+    relay = Relay(cfg, metrics, stop, make_producer=crash)
+    crash.relay = relay
     relay.start()
     try:
         wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "relay thread to drain")

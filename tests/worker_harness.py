@@ -28,6 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from els_worker import contract
 from tests.conftest import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,7 +198,8 @@ def produce(
             errors.append(err)
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2}
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2,
+         "compression.type": "zstd", "message.max.bytes": contract.MAX_MESSAGE_BYTES}
     )
     for n, (topic, key, value) in enumerate(messages, 1):
         producer.produce(topic, key=key, value=value, on_delivery=on_delivery)

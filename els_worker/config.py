@@ -1,0 +1,247 @@
+"""Configuration: environment variables only, declared once.
+
+Each ``Config`` field names its variable, its default and its help text in the field
+itself, so ``--help``, the README table and ``Config.from_env`` cannot disagree.
+Tests build a ``Config`` directly with the fields they need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from els_worker import contract
+
+
+def _setting(var: str, default: Any, text: str, minimum: int | None = None) -> Any:
+    meta = {"env": var, "help": text, "min": minimum}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    database_url: str = _setting(
+        "ELS_DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/els",
+        "PostgreSQL URL (libpq syntax). Several hosts with target_session_attrs=read-write "
+        "follow a failover: postgresql://h1,h2/els?target_session_attrs=read-write",
+    )
+    kafka_bootstrap: str = _setting(
+        "ELS_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)."
+    )
+    group_id: str = _setting(
+        "ELS_GROUP_ID", "essay-lifecycle-service", "Consumer group id of the worker."
+    )
+    topic_batch_registered: str = _setting(
+        "ELS_TOPIC_BATCH_REGISTERED",
+        contract.REGISTERED.topic,
+        "Input topic: BatchEssaysRegistered -> els.register_batch.",
+    )
+    topic_content_provisioned: str = _setting(
+        "ELS_TOPIC_CONTENT_PROVISIONED",
+        contract.CONTENT_PROVISIONED.topic,
+        "Input topic: EssayContentProvisioned -> els.provision_content.",
+    )
+    topic_validation_failed: str = _setting(
+        "ELS_TOPIC_VALIDATION_FAILED",
+        contract.VALIDATION_FAILED.topic,
+        "Input topic: EssayValidationFailed -> els.record_validation_failure.",
+    )
+    topic_out_completed: str = _setting(
+        contract.COMPLETED.env_var,
+        "",
+        f"Output topic for BatchContentProvisioningCompleted (empty: {contract.COMPLETED.topic}).",
+    )
+    topic_out_slot_assigned: str = _setting(
+        contract.SLOT_ASSIGNED.env_var,
+        "",
+        f"Output topic for EssaySlotAssigned (empty: {contract.SLOT_ASSIGNED.topic}).",
+    )
+    topic_out_excess: str = _setting(
+        contract.EXCESS.env_var,
+        "",
+        f"Output topic for ExcessContentProvisioned (empty: {contract.EXCESS.topic}).",
+    )
+    metrics_port: int = _setting(
+        "ELS_METRICS_PORT", 9095, "HTTP port for /metrics, /healthz, /health/batches (0: any)."
+    )
+    metrics_host: str = _setting("ELS_METRICS_HOST", "0.0.0.0", "Address the HTTP server binds to.")
+    relay_enabled: bool = _setting(
+        "ELS_RELAY_ENABLED", True, "Run the outbox relay thread in this process (true/false)."
+    )
+    relay_batch_size: int = _setting(
+        "ELS_RELAY_BATCH_SIZE", 500, "Outbox rows claimed per relay transaction.", 1
+    )
+    relay_idle_ms: int = _setting(
+        "ELS_RELAY_IDLE_MS", 150, "Relay poll interval when the outbox is empty.", 1
+    )
+    batch_max_messages: int = _setting(
+        "ELS_BATCH_MAX_MESSAGES", 500, "Most messages applied in one database transaction.", 1
+    )
+    batch_max_wait_ms: int = _setting(
+        "ELS_BATCH_MAX_WAIT_MS",
+        5,
+        "After the first message, how long to wait for more to fill a micro-batch.",
+        0,
+    )
+    retry_base_ms: int = _setting(
+        "ELS_RETRY_BASE_MS", 100, "First backoff delay of a retry (doubles per attempt).", 1
+    )
+    retry_max_ms: int = _setting(
+        "ELS_RETRY_MAX_MS", 5000, "Backoff cap (jitter: each delay is 50-100% of its step).", 1
+    )
+    unexpected_max_attempts: int = _setting(
+        "ELS_UNEXPECTED_MAX_ATTEMPTS",
+        5,
+        "Attempts for an unexpected error before its event is dead-lettered (only while "
+        "other events are applied: otherwise the fault is systemic and retried).",
+        1,
+    )
+    statement_timeout_ms: int = _setting(
+        "ELS_STATEMENT_TIMEOUT_MS", 30000,
+        "statement_timeout of the worker's sessions (0: none).", 0
+    )
+    stuck_after_seconds: int = _setting(
+        "ELS_STUCK_AFTER_SECONDS",
+        900,
+        "/health/batches and els_stuck_batches count batches incomplete this long.",
+        0,
+    )
+    health_max_age_seconds: int = _setting(
+        "ELS_HEALTH_MAX_AGE_SECONDS",
+        30,
+        "/healthz fails when the consumer loop or the last good database contact is older.",
+        1,
+    )
+    batch_deadline_seconds: int = _setting(
+        "ELS_BATCH_DEADLINE_SECONDS",
+        0,
+        "Close batches incomplete this long after registration (els.close_overdue_batches); "
+        "0: off. Production: a few times the longest normal upload, e.g. 86400.",
+        0,
+    )
+    retention_seconds: int = _setting(
+        "ELS_RETENTION_SECONDS",
+        0,
+        "Purge completed batches, stale pending items and published outbox rows this old "
+        "(els.purge_history); 0: off. Production: e.g. 604800 (7 days).",
+        0,
+    )
+    maintenance_interval_seconds: int = _setting(
+        "ELS_MAINTENANCE_INTERVAL_SECONDS",
+        60,
+        "How often the maintenance loop runs (deadlines, retention, batch gauges).",
+        1,
+    )
+    create_topics: bool = _setting(
+        "ELS_CREATE_TOPICS",
+        True,
+        "Create missing input, dead-letter and output topics at start (true/false).",
+    )
+    topic_partitions: int = _setting(
+        "ELS_TOPIC_PARTITIONS", 3, "Partitions of topics the worker creates.", 1
+    )
+    topic_replication_factor: int = _setting(
+        "ELS_TOPIC_REPLICATION_FACTOR",
+        -1,
+        "Replication factor of topics the worker creates (-1: the broker's default).",
+    )
+    topic_min_insync_replicas: int = _setting(
+        "ELS_TOPIC_MIN_INSYNC_REPLICAS",
+        0,
+        "min.insync.replicas of topics the worker creates (0: the broker's default; "
+        "2 on a three-broker cluster).",
+        0,
+    )
+    auto_offset_reset: str = _setting(
+        "ELS_AUTO_OFFSET_RESET", "earliest", "Where a new consumer group starts (earliest/latest)."
+    )
+    kafka_extra: dict[str, Any] = _setting(
+        "ELS_KAFKA_CONFIG",
+        {},
+        "Extra librdkafka settings for every client, as a JSON object (e.g. security).",
+    )
+    log_level: str = _setting("ELS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_events: bool = _setting("ELS_LOG_EVENTS", True, "One JSON log line per event (true/false).")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        source = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = f.metadata["env"]
+            if var in source:
+                values[f.name] = _parse(var, source[var], _default(f), f.metadata["min"])
+        return cls(**values)
+
+    @property
+    def routes(self) -> dict[str, str]:
+        """Input topic -> the statement that applies one of its message values."""
+        return {
+            self.topic_batch_registered: contract.REGISTERED.statement,
+            self.topic_content_provisioned: contract.CONTENT_PROVISIONED.statement,
+            self.topic_validation_failed: contract.VALIDATION_FAILED.statement,
+        }
+
+    @property
+    def input_topics(self) -> list[str]:
+        return list(self.routes)
+
+    def output_topic(self, event_type: str, row_topic: str) -> str:
+        """Where an outbox row goes: the configured override, else the row's topic."""
+        override = {
+            contract.COMPLETED.name: self.topic_out_completed,
+            contract.SLOT_ASSIGNED.name: self.topic_out_slot_assigned,
+            contract.EXCESS.name: self.topic_out_excess,
+        }.get(event_type)
+        return override or row_topic
+
+    @property
+    def output_topics(self) -> list[str]:
+        return [self.output_topic(o.name, o.topic) for o in contract.OUTPUTS]
+
+    def kafka(self, **settings: Any) -> dict[str, Any]:
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        conf.update(self.kafka_extra)
+        conf.update(settings)
+        return conf
+
+
+def _default(f: Any) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def _parse(var: str, text: str, default: Any, minimum: int | None) -> Any:
+    if isinstance(default, bool):
+        value = text.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{var}={text!r} is not a boolean")
+    if isinstance(default, int):
+        try:
+            number = int(text)
+        except ValueError as exc:
+            raise ValueError(f"{var}={text!r} is not an integer") from exc
+        return max(minimum, number) if minimum is not None else number
+    if isinstance(default, dict):
+        parsed = json.loads(text) if text.strip() else {}
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{var} must be a JSON object")
+        return parsed
+    return text
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default as text, help) for every setting, in declaration order."""
+    out = []
+    for f in fields(Config):
+        default = _default(f)
+        text = str(default).lower() if isinstance(default, bool) else str(default)
+        out.append((f.metadata["env"], "" if default == {} else text, f.metadata["help"]))
+    return out

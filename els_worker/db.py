@@ -1,0 +1,126 @@
+"""PostgreSQL sessions and every SQL statement the worker sends, named in one place.
+
+All calls use named parameters with explicit casts. A ``Session`` is one reconnecting
+connection: after a lost connection or a read-only transaction (a demoted primary) it
+is dropped, and the next use connects again; with a multi-host URL and
+``target_session_attrs=read-write`` libpq then finds the new primary.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+from els_worker import contract
+from els_worker.config import Config
+from els_worker.observability import log
+
+# -- the ingest path --------------------------------------------------------------
+
+
+def fast_statement() -> str:
+    """One statement for every input topic, the function chosen by ``%(route)s``. The
+    fast path sends a whole micro-batch of it with one ``executemany`` (one prepared
+    statement, pipelined); only the chosen branch runs, so the database does exactly
+    what the topic's own statement does."""
+    branches = " ".join(
+        f"WHEN {n} THEN els.{event.function}(%(event)s::jsonb)"
+        for n, event in enumerate(contract.INPUTS, start=1)
+    )
+    return f"SELECT CASE %(route)s::integer {branches} END"
+
+
+FAST_APPLY = fast_statement()
+
+# -- the outbox relay ---------------------------------------------------------------
+CLAIM_OUTBOX = (
+    "SELECT id, event_id::text, event_type, topic, message_key, envelope::text "
+    "FROM els.claim_outbox(p_limit => %(limit)s::integer)"
+)
+MARK_PUBLISHED = "SELECT els.mark_outbox_published(p_ids => %(ids)s::bigint[])"
+SET_ASIDE = (
+    "SELECT els.set_aside_outbox(p_id => %(id)s::bigint, p_reason => %(reason)s::text)"
+)
+OUTBOX_BACKLOG = (
+    "SELECT unpublished, oldest_age_seconds, set_aside FROM els.outbox_backlog()"
+)
+
+# -- maintenance and health -----------------------------------------------------------
+PING = "SELECT 1"
+STUCK_BATCHES = (
+    "SELECT els.stuck_batch_list(p_min_age => make_interval(secs => %(seconds)s::double "
+    "precision), p_limit => %(limit)s::integer)"
+)
+BATCH_HEALTH = (
+    "SELECT els.batch_health(stuck_after => make_interval(secs => %(seconds)s::double "
+    "precision))"
+)
+CLOSE_OVERDUE = (
+    "SELECT els.close_overdue_batches(older_than => make_interval(secs => "
+    "%(seconds)s::double precision), max_batches => %(limit)s::integer)"
+)
+PURGE_HISTORY = (
+    "SELECT els.purge_history(older_than => make_interval(secs => %(seconds)s::double "
+    "precision))"
+)
+# One key for "the maintenance runner": a session lock, released when its holder's
+# session ends (a crashed worker hands the job to the next one).
+TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('els.maintenance', 0))"
+
+# -- DBA commands -----------------------------------------------------------------------
+BATCH_REPORT = "SELECT els.batch_report(p_batch_id => %(batch_id)s::text)"
+
+
+def connect(cfg: Config, application_name: str, autocommit: bool = True) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(
+        cfg.database_url,
+        autocommit=autocommit,
+        connect_timeout=5,
+        application_name=application_name,
+    )
+    if cfg.statement_timeout_ms:
+        conn.execute(
+            "SELECT set_config('statement_timeout', %(ms)s::text, false)",
+            {"ms": f"{cfg.statement_timeout_ms}ms"},
+        )
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # closing a broken connection may fail; nothing to do
+            pass
+
+
+class Session:
+    """One reconnecting connection (autocommit; transactions via ``transaction()``)."""
+
+    def __init__(self, cfg: Config, application_name: str) -> None:
+        self.cfg = cfg
+        self.application_name = application_name
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.close()
+            self.conn = connect(self.cfg, self.application_name)
+            log(logging.INFO, "database connected", session=self.application_name,
+                host=self.conn.info.host, port=self.conn.info.port)
+        return self.conn
+
+    def after_fault(self, exc: BaseException) -> None:
+        """Drops the connection when it cannot serve the next attempt: broken, or
+        read-only (a demoted primary; a new connection finds the new one)."""
+        read_only = isinstance(exc, psycopg.Error) and exc.sqlstate == "25006"
+        if self.conn is not None and (self.conn.broken or self.conn.closed or read_only):
+            self.close()
+
+    def close(self) -> None:
+        close_quietly(self.conn)
+        self.conn = None

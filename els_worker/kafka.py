@@ -1,0 +1,148 @@
+"""Kafka clients as the worker configures them, producing with delivery reports, and
+creating the topics the worker uses.
+
+Producers and topics are sized for the largest event the contract allows
+(``contract.MAX_MESSAGE_BYTES``) and compress with zstd; every producer is idempotent
+with ``acks=all``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from els_worker import contract
+from els_worker.config import Config
+from els_worker.observability import log
+
+Headers = list[tuple[str, str | bytes | None]]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+# Errors about one message that no retry of the same bytes can cure.
+TOO_LARGE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, 18})  # 18: RECORD_LIST_TOO_LARGE
+MESSAGE_FAULTS = TOO_LARGE | frozenset({
+    KafkaError.INVALID_MSG,
+    KafkaError.INVALID_RECORD,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.POLICY_VIOLATION,
+})
+
+
+def producer(cfg: Config, client_id: str, **settings: Any) -> Producer:
+    """An idempotent producer (acks=all), sized for the contract's largest event."""
+    return Producer(cfg.kafka(**{
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "zstd",
+        "message.max.bytes": contract.MAX_MESSAGE_BYTES,
+        # bounded: after a broker restart an unbounded (300 s) delivery would hold the
+        # caller; callers retry what times out
+        "message.timeout.ms": 30000,
+        "client.id": client_id,
+        **settings,
+    }))
+
+
+def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:
+    """A consumer that stores and commits offsets only when told to."""
+    return Consumer(cfg.kafka(**{
+        "group.id": group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": cfg.auto_offset_reset,
+        "enable.partition.eof": False,
+        "isolation.level": "read_committed",  # never an aborted dlq-replay transaction
+        "fetch.max.bytes": contract.MAX_MESSAGE_BYTES,
+        "max.partition.fetch.bytes": contract.MAX_MESSAGE_BYTES,
+        **settings,
+    }))
+
+
+def produce(
+    p: Producer, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+    on_delivery: DeliveryCallback,
+) -> KafkaError | None:
+    """Queues one message, waiting while the local queue is full. Returns the error when
+    librdkafka refuses the message before sending it (e.g. too large), else None."""
+    while True:
+        try:
+            p.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
+            return None
+        except BufferError:
+            p.poll(0.1)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None:
+                raise
+            return err
+
+
+def headers_list(msg: Message) -> Headers:
+    """A consumed message's headers, ready to produce again unchanged."""
+    headers = msg.headers() or []
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+def header_texts(msg: Message) -> dict[str, str]:
+    """A consumed message's headers as text (the last value of a repeated name)."""
+    out = {}
+    for name, value in headers_list(msg):
+        out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else (value or "")
+    return out
+
+
+class Deliveries:
+    """Collects the delivery reports of a round of produce calls, by item."""
+
+    def __init__(self) -> None:
+        self.failed: dict[int, tuple[Any, KafkaError]] = {}
+
+    def callback(self, item: Any) -> DeliveryCallback:
+        def report(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                self.failed[id(item)] = (item, err)
+        return report
+
+    def refuse(self, item: Any, err: KafkaError) -> None:
+        self.failed[id(item)] = (item, err)
+
+
+def ensure_topics(cfg: Config, topics: Iterable[str]) -> None:
+    """Creates the missing topics: ``ELS_TOPIC_PARTITIONS`` partitions, replication
+    factor ``ELS_TOPIC_REPLICATION_FACTOR``, ``max.message.bytes`` for the largest
+    event, ``min.insync.replicas`` when configured. Existing topics are left alone."""
+    admin = AdminClient(cfg.kafka())
+    existing = set(admin.list_topics(timeout=15).topics)
+    missing = [t for t in sorted(set(topics)) if t not in existing]
+    if not missing:
+        return
+    topic_config = {"max.message.bytes": str(contract.MAX_MESSAGE_BYTES)}
+    if cfg.topic_min_insync_replicas:
+        topic_config["min.insync.replicas"] = str(cfg.topic_min_insync_replicas)
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=cfg.topic_partitions,
+                  replication_factor=cfg.topic_replication_factor, config=topic_config)
+         for t in missing],
+        operation_timeout=15,
+    )
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout=30)
+            log(logging.INFO, "topic created", topic=topic, partitions=cfg.topic_partitions,
+                replication_factor=cfg.topic_replication_factor, **topic_config)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise
+
+
+def worker_topics(cfg: Config) -> list[str]:
+    """Every topic the worker reads or writes."""
+    inputs = cfg.input_topics
+    return [*inputs, *(contract.dlq_topic(t) for t in inputs), *cfg.output_topics]

@@ -1,0 +1,130 @@
+"""A consumed message and what became of it; the checks made before the database
+sees it (UTF-8, JSON syntax). Everything else about the value is PostgreSQL's call:
+the worker never rejects what PostgreSQL accepts (huge integers, deep nesting)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from confluent_kafka import Message
+
+from els_worker.errors import MALFORMED, Rule, Scope, pg_diagnostics, scope_of
+
+
+@dataclass(slots=True)
+class Item:
+    """One consumed message: its coordinates, value, result or dead-letter verdict."""
+
+    msg: Message
+    topic: str
+    partition: int
+    offset: int
+    text: str | None = None
+    envelope: Any = None
+    result: dict[str, Any] | None = None
+    attempts: int = 0
+    # an unexpected error that may be this event's own (decided by apply)
+    suspect: BaseException | None = None
+    dead: bool = False
+    sqlstate: str | None = None
+    error_message: str = ""
+    error_detail: str = ""
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def correlation_id(self) -> str | None:
+        env = self.envelope
+        if isinstance(env, dict):
+            cid = env.get("correlation_id")
+            data = env.get("data")
+            if cid is None and isinstance(data, dict):
+                cid = data.get("correlation_id")
+            return str(cid) if cid is not None else None
+        return None
+
+    @property
+    def batch_id(self) -> str | None:
+        if self.result and self.result.get("batch_id") is not None:
+            return str(self.result["batch_id"])
+        env = self.envelope
+        if isinstance(env, dict):
+            inner = env.get("data")
+            data: dict[str, Any] = inner if isinstance(inner, dict) else env
+            bid = data.get("entity_id")
+            return str(bid) if isinstance(bid, str | int) else None
+        return None
+
+    def kill(
+        self, sqlstate: str, message: str, detail: str, diagnostics: dict[str, Any] | None = None
+    ) -> None:
+        self.dead = True
+        self.sqlstate = sqlstate
+        self.error_message = " ".join(message.split())  # one line
+        self.error_detail = detail
+        self.diagnostics = diagnostics or {}
+
+    def kill_from_exception(self, exc: BaseException, rule: Rule) -> None:
+        diag = pg_diagnostics(exc)
+        original = diag.get("sqlstate")
+        refused_value = rule.report_as and (
+            not isinstance(exc, psycopg.Error) or exc.sqlstate is None
+            or scope_of(exc) is Scope.VALUE
+        )
+        if rule.report_as and refused_value:
+            detail = json.dumps({
+                "field": None,
+                "reason": "invalid_json",
+                "original_sqlstate": original,
+                "error": diag.get("message"),
+                "pg_detail": diag.get("detail"),
+                "context": diag.get("context"),
+            })
+            message = f"message value is not JSON PostgreSQL accepts: {diag.get('message')}"
+            self.kill(rule.report_as, message, detail, diag)
+        else:
+            self.kill(original or "XX000", str(diag.get("message", "")),
+                      str(diag.get("detail") or "{}"), diag)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# Integers stay text: Python refuses to convert more than 4,300 digits, PostgreSQL's
+# numeric takes them, and the worker only reads ids and correlation ids anyway.
+# (json.loads with keyword arguments builds a new decoder per call; this one is reused.)
+_DECODE_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_int=str).decode
+
+
+def decode_item(msg: Message) -> Item:
+    """Checks the bytes before the database sees them: UTF-8 and JSON syntax."""
+    topic = msg.topic() or ""
+    item = Item(msg=msg, topic=topic, partition=msg.partition() or 0, offset=msg.offset() or 0)
+    raw = msg.value()
+    if raw is None or len(raw) == 0:
+        item.kill(MALFORMED, "message value is empty",
+                  json.dumps({"field": None, "reason": "empty_value"}))
+        return item
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError as exc:
+        item.kill(MALFORMED, "message value is not valid UTF-8",
+                  json.dumps({"field": None, "reason": "invalid_utf8", "error": str(exc)}))
+        return item
+    try:
+        if text.startswith("\ufeff"):  # as json.loads does
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        item.envelope = _DECODE_JSON(text)
+    except RecursionError:
+        # Deeper than Python's parser goes, yet possibly valid JSON: PostgreSQL judges
+        # it (its ::jsonb cast refuses it at once, which the table maps to ELV01).
+        item.envelope = None
+    except ValueError as exc:
+        item.kill(MALFORMED, "message value is not valid JSON",
+                  json.dumps({"field": None, "reason": "invalid_json", "error": str(exc)}))
+        return item
+    item.text = text
+    return item
