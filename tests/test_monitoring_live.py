@@ -316,7 +316,10 @@ def test_stuck_batch_and_dead_letter_alerts_become_active(
         except AssertionError as exc:
             seen = sorted({(a["labels"]["alertname"], a["state"]) for a in prometheus.alerts()
                            if a["labels"].get("els_live_test") == tag})
-            raise AssertionError(f"{exc}\nthis test's alerts seen: {seen}") from None
+            maintenance = [r for r in scraped.worker.log_records()
+                           if r.get("msg") == "maintenance task failed"][-3:]
+            raise AssertionError(f"{exc}\nthis test's alerts seen: {seen}\n"
+                                 f"worker's maintenance failures: {maintenance}") from None
         dead = found["ElsDeadLettersRejected"]
         assert dead["labels"]["instance"] == scraped.instance
         assert re.search(r"dlq-replay --dry-run", dead["annotations"]["runbook"])
