@@ -26,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -70,8 +71,8 @@ def plot_throughput(results: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8.5, 0.55 * len(rows) + 1.6))
     y = list(range(len(rows)))
     ax.barh(y, med, xerr=[low, high], color=colors, capsize=3)
-    for yi, m in zip(y, med, strict=True):
-        ax.text(m, yi, f" {m:,.0f}/s", va="center", fontsize=8)
+    for yi, m, h in zip(y, med, high, strict=True):
+        ax.text(m + h, yi, f"  {m:,.0f}/s", va="center", fontsize=8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("events/s, worker start to last outbox row published (median; min-max)")
@@ -94,6 +95,9 @@ def plot_latency(results: dict[str, Any], path: Path) -> Path | None:
     for label, pct in curves:
         ax.plot(pct, share, label=f"{label} (p50 {pct[50]:.0f} ms, p99 {pct[99]:.0f} ms)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("per-event latency, ms (worker log duration_ms: micro-batch start to "
                   "commit; log scale)")
     ax.set_ylabel("share of events at or below")
@@ -122,7 +126,10 @@ def plot_register_cost(results: dict[str, Any], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
     ax.set_xlabel("essays per batch (one registration per transaction)")
-    ax.set_ylabel("µs per essay (median; band min-max)")
+    ax.set_ylabel("µs per essay (median; band min-max; log scale)")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=9)
     ax.set_title("Register cost per essay vs batch size", fontsize=10)
