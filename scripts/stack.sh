@@ -518,6 +518,7 @@ kafka_up() {
 # no process of this checkout behind.
 demo_worker_down() {
     local pidfile="$STACK/worker.pid" pid
+    prom_target remove demo # its scrape target (scripts/demo.py added it)
     [[ -f "$pidfile" ]] || return 0
     pid="$(head -c 32 "$pidfile" | tr -dc '0-9')"
     if [[ -n "$pid" ]] && pid_alive "$pid" && grep -qa worker.py "/proc/$pid/cmdline"; then
