@@ -554,7 +554,7 @@ def main() -> int:
     if prom:
         say(f"{BOLD}Prometheus{RESET} {prom}  (scrapes this worker as target demo; "
             f"alerts: {prom}/alerts; docs/monitoring.md)")
-        for expr in ('sum by (topic, outcome) (increase(els_events_total{worker="demo"}[10m]))',
+        for expr in ('sum by (topic, outcome) (els_events_total{worker="demo"})',
                      'sum by (sqlstate) (els_dead_letters_total{worker="demo"})'):
             say(f"  {expr}")
             say(f"    {DIM}{prom}/graph?g0.expr={urllib.parse.quote(expr)}&g0.tab=1{RESET}")
