@@ -327,3 +327,24 @@ def test_stuck_batch_and_dead_letter_alerts_become_active(
     finally:
         rules.unlink(missing_ok=True)
         prometheus.reload()
+
+
+def test_stack_prom_target_add_and_remove(prometheus: Prometheus, scraped: Scene) -> None:
+    """`scripts/stack.sh prom-target add NAME HOST:PORT` makes Prometheus scrape it (what
+    make demo does); `remove` stops that."""
+    name = f"live-cli-{uuid.uuid4().hex[:8]}"
+
+    def targets() -> list[dict[str, Any]]:
+        active: list[dict[str, Any]] = prometheus._get("/api/v1/targets", state="active")[
+            "data"]["activeTargets"]
+        return [t for t in active if t["labels"].get("worker") == name]
+
+    subprocess.run([str(STACK_SH), "prom-target", "add", name, scraped.instance], check=True)
+    try:
+        found = wait_until(lambda: [t for t in targets() if t["health"] == "up"], 30,
+                           f"target {name} scraped")
+        assert found[0]["labels"]["job"] == "els-worker"
+        assert found[0]["labels"]["instance"] == scraped.instance
+    finally:
+        subprocess.run([str(STACK_SH), "prom-target", "remove", name], check=True)
+    wait_until(lambda: not targets(), 30, f"target {name} gone")
