@@ -14,7 +14,61 @@ CREATE TYPE els.item_disposition AS ENUM (
 );
 ALTER TYPE els.item_disposition OWNER TO els_owner;
 COMMENT ON TYPE els.item_disposition IS 'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
-CREATE FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) RETURNS record
+CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_tracker record;
+    v_existing bigint;
+    v_essay_ids text[];
+    v_reconciled record;
+    v_completion record;
+BEGIN
+    slots_timed_out := 0;
+    event_ids := '{}'::uuid[];
+    SELECT t.completed_at, t.expected_count INTO v_tracker
+      FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
+    IF NOT FOUND THEN
+        outcome := CASE WHEN EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = p_batch_id)
+                        THEN 'already_complete' ELSE 'unknown' END;
+        RETURN;
+    END IF;
+    IF v_tracker.completed_at IS NOT NULL THEN
+        outcome := 'already_complete';
+        RETURN;
+    END IF;
+    SELECT count(*) INTO v_existing FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id;
+    IF v_existing <> v_tracker.expected_count THEN
+        SELECT t.essay_ids INTO v_essay_ids FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
+        IF p_raise THEN
+            PERFORM els._create_slots(p_batch_id, v_essay_ids, v_existing > 0);
+        ELSE
+            BEGIN
+                PERFORM els._create_slots(p_batch_id, v_essay_ids, v_existing > 0);
+            EXCEPTION WHEN SQLSTATE 'ELC02' THEN
+                RAISE WARNING 'batch % not closed: its missing slots cannot be created (an essay id '
+                              'belongs to another batch); see els.batch_report', p_batch_id;
+                outcome := 'unrepairable';
+                RETURN;
+            END;
+        END IF;
+    END IF;
+    v_reconciled := els._reconcile(p_batch_id);
+    UPDATE els.essay_slot AS s
+       SET status = 'content_ingestion_failed', failure_code = 'CONTENT_TIMEOUT', filled_at = now()
+     WHERE s.batch_id = p_batch_id AND s.status = 'uploaded';
+    GET DIAGNOSTICS slots_timed_out = ROW_COUNT;
+    -- re-driving alone may have closed the last slot: then the last item completed it
+    v_completion := els._complete_if_done(
+        p_batch_id, CASE WHEN slots_timed_out > 0 THEN 'deadline' ELSE 'all_slots_closed' END);
+    event_ids := v_reconciled.event_ids
+                 || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
+                         ELSE ARRAY[v_completion.event_id] END;
+    outcome := 'closed';
+END
+$$;
+ALTER FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) OWNER TO els_owner;
+CREATE FUNCTION els._complete_if_done(p_batch_id text, p_reason text DEFAULT 'all_slots_closed'::text, OUT complete boolean, OUT event_id uuid) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -48,7 +102,8 @@ BEGIN
         complete := false;
         RETURN;
     END IF;
-    UPDATE els.batch_tracker AS t SET completed_at = now() WHERE t.batch_id = p_batch_id;
+    UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
+     WHERE t.batch_id = p_batch_id;
     SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
                                                  'text_storage_id', s.text_storage_id)
                               ORDER BY s.slot_no), '[]'::jsonb),
@@ -67,11 +122,12 @@ BEGIN
             'course_code', v_tracker.course_code,
             'user_id', v_tracker.user_id,
             'class_type', v_tracker.class_type,
-            'essays_for_processing', v_ready)))))[1];
+            'essays_for_processing', v_ready,
+            'completion_reason', p_reason)))))[1];
     complete := true;
 END
 $$;
-ALTER FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
+ALTER FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
 CREATE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -111,6 +167,23 @@ EXCEPTION WHEN unique_violation THEN
 END
 $$;
 ALTER FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) OWNER TO els_owner;
+CREATE FUNCTION els._emit_event_if_absent(p_event jsonb) RETURNS uuid
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_id uuid := els._event_id(p_event ->> 'event_type', p_event -> 'identity');
+BEGIN
+    INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+    VALUES (v_id, p_event ->> 'event_type', els.output_topic(p_event ->> 'event_type'),
+            p_event ->> 'key',
+            els._envelope(v_id, p_event ->> 'event_type', p_event ->> 'correlation_id',
+                          p_event -> 'data',
+                          to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
+    ON CONFLICT (event_id) DO NOTHING;
+    RETURN CASE WHEN FOUND THEN v_id END;
+END
+$$;
+ALTER FUNCTION els._emit_event_if_absent(p_event jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._emit_events(p_events jsonb) RETURNS uuid[]
     LANGUAGE plpgsql
     AS $$
@@ -435,6 +508,12 @@ BEGIN
 END
 $_$;
 ALTER FUNCTION els._timestamp_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
+    LANGUAGE sql
+    BEGIN ATOMIC
+ SELECT pg_try_advisory_xact_lock(hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint)) AS pg_try_advisory_xact_lock;
+END;
+ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
 CREATE FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) RETURNS record
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -497,13 +576,6 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) OWNER TO els_owner;
-CREATE SEQUENCE els.arrival_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1;
-ALTER TABLE els.arrival_seq OWNER TO els_owner;
 CREATE TABLE els.batch_tracker (
     batch_id text NOT NULL,
     expected_count integer NOT NULL,
@@ -523,13 +595,57 @@ END) STORED,
     registration_event_id text,
     registered_at timestamp with time zone DEFAULT now() NOT NULL,
     completed_at timestamp with time zone,
+    completion_reason text,
     CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
     CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
+    CONSTRAINT batch_tracker_completion_has_reason CHECK (((completed_at IS NULL) = (completion_reason IS NULL))),
+    CONSTRAINT batch_tracker_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text]))),
     CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
     CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
 );
 ALTER TABLE els.batch_tracker OWNER TO els_owner;
 COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
+COMMENT ON COLUMN els.batch_tracker.completion_reason IS 'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, els.close_overdue_batches). NULL while incomplete.';
+CREATE FUNCTION els.batch_health(stuck_after interval) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('incomplete_batches', count(*), 'stuck_batches', count(*) FILTER (WHERE (t.registered_at <= (now() - batch_health.stuck_after))), 'oldest_incomplete_age_seconds', COALESCE(round(EXTRACT(epoch FROM (now() - min(t.registered_at))), 3), (0)::numeric)) AS jsonb_build_object
+    FROM els.batch_tracker t
+   WHERE (t.completed_at IS NULL);
+END;
+ALTER FUNCTION els.batch_health(stuck_after interval) OWNER TO els_owner;
+COMMENT ON FUNCTION els.batch_health(stuck_after interval) IS 'incomplete_batches, stuck_batches (incomplete, registered at least stuck_after ago) and oldest_incomplete_age_seconds (0 when none), from the index of incomplete batches.';
+CREATE SEQUENCE els.arrival_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+ALTER TABLE els.arrival_seq OWNER TO els_owner;
+CREATE TABLE els.batch_tombstone (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text NOT NULL,
+    correlation_id text NOT NULL,
+    registered_at timestamp with time zone NOT NULL,
+    completed_at timestamp with time zone NOT NULL,
+    completion_reason text NOT NULL,
+    filled_count integer NOT NULL,
+    failed_count integer NOT NULL,
+    timed_out_count integer NOT NULL,
+    purged_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_late_item_at timestamp with time zone,
+    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
+);
+ALTER TABLE els.batch_tombstone OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
+COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
 CREATE TABLE els.essay_content (
     batch_id text NOT NULL,
     text_storage_id text NOT NULL,
@@ -561,18 +677,21 @@ CREATE TABLE els.essay_slot (
     text_storage_id text,
     failed_file_upload_id text,
     filled_at timestamp with time zone,
+    failure_code text,
     CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
+    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
     CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
     CONSTRAINT essay_slot_status_matches_filling CHECK (
 CASE status
-    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL))
-    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL))
-    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NOT NULL))
+    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
     ELSE NULL::boolean
 END)
 );
 ALTER TABLE els.essay_slot OWNER TO els_owner;
 COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
+COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE TABLE els.event_outbox (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -618,16 +737,23 @@ CREATE FUNCTION els.batch_report(p_batch_id text) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     BEGIN ATOMIC
- SELECT jsonb_build_object('batch_id', batch_report.p_batch_id, 'registered', (t.batch_id IS NOT NULL), 'tracker',
+ SELECT jsonb_build_object('batch_id', batch_report.p_batch_id, 'registered', ((t.batch_id IS NOT NULL) OR (b.batch_id IS NOT NULL)), 'purged', (b.batch_id IS NOT NULL), 'tracker',
          CASE
-             WHEN (t.batch_id IS NOT NULL) THEN jsonb_build_object('expected_count', t.expected_count, 'course_code', t.course_code, 'user_id', t.user_id, 'org_id', t.org_id, 'class_id', t.class_id, 'class_type', t.class_type, 'correlation_id', t.correlation_id, 'registered_at', t.registered_at, 'completed_at', t.completed_at)
+             WHEN (t.batch_id IS NOT NULL) THEN jsonb_build_object('expected_count', t.expected_count, 'course_code', t.course_code, 'user_id', t.user_id, 'org_id', t.org_id, 'class_id', t.class_id, 'class_type', t.class_type, 'correlation_id', t.correlation_id, 'registered_at', t.registered_at, 'completed_at', t.completed_at, 'completion_reason', t.completion_reason)
+             WHEN (b.batch_id IS NOT NULL) THEN jsonb_build_object('expected_count', b.expected_count, 'course_code', b.course_code, 'user_id', b.user_id, 'org_id', b.org_id, 'class_id', b.class_id, 'class_type', b.class_type, 'correlation_id', b.correlation_id, 'registered_at', b.registered_at, 'completed_at', b.completed_at, 'completion_reason', b.completion_reason)
              ELSE NULL::jsonb
-         END, 'complete', (t.completed_at IS NOT NULL), 'slot_counts', ( SELECT COALESCE(jsonb_object_agg(x.status, x.n), '{}'::jsonb) AS "coalesce"
+         END, 'complete', ((t.completed_at IS NOT NULL) OR (b.batch_id IS NOT NULL)), 'tombstone',
+         CASE
+             WHEN (b.batch_id IS NOT NULL) THEN jsonb_build_object('purged_at', b.purged_at, 'filled_count', b.filled_count, 'failed_count', b.failed_count, 'timed_out_count', b.timed_out_count, 'last_late_item_at', b.last_late_item_at)
+             ELSE NULL::jsonb
+         END, 'slot_counts', ( SELECT COALESCE(jsonb_object_agg(x.status, x.n), '{}'::jsonb) AS "coalesce"
             FROM ( SELECT s.status,
                      count(*) AS n
                     FROM els.essay_slot s
                    WHERE (s.batch_id = batch_report.p_batch_id)
-                   GROUP BY s.status) x), 'slots', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('slot_no', s.slot_no, 'essay_id', s.essay_id, 'status', s.status, 'text_storage_id', s.text_storage_id, 'failed_file_upload_id', s.failed_file_upload_id, 'filled_at', s.filled_at) ORDER BY s.slot_no), '[]'::jsonb) AS "coalesce"
+                   GROUP BY s.status) x), 'slots_timed_out', ( SELECT count(*) AS count
+            FROM els.essay_slot s
+           WHERE ((s.batch_id = batch_report.p_batch_id) AND (s.failure_code = 'CONTENT_TIMEOUT'::text))), 'slots', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('slot_no', s.slot_no, 'essay_id', s.essay_id, 'status', s.status, 'text_storage_id', s.text_storage_id, 'failed_file_upload_id', s.failed_file_upload_id, 'failure_code', s.failure_code, 'filled_at', s.filled_at) ORDER BY s.slot_no), '[]'::jsonb) AS "coalesce"
             FROM els.essay_slot s
            WHERE (s.batch_id = batch_report.p_batch_id)), 'pending_content', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('text_storage_id', c.text_storage_id, 'file_upload_id', c.file_upload_id, 'original_file_name', c.original_file_name, 'received_at', c.received_at) ORDER BY c.arrival_seq), '[]'::jsonb) AS "coalesce"
             FROM els.essay_content c
@@ -638,11 +764,12 @@ CREATE FUNCTION els.batch_report(p_batch_id text) RETURNS jsonb
            WHERE (f.batch_id = batch_report.p_batch_id)), 'outbox', ( SELECT COALESCE(jsonb_agg(jsonb_build_object('id', o.id, 'event_id', o.event_id, 'event_type', o.event_type, 'topic', o.topic, 'created_at', o.created_at, 'published', (o.published_at IS NOT NULL), 'published_at', o.published_at) ORDER BY o.id), '[]'::jsonb) AS "coalesce"
             FROM els.event_outbox o
            WHERE (o.message_key = batch_report.p_batch_id))) AS jsonb_build_object
-    FROM (( SELECT batch_report.p_batch_id AS wanted) w
-      LEFT JOIN els.batch_tracker t ON ((t.batch_id = w.wanted)));
+    FROM ((( SELECT batch_report.p_batch_id AS wanted) w
+      LEFT JOIN els.batch_tracker t ON ((t.batch_id = w.wanted)))
+      LEFT JOIN els.batch_tombstone b ON ((b.batch_id = w.wanted)));
 END;
 ALTER FUNCTION els.batch_report(p_batch_id text) OWNER TO els_owner;
-COMMENT ON FUNCTION els.batch_report(p_batch_id text) IS 'Everything known about one batch as one JSON document: tracker, slot counts, slots, pending and excess content, failures, outbox rows and whether they were published.';
+COMMENT ON FUNCTION els.batch_report(p_batch_id text) IS 'Everything known about one batch as one JSON document: tracker (with completion_reason), slot counts, timed-out slots, slots, pending and excess content, failures, outbox rows and whether they were published. A purged batch: purged true, tracker and counts from its tombstone, and only what arrived after the purge.';
 CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id bigint, event_id uuid, event_type text, topic text, message_key text, envelope jsonb, created_at timestamp with time zone)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -662,6 +789,78 @@ CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id b
 END;
 ALTER FUNCTION els.claim_outbox(p_limit integer) OWNER TO els_owner;
 COMMENT ON FUNCTION els.claim_outbox(p_limit integer) IS 'Locks and returns up to p_limit unpublished outbox rows, oldest first, skipping rows another relay holds and rows set aside until later. Call in the same transaction as mark_outbox_published and set_aside_outbox.';
+CREATE FUNCTION els.close_batch(batch_id text) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_batch_id text := close_batch.batch_id;
+    v_closed record;
+BEGIN
+    IF v_batch_id IS NULL THEN
+        PERFORM els._reject('ELV02', 'required argument batch_id is null',
+            jsonb_build_object('field', 'batch_id', 'reason', 'missing'));
+    END IF;
+    PERFORM els._lock_batch(v_batch_id);
+    v_closed := els._close_locked_batch(v_batch_id, true);
+    IF v_closed.outcome = 'unknown' THEN
+        PERFORM els._reject('ELV03', 'unknown batch: no batch with this id was registered',
+            jsonb_build_object('field', 'batch_id', 'reason', 'unknown_batch',
+                               'batch_id', left(v_batch_id, 300)));
+    END IF;
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_closed.outcome,
+        'slots_timed_out', v_closed.slots_timed_out,
+        'events', to_jsonb(v_closed.event_ids));
+END
+$$;
+ALTER FUNCTION els.close_batch(batch_id text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.close_batch(batch_id text) IS 'Closes one batch now: empty slots -> content_ingestion_failed (CONTENT_TIMEOUT), completion with completion_reason deadline. Outcomes: closed, already_complete. Unknown batch: ELV03.';
+CREATE FUNCTION els.close_overdue_batches(older_than interval, max_batches integer DEFAULT 1000) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_batch_id text;
+    v_closed record;
+    v_batches integer := 0;
+    v_slots integer := 0;
+    v_events uuid[] := '{}'::uuid[];
+BEGIN
+    IF older_than IS NULL THEN
+        PERFORM els._reject('ELV02', 'required argument older_than is null',
+            jsonb_build_object('field', 'older_than', 'reason', 'missing'));
+    END IF;
+    IF older_than < interval '0' THEN
+        PERFORM els._reject('ELV03', 'older_than must not be negative',
+            jsonb_build_object('field', 'older_than', 'reason', 'out_of_range', 'actual', older_than::text));
+    END IF;
+    IF max_batches IS NULL OR max_batches < 0 THEN
+        PERFORM els._reject('ELV03', 'max_batches must be an integer >= 0',
+            jsonb_build_object('field', 'max_batches', 'reason', 'out_of_range', 'actual', max_batches));
+    END IF;
+    FOR v_batch_id IN
+        SELECT t.batch_id
+          FROM els.batch_tracker AS t
+         WHERE t.completed_at IS NULL AND t.registered_at <= now() - older_than
+         ORDER BY t.registered_at, t.batch_id
+         LIMIT max_batches
+    LOOP
+        PERFORM els._lock_batch(v_batch_id);
+        v_closed := els._close_locked_batch(v_batch_id, false);
+        IF v_closed.outcome = 'closed' THEN
+            v_batches := v_batches + 1;
+            v_slots := v_slots + v_closed.slots_timed_out;
+            v_events := v_events || v_closed.event_ids;
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('batches_closed', v_batches, 'slots_timed_out', v_slots,
+                              'events', to_jsonb(v_events));
+END
+$$;
+ALTER FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) OWNER TO els_owner;
+COMMENT ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) IS 'Closes (as els.close_batch) every incomplete batch registered at least older_than ago, oldest first, at most max_batches. Returns batches_closed, slots_timed_out, events.';
 CREATE FUNCTION els.mark_outbox_published(p_ids bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -713,6 +912,8 @@ DECLARE
     v_complete boolean := false;
     v_completion_event uuid;
     v_completion record;
+    v_purged boolean := false;
+    v_late_event uuid;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
                                'essay.content.provisioned');
@@ -738,7 +939,8 @@ BEGIN
         RETURN jsonb_build_object(
             'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
             'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
+                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
             'events', '[]'::jsonb);
     END IF;
     -- A batch counts as registered once it has slots: content for a tracker
@@ -753,6 +955,14 @@ BEGIN
         WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
         ELSE 'pending'
     END;
+    -- No slot at all: not registered yet, or purged.
+    IF v_outcome = 'pending' THEN
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
+        v_purged := FOUND;
+        IF v_purged THEN
+            v_outcome := 'excess';
+        END IF;
+    END IF;
     INSERT INTO els.essay_content (
         batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
         raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
@@ -781,6 +991,17 @@ BEGIN
         IF v_completion_event IS NOT NULL THEN
             v_events := v_events || v_completion_event;
         END IF;
+    ELSIF v_purged THEN
+        -- the same text may have been announced as excess before the purge
+        v_late_event := els._emit_event_if_absent(jsonb_build_object(
+            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
+            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
+            'correlation_id', v_correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
+                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT')));
+        v_events := CASE WHEN v_late_event IS NULL THEN '{}'::uuid[] ELSE ARRAY[v_late_event] END;
+        v_complete := true;
     ELSIF v_outcome = 'excess' THEN
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
@@ -802,6 +1023,137 @@ END
 $$;
 ALTER FUNCTION els.provision_content(event jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els.provision_content(event jsonb) IS 'EssayContentProvisioned -> fills the lowest empty slot. Outcomes: pending, assigned, duplicate, excess. Errors: ELV01-ELV03.';
+CREATE FUNCTION els.purge_history(older_than interval) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    c_max_batches constant integer := 1000;
+    c_max_slots constant bigint := 100000;
+    c_max_outbox constant integer := 100000;
+    v_cutoff timestamptz;
+    v_batch record;
+    v_batch_id text;
+    v_locked integer := 0;
+    v_slots bigint := 0;
+    v_batches integer := 0;
+    v_pending bigint := 0;
+    v_rows bigint;
+    v_outbox bigint;
+BEGIN
+    IF older_than IS NULL THEN
+        PERFORM els._reject('ELV02', 'required argument older_than is null',
+            jsonb_build_object('field', 'older_than', 'reason', 'missing'));
+    END IF;
+    IF older_than < interval '0' THEN
+        PERFORM els._reject('ELV03', 'older_than must not be negative',
+            jsonb_build_object('field', 'older_than', 'reason', 'out_of_range', 'actual', older_than::text));
+    END IF;
+    v_cutoff := now() - older_than;
+    -- 1. complete batches, oldest completion first (partial index batch_tracker_completed_idx)
+    FOR v_batch IN
+        SELECT t.batch_id, t.expected_count
+          FROM els.batch_tracker AS t
+         WHERE t.completed_at IS NOT NULL AND t.completed_at <= v_cutoff
+         ORDER BY t.completed_at, t.batch_id
+         LIMIT c_max_batches
+    LOOP
+        EXIT WHEN v_slots >= c_max_slots;
+        CONTINUE WHEN NOT els._try_lock_batch(v_batch.batch_id);
+        v_locked := v_locked + 1;
+        -- under the lock: still there (a concurrent purge may have taken it)? A
+        -- complete batch never becomes incomplete again.
+        CONTINUE WHEN NOT EXISTS (SELECT FROM els.batch_tracker AS t
+                                   WHERE t.batch_id = v_batch.batch_id AND t.completed_at IS NOT NULL);
+        -- One statement, so that the foreign keys between slots and ledgers (both
+        -- ways) are checked once everything of the batch is gone (a data-modifying
+        -- WITH runs to completion whether or not the outer statement reads it).
+        WITH slots AS (
+            DELETE FROM els.essay_slot AS s WHERE s.batch_id = v_batch.batch_id
+            RETURNING s.status, s.failure_code
+        ), contents AS (
+            DELETE FROM els.essay_content AS c WHERE c.batch_id = v_batch.batch_id RETURNING 1
+        ), failures AS (
+            DELETE FROM els.validation_failure AS f WHERE f.batch_id = v_batch.batch_id RETURNING 1
+        ), tracker AS (
+            DELETE FROM els.batch_tracker AS t WHERE t.batch_id = v_batch.batch_id
+            RETURNING t.*
+        )
+        INSERT INTO els.batch_tombstone (
+            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id, class_type,
+            correlation_id, registered_at, completed_at, completion_reason,
+            filled_count, failed_count, timed_out_count)
+        SELECT tr.batch_id, tr.expected_count, tr.essay_ids, tr.course_code, tr.user_id, tr.org_id,
+               tr.class_id, tr.class_type, tr.correlation_id, tr.registered_at, tr.completed_at,
+               tr.completion_reason,
+               (SELECT count(*) FROM slots AS s WHERE s.status = 'ready_for_processing'),
+               (SELECT count(*) FROM slots AS s
+                 WHERE s.status = 'content_ingestion_failed' AND s.failure_code IS NULL),
+               (SELECT count(*) FROM slots AS s WHERE s.failure_code IS NOT NULL)
+          FROM tracker AS tr;
+        v_batches := v_batches + 1;
+        v_slots := v_slots + v_batch.expected_count;
+    END LOOP;
+    -- 2a. pending items of batches never registered. A registered batch has none,
+    -- except a tracker an older writer left without its slots: its pending items wait
+    -- for els.reconcile_batch (or a close) and are kept.
+    FOR v_batch_id IN
+        SELECT p.batch_id FROM (
+            SELECT c.batch_id FROM els.essay_content AS c
+             WHERE c.disposition = 'pending' AND c.received_at <= v_cutoff
+            UNION
+            SELECT f.batch_id FROM els.validation_failure AS f
+             WHERE f.disposition = 'pending' AND f.received_at <= v_cutoff) AS p
+         WHERE NOT EXISTS (SELECT FROM els.batch_tracker AS t WHERE t.batch_id = p.batch_id)
+         ORDER BY p.batch_id
+         LIMIT greatest(c_max_batches - v_locked, 0)
+    LOOP
+        CONTINUE WHEN NOT els._try_lock_batch(v_batch_id);
+        v_locked := v_locked + 1;
+        -- under the lock: registered meanwhile? Then its items are no longer pending
+        -- (the registration reconciled them), and a tracker is there to keep them.
+        CONTINUE WHEN EXISTS (SELECT FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id);
+        DELETE FROM els.essay_content AS c
+         WHERE c.batch_id = v_batch_id AND c.disposition = 'pending' AND c.received_at <= v_cutoff;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_pending := v_pending + v_rows;
+        DELETE FROM els.validation_failure AS f
+         WHERE f.batch_id = v_batch_id AND f.disposition = 'pending' AND f.received_at <= v_cutoff;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_pending := v_pending + v_rows;
+    END LOOP;
+    -- 2b. late items of purged batches, once the latest of them is old enough
+    FOR v_batch_id IN
+        SELECT b.batch_id FROM els.batch_tombstone AS b
+         WHERE b.last_late_item_at IS NOT NULL AND b.last_late_item_at <= v_cutoff
+         ORDER BY b.last_late_item_at, b.batch_id
+         LIMIT greatest(c_max_batches - v_locked, 0)
+    LOOP
+        CONTINUE WHEN NOT els._try_lock_batch(v_batch_id);
+        v_locked := v_locked + 1;
+        -- under the lock: a late item may have arrived meanwhile (then it waits for next time)
+        CONTINUE WHEN NOT EXISTS (SELECT FROM els.batch_tombstone AS b
+                                   WHERE b.batch_id = v_batch_id AND b.last_late_item_at <= v_cutoff);
+        DELETE FROM els.essay_content AS c WHERE c.batch_id = v_batch_id;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_pending := v_pending + v_rows;
+        DELETE FROM els.validation_failure AS f WHERE f.batch_id = v_batch_id;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_pending := v_pending + v_rows;
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = NULL WHERE b.batch_id = v_batch_id;
+    END LOOP;
+    -- 3. published outbox rows; the relay only ever touches unpublished ones
+    DELETE FROM els.event_outbox AS o
+     WHERE o.id IN (SELECT o2.id FROM els.event_outbox AS o2
+                     WHERE o2.published_at IS NOT NULL AND o2.published_at <= v_cutoff
+                     LIMIT c_max_outbox);
+    GET DIAGNOSTICS v_outbox = ROW_COUNT;
+    RETURN jsonb_build_object('batches_purged', v_batches, 'pending_purged', v_pending,
+                              'outbox_purged', v_outbox);
+END
+$$;
+ALTER FUNCTION els.purge_history(older_than interval) OWNER TO els_owner;
+COMMENT ON FUNCTION els.purge_history(older_than interval) IS 'Deletes complete batches (keeping a tombstone), pending items of never-registered batches and published outbox rows, each at least older_than old; never unpublished rows nor incomplete batches. Bounded per call (1000 batches, 100,000 outbox rows): call until it returns zeros.';
 CREATE FUNCTION els.purge_outbox(p_older_than interval DEFAULT '7 days'::interval) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -882,6 +1234,7 @@ DECLARE
     v_complete boolean := false;
     v_completion_event uuid;
     v_completion record;
+    v_purged boolean := false;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.validation.failed.v1',
                                'essay.validation.failed');
@@ -909,7 +1262,8 @@ BEGIN
         RETURN jsonb_build_object(
             'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
             'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
+                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
             'events', '[]'::jsonb);
     END IF;
     -- Registered means "has slots", as in provision_content.
@@ -923,6 +1277,14 @@ BEGIN
         WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
         ELSE 'pending'
     END;
+    -- No slot at all: not registered yet, or purged.
+    IF v_outcome = 'pending' THEN
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
+        v_purged := FOUND;
+        IF v_purged THEN
+            v_outcome := 'excess';
+        END IF;
+    END IF;
     INSERT INTO els.validation_failure (
         batch_id, file_upload_id, disposition, essay_id, original_file_name,
         validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
@@ -939,7 +1301,9 @@ BEGIN
                filled_at = now()
          WHERE s.essay_id = v_essay_id;
     END IF;
-    IF v_outcome <> 'pending' THEN
+    IF v_purged THEN
+        v_complete := true;
+    ELSIF v_outcome <> 'pending' THEN
         v_completion := els._complete_if_done(v_batch_id);
         v_complete := v_completion.complete;
         v_completion_event := v_completion.event_id;
@@ -975,6 +1339,7 @@ DECLARE
     v_data_correlation_id text;
     v_duplicate_id text;
     v_tracker els.batch_tracker;
+    v_tombstone els.batch_tombstone;
     v_outcome text;
     v_conflict_field text;
     v_slots_created integer;
@@ -1045,6 +1410,27 @@ BEGIN
         END IF;
         v_outcome := 'repaired';
     ELSE
+        SELECT * INTO v_tombstone FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id;
+        IF FOUND THEN
+            v_conflict_field := CASE
+                WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+                WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+                WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+                WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+                WHEN v_tombstone.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+            END;
+            IF v_conflict_field IS NOT NULL THEN
+                PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                    jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                       'batch_id', v_batch_id, 'purged', true));
+            END IF;
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tombstone.class_type, 'expected_count', v_tombstone.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', true, 'events', '[]'::jsonb);
+        END IF;
         INSERT INTO els.batch_tracker AS t (
             batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
             student_prompt_ref, metadata, correlation_id, registration_event_id)
@@ -1100,9 +1486,10 @@ SELECT
     NULL::bigint AS ready,
     NULL::bigint AS failed,
     NULL::bigint AS empty,
-    NULL::bigint AS pending_items;
+    NULL::bigint AS pending_items,
+    NULL::timestamp with time zone AS last_activity_at;
 ALTER TABLE els.stuck_batches OWNER TO els_owner;
-COMMENT ON VIEW els.stuck_batches IS 'Registered batches that are not complete, oldest first, with their slot counts. slots = 0 or pending_items > 0 means an older writer left the batch half-done: run els.reconcile_batch(batch_id).';
+COMMENT ON VIEW els.stuck_batches IS 'Registered batches that are not complete, oldest first, with their slot counts. slots = 0 or pending_items > 0 means an older writer left the batch half-done: run els.reconcile_batch(batch_id). last_activity_at: registration or the last slot filled or failed. To give up on the missing content: els.close_batch(batch_id) (or let the deadline, els.close_overdue_batches, do it).';
 CREATE FUNCTION els.stuck_batch_list(p_min_age interval DEFAULT '00:15:00'::interval, p_limit integer DEFAULT 100) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1118,7 +1505,8 @@ CREATE FUNCTION els.stuck_batch_list(p_min_age interval DEFAULT '00:15:00'::inte
              sb.ready,
              sb.failed,
              sb.empty,
-             sb.pending_items
+             sb.pending_items,
+             sb.last_activity_at
             FROM els.stuck_batches sb
            WHERE (sb.age >= stuck_batch_list.p_min_age)
           LIMIT stuck_batch_list.p_limit) b;
@@ -1147,6 +1535,8 @@ CREATE VIEW els.outbox_set_aside AS
   WHERE ((o.published_at IS NULL) AND (o.last_error IS NOT NULL));
 ALTER TABLE els.outbox_set_aside OWNER TO els_owner;
 COMMENT ON VIEW els.outbox_set_aside IS 'Unpublished outbox rows that Kafka refused at least once, with the reason and the next try.';
+ALTER TABLE ONLY els.batch_tombstone
+    ADD CONSTRAINT batch_tombstone_pkey PRIMARY KEY (batch_id);
 ALTER TABLE ONLY els.batch_tracker
     ADD CONSTRAINT batch_tracker_pkey PRIMARY KEY (batch_id);
 ALTER TABLE ONLY els.essay_content
@@ -1165,6 +1555,9 @@ ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_one_per_slot UNIQUE (essay_id);
 ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_pkey PRIMARY KEY (batch_id, file_upload_id);
+CREATE INDEX batch_tombstone_late_idx ON els.batch_tombstone USING btree (last_late_item_at) WHERE (last_late_item_at IS NOT NULL);
+CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker USING btree (completed_at, batch_id) WHERE (completed_at IS NOT NULL);
+CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker USING btree (registered_at, batch_id) WHERE (completed_at IS NULL);
 CREATE INDEX essay_content_pending_idx ON els.essay_content USING btree (batch_id, arrival_seq) WHERE (disposition = 'pending'::els.item_disposition);
 CREATE INDEX essay_slot_empty_idx ON els.essay_slot USING btree (batch_id, slot_no) WHERE (status = 'uploaded'::els.essay_status);
 CREATE UNIQUE INDEX essay_slot_text_storage_id_key ON els.essay_slot USING btree (batch_id, text_storage_id) WHERE (text_storage_id IS NOT NULL);
@@ -1187,7 +1580,8 @@ CREATE OR REPLACE VIEW els.stuck_batches AS
            FROM els.essay_content c
           WHERE ((c.batch_id = t.batch_id) AND (c.disposition = 'pending'::els.item_disposition))) + ( SELECT count(*) AS count
            FROM els.validation_failure f
-          WHERE ((f.batch_id = t.batch_id) AND (f.disposition = 'pending'::els.item_disposition)))) AS pending_items
+          WHERE ((f.batch_id = t.batch_id) AND (f.disposition = 'pending'::els.item_disposition)))) AS pending_items,
+    GREATEST(t.registered_at, max(s.filled_at)) AS last_activity_at
    FROM (els.batch_tracker t
      LEFT JOIN els.essay_slot s ON ((s.batch_id = t.batch_id)))
   WHERE (t.completed_at IS NULL)
@@ -1205,8 +1599,10 @@ ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_slot_fk FOREIGN KEY (essay_id) REFERENCES els.essay_slot(essay_id);
 GRANT USAGE ON SCHEMA els TO els_worker;
 GRANT USAGE ON SCHEMA els TO els_readonly;
-REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._emit_event_if_absent(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
@@ -1225,8 +1621,13 @@ REVOKE ALL ON FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) FRO
 REVOKE ALL ON FUNCTION els._text_array_field(p_payload jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._timestamp_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) FROM PUBLIC;
 GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
+REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_worker;
+GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_readonly;
+GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
 GRANT SELECT ON TABLE els.essay_content TO els_readonly;
 GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
@@ -1235,6 +1636,10 @@ REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_readonly;
 REVOKE ALL ON FUNCTION els.claim_outbox(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.claim_outbox(p_limit integer) TO els_worker;
+REVOKE ALL ON FUNCTION els.close_batch(batch_id text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.close_batch(batch_id text) TO els_worker;
+REVOKE ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) TO els_worker;
 REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) FROM PUBLIC;
@@ -1242,6 +1647,8 @@ GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_
 GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) TO els_readonly;
 REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.purge_history(older_than interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.purge_history(older_than interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.reconcile_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;

@@ -35,9 +35,11 @@ from els_worker.retry import Retry
 class SystemicFault(Exception):
     """An unexpected error struck every event of the micro-batch: nothing was applied."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, struck: int = 1, applied: int = 0) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.struck = struck  # events that failed with no event of their topic applied
+        self.applied = applied  # events of other topics that did apply (rolled back)
 
 
 class BatchProcessor:
@@ -153,7 +155,8 @@ class BatchProcessor:
             # poison only when events of the same topic apply where it fails.
             struck = [it for it in failing if it.topic not in applied_topics]
             if struck:
-                raise SystemicFault(struck[0].suspect or RuntimeError("unknown"))
+                raise SystemicFault(struck[0].suspect or RuntimeError("unknown"), len(struck),
+                                    len(live) - len(failing))
             pending = [it for it in failing if not self._give_up(it)]
             if pending:
                 retry.wait("unexpected", "unexpected error: retrying event(s)",

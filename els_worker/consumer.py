@@ -124,7 +124,8 @@ class ConsumerLoop:
                 try:
                     retry.wait("systemic", "unexpected error strikes every event of its topic: "
                                "holding the micro-batch, nothing dead-lettered", logging.ERROR,
-                               messages=len(items), **diag)
+                               messages=len(items), struck=fault.struck,
+                               applied_elsewhere=fault.applied, **diag)
                     room = self.cfg.batch_max_messages - len(items)
                     items.extend(decode_item(m) for m in self._consume(room, 0))
                 finally:

@@ -78,6 +78,7 @@ SELECT is(pg_temp.completion('done-p'),
             'class_type', 'REGULAR',
             'essays_for_processing', '[{"essay_id": "p-zulu", "text_storage_id": "text-3"},
                                        {"essay_id": "p-mike", "text_storage_id": "text-1"}]'::jsonb,
+            'completion_reason', 'all_slots_closed',
             'correlation_id', 'corr-registration',
             'timestamp', pg_temp.utc_now())),
     'provision: the completion envelope and data, exactly (ready essays in slot order, the registration''s correlation)');
@@ -178,6 +179,7 @@ SELECT is(pg_temp.completion('done-f') -> 'data',
           jsonb_build_object('batch_id', 'done-f', 'provisioned_count', 1, 'expected_count', 2,
                              'course_code', 'ENG5', 'user_id', 'teacher-f', 'class_type', 'GUEST',
                              'essays_for_processing', '[{"essay_id": "f-1", "text_storage_id": "ftext-1"}]'::jsonb,
+                             'completion_reason', 'all_slots_closed',
                              'correlation_id', 'corr-reg-f', 'timestamp', pg_temp.utc_now()),
           'failure: completion data counts only ready essays (GUEST, registration''s correlation)');
 SELECT is(pg_temp.completion('done-f') ->> 'correlation_id', 'corr-reg-f',
@@ -192,7 +194,8 @@ SELECT is(els.record_validation_failure(pg_temp.failure('done-allfail', 'af-bad'
           'all failed: the batch completes');
 SELECT is((pg_temp.completion('done-allfail') -> 'data') - 'correlation_id' - 'timestamp',
           '{"batch_id": "done-allfail", "provisioned_count": 0, "expected_count": 1, "course_code": "ENG5",
-            "user_id": "t", "class_type": "GUEST", "essays_for_processing": []}'::jsonb,
+            "user_id": "t", "class_type": "GUEST", "essays_for_processing": [],
+            "completion_reason": "all_slots_closed"}'::jsonb,
           'all failed: provisioned_count 0, essays_for_processing []');
 
 -- ===========================================================================
@@ -219,6 +222,7 @@ SELECT is((SELECT value -> 'events' FROM result WHERE name = 'r'), pg_temp.outbo
 SELECT is((pg_temp.completion('done-r') -> 'data') - 'timestamp',
           '{"batch_id": "done-r", "provisioned_count": 2, "expected_count": 3, "course_code": "ENG6",
             "user_id": "teacher-r", "class_type": "REGULAR", "correlation_id": "corr-reg-r",
+            "completion_reason": "all_slots_closed",
             "essays_for_processing": [{"essay_id": "r-3", "text_storage_id": "rtext-b"},
                                       {"essay_id": "r-2", "text_storage_id": "rtext-a"}]}'::jsonb,
           'register: completion data, ready essays in slot order');

@@ -7,7 +7,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(83);
+SELECT plan(97);
 
 -- Runs p_sql as p_role (then returns to the caller's role). Used inside
 -- throws_ok/lives_ok so that pgTAP itself keeps running as the test user.
@@ -28,8 +28,10 @@ SELECT results_eq(
              has_function_privilege('els_readonly', p.oid, 'EXECUTE')
         FROM pg_catalog.pg_proc AS p WHERE p.pronamespace = 'els'::regnamespace
        ORDER BY p.oid::regprocedure::text COLLATE "C"$$,
-    $$VALUES ('els._complete_if_done(text)', false, false),
+    $$VALUES ('els._close_locked_batch(text,boolean)', false, false),
+             ('els._complete_if_done(text,text)', false, false),
              ('els._create_slots(text,text[],boolean)', false, false),
+             ('els._emit_event_if_absent(jsonb)', false, false),
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
              ('els._envelope(uuid,text,text,jsonb,text)', false, false),
@@ -43,13 +45,18 @@ SELECT results_eq(
              ('els._text_array_field(jsonb,text)', false, false),
              ('els._text_field(jsonb,text,integer)', false, false),
              ('els._timestamp_field(jsonb,text)', false, false),
+             ('els._try_lock_batch(text)', false, false),
              ('els._unwrap_event(jsonb,text,text)', false, false),
+             ('els.batch_health(interval)', true, true),
              ('els.batch_report(text)', false, true),
              ('els.claim_outbox(integer)', true, false),
+             ('els.close_batch(text)', true, false),
+             ('els.close_overdue_batches(interval,integer)', true, false),
              ('els.mark_outbox_published(bigint[])', true, false),
              ('els.outbox_backlog()', true, true),
              ('els.output_topic(text)', true, true),
              ('els.provision_content(jsonb)', true, false),
+             ('els.purge_history(interval)', true, false),
              ('els.purge_outbox(interval)', false, false),
              ('els.reconcile_batch(text)', false, false),
              ('els.record_validation_failure(jsonb)', true, false),
@@ -92,6 +99,27 @@ SELECT function_privs_are('els', 'stuck_batch_list', ARRAY['interval', 'integer'
                           'els_readonly may execute els.stuck_batch_list');
 SELECT function_privs_are('els', '_emit_events', ARRAY['jsonb'], 'els_worker', ARRAY[]::text[],
                           'els_worker may not write outbox events directly (els._emit_events)');
+-- SPEC 8/10: the deadline and retention calls are the worker's (maintenance loop), not els_readonly's
+SELECT function_privs_are('els', f.name, f.args, 'els_worker', ARRAY['EXECUTE'],
+                          format('els_worker may execute els.%s (SPEC 10)', f.name))
+  FROM (VALUES ('close_overdue_batches', ARRAY['interval', 'integer']), ('close_batch', ARRAY['text']),
+               ('purge_history', ARRAY['interval'])) AS f(name, args);
+SELECT function_privs_are('els', f.name, f.args, 'els_readonly', ARRAY[]::text[],
+                          format('els_readonly may not execute els.%s (SPEC 8)', f.name))
+  FROM (VALUES ('close_overdue_batches', ARRAY['interval', 'integer']), ('close_batch', ARRAY['text']),
+               ('purge_history', ARRAY['interval'])) AS f(name, args);
+SELECT function_privs_are('els', 'batch_health', ARRAY['interval'], 'els_worker', ARRAY['EXECUTE'],
+                          'els_worker may execute els.batch_health (its gauges)');
+SELECT function_privs_are('els', 'batch_health', ARRAY['interval'], 'els_readonly', ARRAY['EXECUTE'],
+                          'els_readonly may execute els.batch_health (a report)');
+SELECT throws_ok($$SELECT pg_temp.as_role('els_readonly', 'SELECT els.close_batch(''x'')')$$, '42501', NULL,
+                 'els_readonly cannot close a batch');
+SELECT throws_ok($$SELECT pg_temp.as_role('els_readonly', 'SELECT els.purge_history(''1 day'')')$$, '42501', NULL,
+                 'els_readonly cannot purge history');
+SELECT lives_ok($$SELECT pg_temp.as_role('els_worker', $q$
+    SELECT els.close_overdue_batches(older_than => '1 day', max_batches => 10),
+           els.purge_history(older_than => '1 day'), els.batch_health(stuck_after => '1 hour')$q$)$$,
+    'els_worker can call the maintenance functions with named arguments (SECURITY DEFINER does the table work)');
 
 -- ===========================================================================
 -- PUBLIC: nothing in els
@@ -128,7 +156,7 @@ SELECT throws_ok($$SELECT pg_temp.as_role('els_test_nobody', 'SELECT els.stable_
 SELECT throws_ok(format($$SELECT pg_temp.as_role('els_worker', %L)$$, format('SELECT * FROM %s', t)), '42501', NULL,
                  format('els_worker cannot SELECT from %s', t))
   FROM unnest(ARRAY['els.batch_tracker', 'els.essay_slot', 'els.essay_content', 'els.validation_failure',
-                    'els.event_outbox', 'els.stuck_batches']) AS t;
+                    'els.event_outbox', 'els.stuck_batches', 'els.batch_tombstone']) AS t;
 SELECT throws_ok($$SELECT pg_temp.as_role('els_worker',
                      'INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id, correlation_id)
                       VALUES (''w'', 1, ARRAY[''w''], ''ENG5'', ''u'', ''c'')')$$, '42501', NULL,
@@ -180,7 +208,7 @@ SELECT is((SELECT count(*)::integer FROM els.event_outbox WHERE message_key = 'p
 SELECT lives_ok(format($$SELECT pg_temp.as_role('els_readonly', %L)$$, format('SELECT count(*) FROM %s', t)),
                 format('els_readonly can SELECT from %s', t))
   FROM unnest(ARRAY['els.batch_tracker', 'els.essay_slot', 'els.essay_content', 'els.validation_failure',
-                    'els.event_outbox', 'els.stuck_batches']) AS t;
+                    'els.event_outbox', 'els.stuck_batches', 'els.batch_tombstone']) AS t;
 SELECT lives_ok($$SELECT pg_temp.as_role('els_readonly',
                     'SELECT els.batch_report(''priv-w''), els.stuck_batch_list(), els.outbox_backlog()')$$,
                 'els_readonly can call batch_report, stuck_batch_list and outbox_backlog');
@@ -310,6 +338,11 @@ SELECT pg_temp.hostile_call('failure', $q$SELECT els.record_validation_failure('
     "original_file_name": "n", "validation_error_code": "EMPTY_CONTENT"}')$q$);
 SELECT pg_temp.hostile_call('stable_id', $q$SELECT to_jsonb(els.stable_event_id('BatchContentProvisioningCompleted', 'priv-evil'))$q$);
 SELECT pg_temp.hostile_call('backlog', $q$SELECT to_jsonb(b) FROM els.outbox_backlog() AS b$q$);
+-- the deadline and retention calls (SPEC 10), as the worker's maintenance loop makes them
+SELECT pg_temp.hostile_call('close', $q$SELECT els.close_batch(batch_id => 'priv-evil')$q$);
+SELECT pg_temp.hostile_call('overdue', $q$SELECT els.close_overdue_batches(older_than => '0 seconds', max_batches => 10)$q$);
+SELECT pg_temp.hostile_call('purge', $q$SELECT els.purge_history(older_than => '1 day')$q$);
+SELECT pg_temp.hostile_call('health', $q$SELECT els.batch_health(stuck_after => '1 hour')$q$);
 RESET ROLE;
 SET LOCAL ROLE els_readonly;
 SELECT pg_temp.hostile_call('report', $q$SELECT els.batch_report('priv-evil')$q$);
@@ -338,6 +371,11 @@ SELECT is((SELECT envelope ->> 'event_timestamp' FROM els.event_outbox
             WHERE message_key = 'priv-evil' AND event_type = 'BatchContentProvisioningCompleted'),
           to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
           'hostile search_path: timestamps come from pg_catalog.now/to_char');
+SELECT results_eq(
+    $$SELECT name, value ->> 'outcome', (value ? 'batches_closed' OR value ? 'batches_purged' OR value ? 'incomplete_batches')
+        FROM hostile WHERE name IN ('close', 'overdue', 'purge', 'health') ORDER BY name$$,
+    $$VALUES ('close', 'already_complete', false), ('health', NULL, true), ('overdue', NULL, true), ('purge', NULL, true)$$,
+    'hostile search_path: the deadline and retention calls behaved normally');
 SELECT is((SELECT value #>> '{}' FROM hostile WHERE name = 'stable_id'),
           els.stable_event_id('BatchContentProvisioningCompleted', 'priv-evil')::text,
           'hostile search_path: stable_event_id (not a definer, but a bound SQL body) gives the same id');

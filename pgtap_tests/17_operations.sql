@@ -43,17 +43,23 @@ SELECT is(els.batch_report('ops-report') - 'outbox',
     jsonb_build_object(
         'batch_id', 'ops-report',
         'registered', true,
+        'purged', false,
+        'tombstone', NULL,
+        'slots_timed_out', 0,
         'complete', true,
         'tracker', jsonb_build_object(
             'expected_count', 2, 'course_code', 'ENG6', 'user_id', 'teacher', 'org_id', 'org-1',
             'class_id', 'class-1', 'class_type', 'REGULAR', 'correlation_id', 'corr-ops-report',
-            'registered_at', pg_temp.ts(), 'completed_at', pg_temp.ts()),
+            'registered_at', pg_temp.ts(), 'completed_at', pg_temp.ts(),
+            'completion_reason', 'all_slots_closed'),
         'slot_counts', '{"ready_for_processing": 1, "content_ingestion_failed": 1}'::jsonb,
         'slots', jsonb_build_array(
             jsonb_build_object('slot_no', 1, 'essay_id', 'or-1', 'status', 'ready_for_processing',
-                               'text_storage_id', 'rep-t1', 'failed_file_upload_id', NULL, 'filled_at', pg_temp.ts()),
+                               'text_storage_id', 'rep-t1', 'failed_file_upload_id', NULL, 'failure_code', NULL,
+                               'filled_at', pg_temp.ts()),
             jsonb_build_object('slot_no', 2, 'essay_id', 'or-2', 'status', 'content_ingestion_failed',
-                               'text_storage_id', NULL, 'failed_file_upload_id', 'rep-f1', 'filled_at', pg_temp.ts())),
+                               'text_storage_id', NULL, 'failed_file_upload_id', 'rep-f1', 'failure_code', NULL,
+                               'filled_at', pg_temp.ts())),
         'pending_content', '[]'::jsonb,
         'excess_content', jsonb_build_array(
             jsonb_build_object('text_storage_id', 'rep-t2', 'file_upload_id', 'upload-rep-t2',
@@ -79,7 +85,8 @@ DO $setup$ BEGIN
 END $setup$;
 SELECT is(els.batch_report('ops-early'),
     jsonb_build_object(
-        'batch_id', 'ops-early', 'registered', false, 'complete', false, 'tracker', NULL,
+        'batch_id', 'ops-early', 'registered', false, 'purged', false, 'tombstone', NULL,
+        'slots_timed_out', 0, 'complete', false, 'tracker', NULL,
         'slot_counts', '{}'::jsonb, 'slots', '[]'::jsonb,
         'pending_content', jsonb_build_array(
             jsonb_build_object('text_storage_id', 'early-t1', 'file_upload_id', 'upload-early-t1',
@@ -92,7 +99,8 @@ SELECT is(els.batch_report('ops-early'),
         'outbox', '[]'::jsonb),
     'batch_report (not registered): no tracker, the pending content and failure');
 SELECT is(els.batch_report('ops-never-heard-of'),
-    '{"batch_id": "ops-never-heard-of", "registered": false, "complete": false, "tracker": null,
+    '{"batch_id": "ops-never-heard-of", "registered": false, "purged": false, "tombstone": null,
+      "slots_timed_out": 0, "complete": false, "tracker": null,
       "slot_counts": {}, "slots": [], "pending_content": [], "excess_content": [], "failures": [], "outbox": []}'::jsonb,
     'batch_report (unknown batch): an empty report, not an error');
 SELECT is(els.batch_report(NULL) ->> 'registered', 'false', 'batch_report(NULL): an empty report');

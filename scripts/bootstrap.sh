@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for the local development / CI stack.
 #
-#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check, Java 17, Maven,
+#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check + pg_cron, Java 17, Maven,
 #      Prometheus with promtool),
 #      installed with apt only when something is missing (and only as root;
 #      otherwise it prints what to install and fails).
@@ -28,6 +28,7 @@ missing=()
 [[ -x "$PGBIN/psql" ]] || missing+=("postgresql-client-${PGVER}")
 [[ -f "$PGEXT/pgtap.control" ]] || missing+=("postgresql-${PGVER}-pgtap")
 [[ -f "$PGEXT/plpgsql_check.control" ]] || missing+=("postgresql-${PGVER}-plpgsql-check")
+[[ -f "$PGEXT/pg_cron.control" ]] || missing+=("postgresql-${PGVER}-cron")
 command -v pg_prove >/dev/null 2>&1 || missing+=("libtap-parser-sourcehandler-pgtap-perl")
 command -v java >/dev/null 2>&1 || missing+=("openjdk-17-jre-headless")
 command -v mvn >/dev/null 2>&1 || missing+=("maven")

@@ -259,9 +259,21 @@ pg_prepare_dir() {
     fi
 }
 
+# pg_cron (postgresql-15-cron, installed by scripts/bootstrap.sh) is preloaded when
+# present, so that a DBA can schedule els.close_overdue_batches / els.purge_history
+# in the database (docs/operations.md); its jobs run in database els (the one
+# ELS_DATABASE_URL names), as background workers (no connection, no password).
+PG_CRON_LIB="/usr/lib/postgresql/${PGVER}/lib/pg_cron.so"
+pg_preload_libraries() {
+    if [[ -f "$PG_CRON_LIB" ]]; then
+        printf 'pg_cron'
+    fi
+}
+
 pg_write_conf() {
     local conf="$PGDATA/els_stack.conf"
-    local tmp
+    local tmp preload
+    preload="$(pg_preload_libraries)"
     tmp="$(mktemp)"
     cat >"$tmp" <<EOF
 # written by scripts/stack.sh on every start; edits are overwritten
@@ -274,8 +286,12 @@ shared_buffers = 128MB
 fsync = on
 synchronous_commit = on
 full_page_writes = on
-# auto_explain is loadable per session (LOAD 'auto_explain'); nothing preloaded
-shared_preload_libraries = ''
+# auto_explain is loadable per session (LOAD 'auto_explain'); pg_cron is preloaded
+# when installed (it must be: it starts a background worker)
+shared_preload_libraries = '$preload'
+cron.database_name = 'els'
+cron.use_background_workers = on
+max_worker_processes = 16
 max_locks_per_transaction = 128
 deadlock_timeout = 1s
 log_lock_waits = on
@@ -301,6 +317,7 @@ pg_up() {
     [[ -x "$PGBIN/pg_ctl" ]] || die "PostgreSQL $PGVER not installed: run scripts/bootstrap.sh"
     if pg_running; then
         log "postgres already running on 127.0.0.1:$PG_PORT"
+        pg_apply_conf
     else
         pg_prepare_dir
         if [[ ! -f "$PGDATA/PG_VERSION" ]]; then
@@ -339,6 +356,25 @@ pg_up() {
         log "creating database els"
         "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres \
             -d postgres -c 'CREATE DATABASE els'
+    fi
+}
+
+# A running cluster gets the current els_stack.conf too: reloaded, and restarted when
+# a setting needs it (e.g. a cluster started before pg_cron was preloaded).
+pg_apply_conf() {
+    local psql=("$PGBIN/psql" -X -qtA -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
+    "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -U postgres || return 0
+    pg_write_conf
+    "${psql[@]}" -c 'SELECT pg_reload_conf()' >/dev/null
+    sleep 0.2 # the postmaster rereads the files asynchronously
+    local pending
+    pending="$("${psql[@]}" -c "SELECT string_agg(name, ' ') FROM pg_settings WHERE pending_restart")"
+    if [[ -n "$pending" ]]; then
+        log "restarting postgres for: $pending"
+        if ! as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$PGLOG" -m fast -w -t 120 restart >/dev/null; then
+            tail -n 30 "$PGLOG" >&2 || true
+            die "postgres did not restart"
+        fi
     fi
 }
 

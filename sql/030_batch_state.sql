@@ -15,6 +15,17 @@ BEGIN ATOMIC
     SELECT pg_advisory_xact_lock(hashtextextended('els.batch:' || p_batch_id, 0));
 END;
 
+-- The same lock without waiting: true when taken (held to the end of the
+-- transaction), false when another transaction holds it. For callers that may
+-- skip a busy batch and come back to it later (els.purge_history), so that they
+-- never wait for an ingest call nor take part in a deadlock. Same key as above.
+CREATE OR REPLACE FUNCTION els._try_lock_batch(p_batch_id text)
+RETURNS boolean
+LANGUAGE sql VOLATILE
+BEGIN ATOMIC
+    SELECT pg_try_advisory_xact_lock(hashtextextended('els.batch:' || p_batch_id, 0));
+END;
+
 -- Creates a registered batch's slots, numbered by the order of essay_ids, in
 -- one set-based insert. p_some_exist: an older writer left some slots, so only
 -- the missing ones are inserted. An essay id owned by another batch violates
@@ -176,9 +187,12 @@ $fn$;
 -- yet: stamp it complete and emit its one BatchContentProvisioningCompleted.
 -- Returns whether the batch is complete after the call, and the event id when
 -- this call completed it. The completed_at stamp and the outbox's unique index
--- on completions make a second completion impossible.
+-- on completions make a second completion impossible. p_reason is the
+-- completion_reason (SPEC sections 5 and 10): all_slots_closed when the last
+-- item closed the last empty slot (every ingest path), deadline when
+-- els.close_batch / els.close_overdue_batches timed the empty slots out.
 CREATE OR REPLACE FUNCTION els._complete_if_done(
-    p_batch_id text, OUT complete boolean, OUT event_id uuid)
+    p_batch_id text, p_reason text DEFAULT 'all_slots_closed', OUT complete boolean, OUT event_id uuid)
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_tracker record;
@@ -212,7 +226,8 @@ BEGIN
         RETURN;
     END IF;
 
-    UPDATE els.batch_tracker AS t SET completed_at = now() WHERE t.batch_id = p_batch_id;
+    UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
+     WHERE t.batch_id = p_batch_id;
     SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
                                                  'text_storage_id', s.text_storage_id)
                               ORDER BY s.slot_no), '[]'::jsonb),
@@ -232,11 +247,12 @@ BEGIN
             'course_code', v_tracker.course_code,
             'user_id', v_tracker.user_id,
             'class_type', v_tracker.class_type,
-            'essays_for_processing', v_ready)))))[1];
+            'essays_for_processing', v_ready,
+            'completion_reason', p_reason)))))[1];
     complete := true;
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION els._lock_batch(text), els._create_slots(text, text[], boolean),
+REVOKE ALL ON FUNCTION els._lock_batch(text), els._try_lock_batch(text), els._create_slots(text, text[], boolean),
     els._reconcile(text),
-    els._complete_if_done(text) FROM PUBLIC;
+    els._complete_if_done(text, text) FROM PUBLIC;

@@ -7,6 +7,11 @@
 -- slots rolled back, retries failing forever on the tracker's key) cannot occur.
 -- A tracker found without its slots, or with only some (left by that older
 -- writer), is repaired: the missing slots are created now.
+--
+-- A batch purged by els.purge_history has no tracker any more but a tombstone
+-- with its registration identity (SPEC section 10): its redelivered registration
+-- is a duplicate (complete, nothing emitted), or ELC01 if the identity differs,
+-- so that it can never register, and complete, a second time.
 
 CREATE OR REPLACE FUNCTION els.register_batch(event jsonb)
 RETURNS jsonb
@@ -29,6 +34,7 @@ DECLARE
     v_data_correlation_id text;
     v_duplicate_id text;
     v_tracker els.batch_tracker;
+    v_tombstone els.batch_tombstone;
     v_outcome text;
     v_conflict_field text;
     v_slots_created integer;
@@ -103,6 +109,27 @@ BEGIN
         END IF;
         v_outcome := 'repaired';
     ELSE
+        SELECT * INTO v_tombstone FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id;
+        IF FOUND THEN
+            v_conflict_field := CASE
+                WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+                WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+                WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+                WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+                WHEN v_tombstone.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+            END;
+            IF v_conflict_field IS NOT NULL THEN
+                PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                    jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                       'batch_id', v_batch_id, 'purged', true));
+            END IF;
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tombstone.class_type, 'expected_count', v_tombstone.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', true, 'events', '[]'::jsonb);
+        END IF;
         INSERT INTO els.batch_tracker AS t (
             batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
             student_prompt_ref, metadata, correlation_id, registration_event_id)

@@ -3,6 +3,10 @@
 -- is registered, or is kept as excess when no slot is empty. Idempotent per
 -- (batch, text_storage_id): the content ledger has one row per text, so a
 -- redelivery is found with one primary-key probe and changes nothing.
+--
+-- Content for a batch purged by els.purge_history (a tombstone, no slots) is
+-- excess, as for any complete batch (SPEC section 10); the tombstone notes the
+-- late arrival so that the next purge deletes the row again.
 
 CREATE OR REPLACE FUNCTION els.provision_content(event jsonb)
 RETURNS jsonb
@@ -29,6 +33,8 @@ DECLARE
     v_complete boolean := false;
     v_completion_event uuid;
     v_completion record;
+    v_purged boolean := false;
+    v_late_event uuid;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
                                'essay.content.provisioned');
@@ -57,7 +63,8 @@ BEGIN
         RETURN jsonb_build_object(
             'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
             'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
+                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
             'events', '[]'::jsonb);
     END IF;
 
@@ -73,6 +80,14 @@ BEGIN
         WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
         ELSE 'pending'
     END;
+    -- No slot at all: not registered yet, or purged.
+    IF v_outcome = 'pending' THEN
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
+        v_purged := FOUND;
+        IF v_purged THEN
+            v_outcome := 'excess';
+        END IF;
+    END IF;
 
     INSERT INTO els.essay_content (
         batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
@@ -103,6 +118,17 @@ BEGIN
         IF v_completion_event IS NOT NULL THEN
             v_events := v_events || v_completion_event;
         END IF;
+    ELSIF v_purged THEN
+        -- the same text may have been announced as excess before the purge
+        v_late_event := els._emit_event_if_absent(jsonb_build_object(
+            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
+            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
+            'correlation_id', v_correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
+                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT')));
+        v_events := CASE WHEN v_late_event IS NULL THEN '{}'::uuid[] ELSE ARRAY[v_late_event] END;
+        v_complete := true;
     ELSIF v_outcome = 'excess' THEN
         v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
             'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,

@@ -3,6 +3,10 @@
 -- content_ingestion_failed), or waits as pending until the batch is
 -- registered, or is kept as excess when no slot is empty (no event: excess
 -- failures have no consumer). Idempotent per (batch, file_upload_id).
+--
+-- A failure for a batch purged by els.purge_history (a tombstone, no slots) is
+-- excess, as for any complete batch (SPEC section 10); the tombstone notes the
+-- late arrival so that the next purge deletes the row again.
 
 CREATE OR REPLACE FUNCTION els.record_validation_failure(event jsonb)
 RETURNS jsonb
@@ -28,6 +32,7 @@ DECLARE
     v_complete boolean := false;
     v_completion_event uuid;
     v_completion record;
+    v_purged boolean := false;
 BEGIN
     v_env := els._unwrap_event(event, 'huleedu.file.essay.validation.failed.v1',
                                'essay.validation.failed');
@@ -58,7 +63,8 @@ BEGIN
         RETURN jsonb_build_object(
             'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
             'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL),
+                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
+                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
             'events', '[]'::jsonb);
     END IF;
 
@@ -73,6 +79,14 @@ BEGIN
         WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
         ELSE 'pending'
     END;
+    -- No slot at all: not registered yet, or purged.
+    IF v_outcome = 'pending' THEN
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
+        v_purged := FOUND;
+        IF v_purged THEN
+            v_outcome := 'excess';
+        END IF;
+    END IF;
 
     INSERT INTO els.validation_failure (
         batch_id, file_upload_id, disposition, essay_id, original_file_name,
@@ -91,7 +105,9 @@ BEGIN
                filled_at = now()
          WHERE s.essay_id = v_essay_id;
     END IF;
-    IF v_outcome <> 'pending' THEN
+    IF v_purged THEN
+        v_complete := true;
+    ELSIF v_outcome <> 'pending' THEN
         v_completion := els._complete_if_done(v_batch_id);
         v_complete := v_completion.complete;
         v_completion_event := v_completion.event_id;

@@ -1,7 +1,9 @@
 -- Operations for DBAs (SPEC section 8): inspect one batch, list stuck batches,
 -- re-drive a batch. All are safe to call at any time: the report and the view
 -- only read, and reconcile_batch takes the same per-batch lock as the ingest
--- functions and is idempotent.
+-- functions and is idempotent. Closing a batch by its deadline and purging history
+-- (SPEC section 10) are in 090_deadlines.sql and 095_retention.sql; the report and
+-- the view show their traces (completion_reason, timed-out slots, tombstones).
 
 CREATE OR REPLACE VIEW els.stuck_batches AS
 SELECT t.batch_id,
@@ -17,7 +19,8 @@ SELECT t.batch_id,
        (SELECT count(*) FROM els.essay_content AS c
          WHERE c.batch_id = t.batch_id AND c.disposition = 'pending')
      + (SELECT count(*) FROM els.validation_failure AS f
-         WHERE f.batch_id = t.batch_id AND f.disposition = 'pending') AS pending_items
+         WHERE f.batch_id = t.batch_id AND f.disposition = 'pending') AS pending_items,
+       greatest(t.registered_at, max(s.filled_at)) AS last_activity_at
   FROM els.batch_tracker AS t
   LEFT JOIN els.essay_slot AS s ON s.batch_id = t.batch_id
  WHERE t.completed_at IS NULL
@@ -26,7 +29,9 @@ SELECT t.batch_id,
 COMMENT ON VIEW els.stuck_batches IS
     'Registered batches that are not complete, oldest first, with their slot counts. '
     'slots = 0 or pending_items > 0 means an older writer left the batch half-done: '
-    'run els.reconcile_batch(batch_id).';
+    'run els.reconcile_batch(batch_id). last_activity_at: registration or the last slot filled '
+    'or failed. To give up on the missing content: els.close_batch(batch_id) (or let the '
+    'deadline, els.close_overdue_batches, do it).';
 
 -- The stuck batches older than p_min_age as one JSON array, for the worker's
 -- /health/batches endpoint (the worker role cannot read the view itself).
@@ -51,20 +56,35 @@ SET search_path = pg_catalog, pg_temp
 BEGIN ATOMIC
     SELECT jsonb_build_object(
         'batch_id', p_batch_id,
-        'registered', t.batch_id IS NOT NULL,
-        'tracker', CASE WHEN t.batch_id IS NOT NULL THEN jsonb_build_object(
-            'expected_count', t.expected_count, 'course_code', t.course_code,
-            'user_id', t.user_id, 'org_id', t.org_id, 'class_id', t.class_id,
-            'class_type', t.class_type, 'correlation_id', t.correlation_id,
-            'registered_at', t.registered_at, 'completed_at', t.completed_at) END,
-        'complete', t.completed_at IS NOT NULL,
+        'registered', t.batch_id IS NOT NULL OR b.batch_id IS NOT NULL,
+        'purged', b.batch_id IS NOT NULL,
+        'tracker', CASE
+            WHEN t.batch_id IS NOT NULL THEN jsonb_build_object(
+                'expected_count', t.expected_count, 'course_code', t.course_code,
+                'user_id', t.user_id, 'org_id', t.org_id, 'class_id', t.class_id,
+                'class_type', t.class_type, 'correlation_id', t.correlation_id,
+                'registered_at', t.registered_at, 'completed_at', t.completed_at,
+                'completion_reason', t.completion_reason)
+            WHEN b.batch_id IS NOT NULL THEN jsonb_build_object(
+                'expected_count', b.expected_count, 'course_code', b.course_code,
+                'user_id', b.user_id, 'org_id', b.org_id, 'class_id', b.class_id,
+                'class_type', b.class_type, 'correlation_id', b.correlation_id,
+                'registered_at', b.registered_at, 'completed_at', b.completed_at,
+                'completion_reason', b.completion_reason) END,
+        'complete', t.completed_at IS NOT NULL OR b.batch_id IS NOT NULL,
+        'tombstone', CASE WHEN b.batch_id IS NOT NULL THEN jsonb_build_object(
+            'purged_at', b.purged_at, 'filled_count', b.filled_count, 'failed_count', b.failed_count,
+            'timed_out_count', b.timed_out_count, 'last_late_item_at', b.last_late_item_at) END,
         'slot_counts', (SELECT coalesce(jsonb_object_agg(x.status, x.n), '{}'::jsonb)
                           FROM (SELECT s.status, count(*) AS n FROM els.essay_slot AS s
                                  WHERE s.batch_id = p_batch_id GROUP BY s.status) AS x),
+        'slots_timed_out', (SELECT count(*) FROM els.essay_slot AS s
+                             WHERE s.batch_id = p_batch_id AND s.failure_code = 'CONTENT_TIMEOUT'),
         'slots', (SELECT coalesce(jsonb_agg(jsonb_build_object(
                       'slot_no', s.slot_no, 'essay_id', s.essay_id, 'status', s.status,
                       'text_storage_id', s.text_storage_id,
                       'failed_file_upload_id', s.failed_file_upload_id,
+                      'failure_code', s.failure_code,
                       'filled_at', s.filled_at) ORDER BY s.slot_no), '[]'::jsonb)
                     FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id),
         'pending_content', (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -93,11 +113,14 @@ BEGIN ATOMIC
                       ORDER BY o.id), '[]'::jsonb)
                     FROM els.event_outbox AS o WHERE o.message_key = p_batch_id))
       FROM (SELECT p_batch_id AS wanted) AS w
-      LEFT JOIN els.batch_tracker AS t ON t.batch_id = w.wanted;
+      LEFT JOIN els.batch_tracker AS t ON t.batch_id = w.wanted
+      LEFT JOIN els.batch_tombstone AS b ON b.batch_id = w.wanted;
 END;
 COMMENT ON FUNCTION els.batch_report(text) IS
-    'Everything known about one batch as one JSON document: tracker, slot counts, slots, '
-    'pending and excess content, failures, outbox rows and whether they were published.';
+    'Everything known about one batch as one JSON document: tracker (with completion_reason), '
+    'slot counts, timed-out slots, slots, pending and excess content, failures, outbox rows and '
+    'whether they were published. A purged batch: purged true, tracker and counts from its '
+    'tombstone, and only what arrived after the purge.';
 
 -- Re-drives a registered batch: recreates missing slots from the tracker (a
 -- tracker left without all its slots by an older writer; ELC02 if an essay id

@@ -1,9 +1,12 @@
-"""An independent model of SPEC section 1-3, in plain Python (no SQL).
+"""An independent model of SPEC sections 1-3 and 10, in plain Python (no SQL).
 
 Given the events of one batch in the exact order they were applied, it says what
 the final state must be: which slot holds what, what is pending, what is excess,
-whether the batch is complete. It shares no code with the PL/pgSQL functions:
-it is written from the SPEC's rules only.
+whether the batch is complete and why. A close (els.close_batch, SPEC section 10)
+may come at any point: it times out every empty slot of a registered, incomplete
+batch and completes it ('deadline'); before the registration the batch is unknown;
+after completion it is already complete. It shares no code with the PL/pgSQL
+functions: it is written from the SPEC's rules only.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 class BatchModel:
     batch_id: str
     essay_ids: list[str] | None = None
-    # slot index -> ("content", text_storage_id) | ("failure", file_upload_id) | None
-    slots: list[tuple[str, str] | None] = field(default_factory=list)
+    # slot index -> ("content", text_storage_id) | ("failure", file_upload_id)
+    #               | ("timeout", None) (closed by a deadline) | None (empty)
+    slots: list[tuple[str, str | None] | None] = field(default_factory=list)
     pending_content: list[str] = field(default_factory=list)
     pending_failures: list[str] = field(default_factory=list)
     excess_content: list[str] = field(default_factory=list)
@@ -25,6 +29,7 @@ class BatchModel:
     seen_content: set[str] = field(default_factory=set)
     seen_failures: set[str] = field(default_factory=set)
     completions: int = 0
+    completion_reason: str | None = None
 
     @property
     def registered(self) -> bool:
@@ -41,9 +46,10 @@ class BatchModel:
                 return True
         return False
 
-    def _maybe_complete(self, was_complete: bool) -> None:
+    def _maybe_complete(self, was_complete: bool, reason: str = "all_slots_closed") -> None:
         if not was_complete and self.complete:
             self.completions += 1
+            self.completion_reason = reason
 
     def register(self, essay_ids: list[str]) -> str:
         if self.registered:
@@ -89,17 +95,30 @@ class BatchModel:
         self.excess_failures.append(file_upload_id)
         return "excess"
 
+    def close(self) -> str:
+        """els.close_batch: 'unknown' (an error) before the registration."""
+        if not self.registered:
+            return "unknown"
+        if self.complete:
+            return "already_complete"
+        self.slots = [("timeout", None) if s is None else s for s in self.slots]
+        self._maybe_complete(False, "deadline")
+        return "closed"
+
     def apply(self, kind: str, key: Any) -> str:
         if kind == "register":
             return self.register(key)
         if kind == "content":
             return self.content(key)
+        if kind == "close":
+            return self.close()
         return self.failure(key)
 
     def summary(self) -> dict[str, Any]:
         """The same shape as tests.invariants.batch_state's summary."""
         filled = sum(1 for s in self.slots if s is not None and s[0] == "content")
-        failed = sum(1 for s in self.slots if s is not None and s[0] == "failure")
+        timed_out = sum(1 for s in self.slots if s is not None and s[0] == "timeout")
+        failed = sum(1 for s in self.slots if s is not None and s[0] == "failure") + timed_out
         return {
             "registered": self.registered,
             "slots": len(self.slots),
@@ -112,7 +131,10 @@ class BatchModel:
             "excess_failures": len(self.excess_failures),
             "complete": self.complete,
             "completion_events": self.completions,
+            "timed_out": timed_out,
+            "completion_reason": self.completion_reason,
+            "purged": False,
         }
 
-    def slot_contents(self) -> list[tuple[str, str] | None]:
+    def slot_contents(self) -> list[tuple[str, str | None] | None]:
         return list(self.slots)

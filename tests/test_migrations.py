@@ -12,11 +12,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
 
 import els_migrate
+from tests import events
+from tests.invariants import check_invariants
 
 # every migration of this release, in order (a new one must be added here on purpose)
-MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
+              "0004_deadlines_and_retention"]
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -36,6 +40,21 @@ def empty_db_url(db_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def other_empty_db_url(db_url: str) -> Iterator[str]:
+    """A second empty database, for comparing two ways of building a schema."""
+    admin = other_database(db_url, "postgres")
+    name = f"empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    try:
+        yield other_database(db_url, name)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
 
 
 def els_objects(url: str) -> list[tuple[str, str]]:
@@ -126,3 +145,77 @@ def test_function_files_are_loaded_whole(empty_db_url: str, tmp_path: Path) -> N
 def test_function_files_sort_in_dependency_order() -> None:
     names = [p.name for p in sorted((els_migrate.MIGRATIONS_DIR.parent / "sql").glob("*.sql"))]
     assert names and all(re.match(r"^\d{3}_[a-z_]+\.sql$", n) for n in names), names
+
+
+def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: str,
+                                                                 other_empty_db_url: str) -> None:
+    """0004 rolled back over real data (a batch closed by its deadline, a purged one):
+    the schema is exactly the previous release's (0001-0003 and its function files),
+    timed-out slots became recorded failures, and the previous functions still work."""
+    from yoyo import get_backend, read_migrations
+    from yoyo.migrations import MigrationList
+
+    els_migrate.apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        events.apply(conn, "register", events.registration("rb-closed", ["rbc-1", "rbc-2"]))
+        events.apply(conn, "content", events.content("rb-closed", "t1"))
+        conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)", {"b": "rb-closed"})
+        events.apply(conn, "register", events.registration("rb-purged", ["rbp-1"]))
+        conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)", {"b": "rb-purged"})
+        conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '2 days'"
+                     " WHERE batch_id = 'rb-purged'")
+        row = conn.execute("SELECT els.purge_history('1 day')").fetchone()
+        assert row is not None and row[0]["batches_purged"] == 1
+
+    backend = get_backend(els_migrate.yoyo_url(empty_db_url))
+    migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
+    with backend.lock():
+        backend.rollback_migrations(MigrationList(
+            [m for m in migrations if m.id == "0004_deadlines_and_retention"]))
+    assert els_migrate.applied_migrations(empty_db_url) == [
+        "0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
+
+    # the previous release, built from nothing: 0001-0003, then its own function files
+    other = get_backend(els_migrate.yoyo_url(other_empty_db_url))
+    with other.lock():
+        other.apply_migrations_only(MigrationList(
+            [m for m in migrations if m.id != "0004_deadlines_and_retention"]))
+    with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
+        conn.execute("SET ROLE els_owner")
+        for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
+            conn.execute(path.read_text(encoding="utf-8"))
+    assert els_migrate.dump_schema(empty_db_url) == els_migrate.dump_schema(other_empty_db_url)
+
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        slots = conn.execute(
+            "SELECT essay_id, status::text, failed_file_upload_id FROM els.essay_slot"
+            " WHERE batch_id = 'rb-closed' ORDER BY slot_no").fetchall()
+        assert slots == [("rbc-1", "ready_for_processing", None),
+                         ("rbc-2", "content_ingestion_failed", "els-timeout:rbc-2")]
+        failure = conn.execute(
+            "SELECT validation_error_code, validation_error_detail FROM els.validation_failure"
+            " WHERE file_upload_id = 'els-timeout:rbc-2'").fetchone()
+        assert failure == ("UNKNOWN_VALIDATION_ERROR", {"failure_code": "CONTENT_TIMEOUT"})
+        # the previous release's functions work on the rolled-back schema
+        registered = events.apply(conn, "register", events.registration("rb-new", ["rbn-1"]))
+        assert registered["outcome"] == "registered"
+        assigned = events.apply(conn, "content", events.content("rb-new", "t9"))
+        assert (assigned["outcome"], assigned["complete"]) == ("assigned", True)
+        report = conn.execute("SELECT els.batch_report('rb-closed')").fetchone()
+        assert report is not None and report[0]["complete"] is True
+    # and forward again, over the previous release's data: completion reasons backfilled,
+    # the timed-out slot that the rollback kept as a failure is a timed-out slot again
+    assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention"]
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
+                               " ORDER BY batch_id").fetchall()
+        assert reasons == [("rb-closed", "deadline"), ("rb-new", "all_slots_closed")]
+        closed_batch = check_invariants(conn, "rb-closed")
+        assert (closed_batch["failed"], closed_batch["timed_out"]) == (1, 1)
+        assert conn.execute("SELECT count(*) FROM els.validation_failure"
+                            " WHERE batch_id = 'rb-closed'").fetchone() == (0,)
+        # completed by the previous release: its completion event has no completion_reason
+        assert check_invariants(conn, "rb-new", outbox_partial=True)["complete"] is True
+        closed = conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)",
+                              {"b": "rb-new"}).fetchone()
+        assert closed is not None and closed[0]["outcome"] == "already_complete"

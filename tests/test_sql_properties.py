@@ -1,15 +1,21 @@
-"""Property-based test of SPEC rule 3: any interleaving, any duplicates.
+"""Property-based test of SPEC rule 3: any interleaving, any duplicates; and of
+SPEC section 10: a deadline close at any point of it.
 
 Hypothesis draws a batch (1..50 essays, GUEST or REGULAR) and an event set:
 content, validation failures, extra content beyond the slots, redeliveries of
-any event including the registration, all in a random order. The events go
-through the three SQL functions one by one; an independent Python model
-(tests/oracle.py) applies the same sequence. Every outcome, the final counts,
-which item sits in which slot, and the SPEC invariants must agree.
+any event including the registration, all in a random order, and in most
+examples one or two els.close_batch calls at random points of that order (before
+the registration: unknown batch, ELV03; after completion: already_complete). The
+events go through the SQL functions one by one; an independent Python model
+(tests/oracle.py) applies the same sequence. Every outcome, the final counts
+(timed-out slots included), which item sits in which slot, exactly one
+completion and its completion_reason, and the SPEC invariants must agree; items
+after a close are excess.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from typing import Any
@@ -35,7 +41,16 @@ def batch_streams(draw: st.DrawFn) -> dict[str, Any]:
     stream += [("content", f"text-{i}") for i in range(contents)]
     stream += [("failure", f"upload-{i}") for i in range(failures)]
     redelivered = draw(st.lists(st.sampled_from(stream), max_size=max(1, len(stream) // 3)))
-    order = draw(st.permutations(stream + redelivered))
+    order = list(draw(st.permutations(stream + redelivered)))
+    if draw(st.booleans()):  # the usual case: the registration comes first
+        order.remove(("register", None))
+        order.insert(0, ("register", None))
+    # closes at random points, and sometimes right after the first registration (so
+    # that every item arrives after the close)
+    for position in draw(st.lists(st.integers(min_value=0, max_value=len(order)), max_size=2)):
+        order.insert(position, ("close", None))
+    if draw(st.integers(min_value=0, max_value=3)) == 0:
+        order.insert(order.index(("register", None)) + 1, ("close", None))
     return {"essay_count": essay_count, "guest": guest, "order": order}
 
 
@@ -50,6 +65,23 @@ def test_any_order_matches_the_model(db_url: str, stream: dict[str, Any]) -> Non
 
     with psycopg.connect(db_url, autocommit=True) as conn:
         for kind, key in stream["order"]:
+            if kind == "close":
+                empty_before = model.summary()["empty"]
+                expected = model.apply(kind, key)
+                try:
+                    row = conn.execute("SELECT els.close_batch(batch_id => %(batch_id)s::text)",
+                                       {"batch_id": batch_id}).fetchone()
+                except psycopg.Error as exc:
+                    assert expected == "unknown", exc
+                    assert exc.sqlstate == "ELV03" and exc.diag.message_detail is not None
+                    assert json.loads(exc.diag.message_detail)["reason"] == "unknown_batch"
+                    continue
+                assert row is not None
+                closed = row[0]
+                assert closed["outcome"] == expected, (kind, closed)
+                assert closed["slots_timed_out"] == (empty_before if expected == "closed" else 0)
+                assert len(closed["events"]) == (1 if expected == "closed" else 0)
+                continue
             if kind == "register":
                 event = events.registration(batch_id, essay_ids, class_id=class_id)
                 expected = model.apply(kind, essay_ids)
@@ -69,12 +101,14 @@ def test_any_order_matches_the_model(db_url: str, stream: dict[str, Any]) -> Non
         assert summary == model.summary()
 
         slots = conn.execute(
-            "SELECT status::text, text_storage_id, failed_file_upload_id FROM els.essay_slot"
-            " WHERE batch_id = %(batch_id)s ORDER BY slot_no", {"batch_id": batch_id}).fetchall()
+            "SELECT status::text, text_storage_id, failed_file_upload_id, failure_code"
+            " FROM els.essay_slot WHERE batch_id = %(batch_id)s ORDER BY slot_no",
+            {"batch_id": batch_id}).fetchall()
         expected_slots = [
-            ("uploaded", None, None) if s is None
-            else ("ready_for_processing", s[1], None) if s[0] == "content"
-            else ("content_ingestion_failed", None, s[1])
+            ("uploaded", None, None, None) if s is None
+            else ("ready_for_processing", s[1], None, None) if s[0] == "content"
+            else ("content_ingestion_failed", None, None, "CONTENT_TIMEOUT") if s[0] == "timeout"
+            else ("content_ingestion_failed", None, s[1], None)
             for s in model.slot_contents()
         ]
         assert slots == expected_slots

@@ -1,0 +1,140 @@
+-- els.register_batch(event jsonb): BatchEssaysRegistered -> a tracker and one
+-- empty slot per essay id, then reconciliation of whatever content or failures
+-- arrived before the registration, then completion if nothing is left empty.
+--
+-- One call is one atomic step (SPEC section 3): the tracker and its slots are
+-- written in the same transaction, so the old failure mode (tracker committed,
+-- slots rolled back, retries failing forever on the tracker's key) cannot occur.
+-- A tracker found without its slots, or with only some (left by that older
+-- writer), is repaired: the missing slots are created now.
+
+CREATE OR REPLACE FUNCTION els.register_batch(event jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_expected numeric;
+    v_essay_ids text[];
+    v_course_code text;
+    v_user_id text;
+    v_org_id text;
+    v_class_id text;
+    v_prompt_ref jsonb;
+    v_metadata jsonb;
+    v_correlation_id text;
+    v_data_correlation_id text;
+    v_duplicate_id text;
+    v_tracker els.batch_tracker;
+    v_outcome text;
+    v_conflict_field text;
+    v_slots_created integer;
+    v_existing_slots bigint := 0;
+    v_reconciled record;
+    v_completion record;
+BEGIN
+    v_env := els._unwrap_event(event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
+    v_payload := v_env.payload;
+
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
+    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
+    v_course_code := els._enum_field(v_payload, 'course_code',
+        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
+    v_user_id := els._text_field(v_payload, 'user_id');
+    v_org_id := els._text_field(v_payload, 'org_id');
+    v_class_id := els._text_field(v_payload, 'class_id');
+    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
+    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
+
+    IF cardinality(v_essay_ids) <> v_expected THEN
+        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
+                               'expected_essay_count', v_expected,
+                               'essay_ids_count', cardinality(v_essay_ids)));
+    END IF;
+    SELECT u.id INTO v_duplicate_id
+      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
+     GROUP BY u.id HAVING count(*) > 1
+     ORDER BY min(u.ord) LIMIT 1;
+    IF FOUND THEN
+        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
+            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
+                               'essay_id', v_duplicate_id));
+    END IF;
+    IF v_expected > 10000 THEN
+        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
+                               'max', 10000, 'actual', v_expected));
+    END IF;
+
+    PERFORM els._lock_batch(v_batch_id);
+
+    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
+    IF FOUND THEN
+        v_conflict_field := CASE
+            WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+            WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+            WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+            WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+            WHEN v_tracker.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+        END;
+        IF v_conflict_field IS NOT NULL THEN
+            PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                   'batch_id', v_batch_id));
+        END IF;
+        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
+        IF v_existing_slots = v_tracker.expected_count THEN
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', v_tracker.completed_at IS NOT NULL, 'events', '[]'::jsonb);
+        END IF;
+        v_outcome := 'repaired';
+    ELSE
+        INSERT INTO els.batch_tracker AS t (
+            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
+            student_prompt_ref, metadata, correlation_id, registration_event_id)
+        VALUES (v_batch_id, v_expected::integer, v_essay_ids, v_course_code, v_user_id, v_org_id,
+                v_class_id, v_prompt_ref, v_metadata, v_correlation_id, v_env.source_event_id)
+        RETURNING t.* INTO v_tracker;
+        v_outcome := 'registered';
+    END IF;
+
+    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
+
+    v_reconciled := els._reconcile(v_batch_id);
+    v_completion := els._complete_if_done(v_batch_id);
+
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_outcome,
+        'class_type', v_tracker.class_type,
+        'expected_count', v_tracker.expected_count,
+        'slots_created', v_slots_created,
+        'content_assigned', v_reconciled.content_assigned,
+        'failures_applied', v_reconciled.failures_applied,
+        'excess', v_reconciled.excess,
+        'complete', v_completion.complete,
+        'events', to_jsonb(v_reconciled.event_ids
+                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
+                                   ELSE ARRAY[v_completion.event_id] END));
+END
+$fn$;
+
+COMMENT ON FUNCTION els.register_batch(jsonb) IS
+    'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. '
+    'Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
+REVOKE ALL ON FUNCTION els.register_batch(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION els.register_batch(jsonb) TO els_worker;
