@@ -9,7 +9,8 @@ dead-lettered); then
   missing label), and each dashboard query returns data;
 * the shipped alerts.yml, copied with `for:` shortened to 1s (and the worker's stuck
   threshold at 2 s), is loaded by a reload (POST /-/reload), and the stuck-batch and
-  dead-letter alerts become active (/api/v1/alerts).
+  dead-letter alerts become active (/api/v1/alerts), while the alerts about an
+  unhealthy worker, the database or maintenance stay silent for it.
 
 Needs the worker of the els_worker package (its metrics: els_worker/observability.py);
 a worker that lacks some of them fails here, naming every missing metric."""
@@ -58,6 +59,9 @@ METRICS_TIMEOUT_S = 60.0
 ALERTS_TIMEOUT_S = 60.0
 # the two alerts this test must see active, with the labels they must carry
 WANTED_ALERTS = {"ElsBatchesStuck": {}, "ElsDeadLettersRejected": {"sqlstate_class": "EL"}}
+# alerts that must stay silent for this healthy worker, even with for: 1s
+QUIET_ALERTS = {"ElsWorkerDown", "ElsWorkerUnhealthy", "ElsDatabaseDown", "ElsSystemicFault",
+                "ElsDeadLettersUnexpected", "ElsOutboxUnpublishable", "ElsMaintenanceFailing"}
 
 
 # ---------------------------------------------------------------- Prometheus API
@@ -320,6 +324,11 @@ def test_stuck_batch_and_dead_letter_alerts_become_active(
                            if r.get("msg") == "maintenance task failed"][-3:]
             raise AssertionError(f"{exc}\nthis test's alerts seen: {seen}\n"
                                  f"worker's maintenance failures: {maintenance}") from None
+        noisy = sorted({a["labels"]["alertname"] for a in prometheus.alerts()
+                        if a["labels"].get("els_live_test") == tag
+                        and a["labels"]["alertname"] in QUIET_ALERTS
+                        and a["labels"].get("instance") == scraped.instance})
+        assert not noisy, f"alerts active for a healthy worker: {noisy}"
         dead = found["ElsDeadLettersRejected"]
         assert dead["labels"]["instance"] == scraped.instance
         assert re.search(r"dlq-replay --dry-run", dead["annotations"]["runbook"])
