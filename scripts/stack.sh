@@ -756,10 +756,13 @@ prom_down() {
 # One JSON file per target (file_sd format), written atomically; Prometheus picks it
 # up within a second, running or not. `remove` empties the file (`[]`) rather than
 # deleting it: a deletion that coincides with a reload can leave the target scraped
-# (observed with 2.42); empty files are deleted by the next prom-up that starts it.
+# (observed with 2.42); emptied files are deleted a minute later (next prom-target
+# call) or by the next prom-up that starts Prometheus.
 prom_target() {
     local action="${1:-}" name="${2:-}" addr="${3:-}"
     mkdir -p "$PROMTARGETS"
+    # emptied a minute ago or more: Prometheus has dropped their targets, files can go
+    find "$PROMTARGETS" -maxdepth 1 -name '*.json' -size -8c -mmin +1 -delete 2>/dev/null || true
     case "$action" in
     add)
         [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "prom-target add NAME HOST:PORT: bad NAME '$name'"
