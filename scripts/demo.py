@@ -552,7 +552,16 @@ def main() -> int:
     say(f"  tail -f {LOG_FILE.relative_to(ROOT)}    # one JSON line per event")
     prom = os.environ.get("ELS_PROMETHEUS_URL")
     if prom:
-        say(f"{BOLD}Prometheus{RESET} {prom}  (scrapes this worker as target demo; "
+        up = "not scraped yet"
+        try:
+            q = urllib.parse.quote('up{worker="demo"}')
+            with urllib.request.urlopen(f"{prom}/api/v1/query?query={q}", timeout=5) as resp:
+                found = json.loads(resp.read())["data"]["result"]
+            if found:
+                up = "up" if found[0]["value"][1] == "1" else "down"
+        except (OSError, ValueError, KeyError):
+            up = "not answering"
+        say(f"{BOLD}Prometheus{RESET} {prom}  (this worker, target demo: {up}; "
             f"alerts: {prom}/alerts; docs/monitoring.md)")
         for expr in ('sum by (topic, outcome) (els_events_total{worker="demo"})',
                      'sum by (sqlstate) (els_dead_letters_total{worker="demo"})'):
