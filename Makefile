@@ -11,10 +11,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := scripts/stack.sh
 # Python paths that lint looks at; missing ones are skipped.
-LINT_PATHS := worker.py els_worker els_migrate.py tests bench chaos scripts/demo.py
+LINT_PATHS := worker.py els_worker els_migrate.py tests bench chaos scripts/demo.py monitoring
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
-        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos
+        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos \
+        dashboard prometheus
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -80,6 +81,15 @@ schema-snapshot: stack-up ## rewrite docs/schema.sql from a freshly migrated scr
 
 bench: stack-up ## benchmarks: register_batch vs COPY/INSERT, duplicates, throughput, end to end (docs/BENCHMARKS.md)
 	@$(PY) -m bench.run $(BENCH_ARGS)
+
+dashboard: bootstrap ## regenerate monitoring/grafana/dashboards/els.json (grafana-foundation-sdk)
+	@$(PY) monitoring/build_dashboard.py
+
+prometheus: stack-up ## print the local Prometheus URL, its targets and the firing alerts
+	@eval "$$($(STACK) env)"
+	echo "Prometheus: $$ELS_PROMETHEUS_URL   (targets: $$ELS_PROMETHEUS_URL/targets, alerts: $$ELS_PROMETHEUS_URL/alerts)"
+	$(STACK) prom-target list
+	curl -s "$$ELS_PROMETHEUS_URL/api/v1/alerts" | $(PY) -c 'import json, sys; a = json.load(sys.stdin)["data"]["alerts"]; [print(" ", x["state"], x["labels"]["alertname"], x["labels"].get("instance", "")) for x in a] or print("  no alert pending or firing")'
 
 chaos: bootstrap ## full chaos run on a private PostgreSQL + Kafka: kills, restarts, oracle check (docs/RELIABILITY.md)
 	@$(PY) -m chaos.run --profile full $(CHAOS_ARGS)

@@ -13,6 +13,7 @@ one session per partition, each in its own process, no Kafka and no relay.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -82,6 +83,8 @@ class RunResult:
     seconds: float  # worker start (or ceiling start) -> done
     steady_seconds: float = 0.0  # first outbox row written -> done
     cpu: dict[str, float] = field(default_factory=dict)
+    # per-event latency the workers logged (duration_ms; none with ELS_LOG_EVENTS=false)
+    latencies_ms: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -273,9 +276,26 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                 for logf in logs:
                     logf.close()
             _check_complete(watch, stream)
-        return RunResult(len(stream.messages), done_at - t0, done_at - first_row_at, cpu)
+        latencies = logged_latencies([Path(f.name) for f in logs])
+        return RunResult(len(stream.messages), done_at - t0, done_at - first_row_at, cpu,
+                         latencies)
     finally:
         _delete_topics(stack, prefix)
+
+
+def logged_latencies(paths: list[Path]) -> list[float]:
+    """``duration_ms`` of every "event applied" line of the workers' JSON logs."""
+    out: list[float] = []
+    for path in paths:
+        with open(path, "rb") as f:
+            for line in f:
+                if b'"duration_ms"' not in line or b'"event applied"' not in line:
+                    continue
+                try:
+                    out.append(float(json.loads(line)["duration_ms"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return out
 
 
 def _check_complete(conn: psycopg.Connection, stream: Stream) -> None:

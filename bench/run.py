@@ -1,7 +1,11 @@
 """`make bench`: every comparison side by side in one run, as ratios, median of repetitions.
 
     .venv/bin/python -m bench.run [--reps N] [--quick] [--skip-e2e] [--e2e-batches N]
-                                  [--markdown FILE]
+                                  [--markdown FILE] [--plots DIR | --no-plots]
+
+Also writes the raw results (DIR/bench_results.json) and PNG plots of them into DIR
+(default docs/; bench/plots.py: throughput per variant, latency distribution, register
+cost per essay vs batch size).
 
 Runs against the local stack of scripts/stack.sh (started if needed), or the one named
 by ELS_PG_ADMIN_URL + ELS_KAFKA_BOOTSTRAP. Creates and drops its own databases
@@ -11,6 +15,7 @@ by ELS_PG_ADMIN_URL + ELS_KAFKA_BOOTSTRAP. Creates and drops its own databases
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -19,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench import common, e2e, sql_bench
+from bench import common, e2e, plots, sql_bench
 from bench.common import fmt_time, median, spread, table
 
 
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller stream")
     ap.add_argument("--skip-e2e", action="store_true", help="SQL scenarios only")
     ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    ap.add_argument("--plots", type=Path, default=plots.DOCS,
+                    help="directory for bench_results.json and the PNG plots (default docs/)")
+    ap.add_argument("--no-plots", action="store_true", help="write no results file or plots")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.e2e_reps, args.e2e_batches = 3, 1, 910
@@ -63,13 +71,20 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = common.stack_from_env()
     out: list[str] = []
-    out.append(f"Machine: {machine(stack)}")
+    results: dict[str, object] = {
+        "machine": machine(stack),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "args": {"reps": args.reps, "e2e_reps": args.e2e_reps,
+                 "e2e_batches": args.e2e_batches, "quick": args.quick},
+    }
+    out.append(f"Machine: {results['machine']}")
     out.append(f"Background: every scenario starts from a fresh database cloned from a template "
                f"with {common.SEED_BATCHES} registered batches of {common.SEED_ESSAYS} essays.")
     common.build_template(stack, log)
     try:
         # ---- register_batch vs floor vs old way
         reg = sql_bench.bench_register(stack, [10, 100, 1000, 10000], args.reps, log)
+        results["register"] = [{"essays": r.n, "per_batch_s": r.per_batch} for r in reg]
         rows = []
         for r in reg:
             f, c, i = (median(r.per_batch[k]) for k in
@@ -139,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"e2e {v}: {res.rate:,.0f} events/s ({res.seconds:.1f}s; steady "
                         f"{res.steady_rate:,.0f}/s; cpu "
                         + ", ".join(f"{k} {x:.1f}s" for k, x in res.cpu.items()) + ")")
+            results["e2e_events"] = len(stream.messages)
+            results["e2e"] = {
+                v: {"rates": [r.rate for r in rs], "steady_rates": [r.steady_rate for r in rs],
+                    "latency_percentiles_ms": plots.latency_percentiles(
+                        [x for r in rs for x in r.latencies_ms])}
+                for v, rs in runs.items()}
             e2e_rate = {v: median([r.rate for r in rs]) for v, rs in runs.items()}
             steady = {v: median([r.steady_rate for r in rs]) for v, rs in runs.items()}
             events = len(stream.messages)
@@ -185,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report)
     if args.markdown:
         args.markdown.write_text(report + "\n", encoding="utf-8")
+    if not args.no_plots:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        (args.plots / plots.RESULTS_FILE.name).write_text(
+            json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        for path in plots.write_plots(results, args.plots):
+            log(f"plot {path}")
     return 0
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent installer for the local development / CI stack.
 #
-#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check + pg_cron, Java 17, Maven),
+#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check + pg_cron, Java 17, Maven,
+#      Prometheus with promtool),
 #      installed with apt only when something is missing (and only as root;
 #      otherwise it prints what to install and fails).
-#   2. A Python virtualenv in .venv with the project installed editable ('.[dev]').
+#   2. A Python virtualenv in .venv with the project installed editable ('.[dev,bench]').
 #      Skipped when the stamp (hash of pyproject.toml + python version) matches.
 #
 # Safe to run any number of times; a no-op run takes well under a second.
@@ -32,6 +33,9 @@ command -v pg_prove >/dev/null 2>&1 || missing+=("libtap-parser-sourcehandler-pg
 command -v java >/dev/null 2>&1 || missing+=("openjdk-17-jre-headless")
 command -v mvn >/dev/null 2>&1 || missing+=("maven")
 command -v make >/dev/null 2>&1 || missing+=("make")
+# local stack's Prometheus + promtool (alert rule tests); curl drives its HTTP API
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || missing+=("prometheus")
+command -v curl >/dev/null 2>&1 || missing+=("curl")
 "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
 
 if ((${#missing[@]})); then
@@ -71,7 +75,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating venv $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-log "installing project into venv: pip install -e '.[dev]'"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+log "installing project into venv: pip install -e '.[dev,bench]'"
+"$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,bench]'
 printf '%s\n' "$want" >"$STAMP"
 log "venv ready"

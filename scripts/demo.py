@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -428,6 +429,12 @@ def main() -> int:
         f"worker started: pid {pid}, http://127.0.0.1:{port}/metrics, "
         f"log {LOG_FILE.relative_to(ROOT)}"
     )
+    # the local stack's Prometheus scrapes it from now on (target "demo")
+    subprocess.run(
+        ["bash", str(ROOT / "scripts" / "stack.sh"), "prom-target", "add", "demo",
+         f"127.0.0.1:{port}"],
+        check=False,
+    )
 
     steps, stories = stream(run)
     say(f"\n{BOLD}-- sending {len(steps)} events --{RESET}")
@@ -543,6 +550,25 @@ def main() -> int:
     )
     say("  .venv/bin/python worker.py dlq-replay --dry-run")
     say(f"  tail -f {LOG_FILE.relative_to(ROOT)}    # one JSON line per event")
+    prom = os.environ.get("ELS_PROMETHEUS_URL")
+    if prom:
+        up = "not scraped yet"
+        try:
+            q = urllib.parse.quote('up{worker="demo"}')
+            with urllib.request.urlopen(f"{prom}/api/v1/query?query={q}", timeout=5) as resp:
+                found = json.loads(resp.read())["data"]["result"]
+            if found:
+                up = "up" if found[0]["value"][1] == "1" else "down"
+        except (OSError, ValueError, KeyError):
+            up = "not answering"
+        say(f"{BOLD}Prometheus{RESET} {prom}  (this worker, target demo: {up}; "
+            f"alerts: {prom}/alerts; docs/monitoring.md)")
+        for expr in ('sum by (topic, outcome) (els_events_total{worker="demo"})',
+                     'sum by (sqlstate) (els_dead_letters_total{worker="demo"})'):
+            say(f"  {expr}")
+            say(f"    {DIM}{prom}/graph?g0.expr={urllib.parse.quote(expr)}&g0.tab=1{RESET}")
+            say(f"    {DIM}curl -s {prom}/api/v1/query --data-urlencode "
+                f"'query={expr}'{RESET}")
     say(f"{BOLD}Stop:{RESET}")
     say(f"  kill {pid}        # the worker (SIGTERM: finishes, commits, leaves the group)")
     say("  make stack-down   # the demo worker (if still running), PostgreSQL and Kafka")

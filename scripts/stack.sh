@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Throwaway local stack for development and tests: a PostgreSQL 15 cluster and a
-# single-node Kafka 4 (KRaft, broker+controller in one JVM), both bound to 127.0.0.1
-# on ports picked once per checkout and persisted in .stack/ports.env.
+# Throwaway local stack for development and tests: a PostgreSQL 15 cluster, a
+# single-node Kafka 4 (KRaft, broker+controller in one JVM) and a Prometheus (Debian's
+# package) scraping the workers, all bound to 127.0.0.1 on ports picked once per
+# checkout and persisted in .stack/ports.env.
 #
 # Usage: scripts/stack.sh COMMAND
-#   up              start PostgreSQL and Kafka (idempotent; fast when already running)
-#   down            stop both; leaves no process behind
-#   status          print state; exit 0 only when both are up
+#   up              start PostgreSQL, Kafka and Prometheus (idempotent; fast when running)
+#   down            stop all three; leaves no process behind
+#   status          print state; exit 0 only when all three are up
 #   env             print `export ELS_...=...` lines (eval "$(scripts/stack.sh env)")
 #   pg-up | pg-down | pg-restart | pg-kill          PostgreSQL only
 #   kafka-up | kafka-down | kafka-restart | kafka-kill   Kafka only
 #   (pg-kill / kafka-kill send SIGKILL: for chaos tests; the next *-up recovers)
+#   prom-up | prom-down | prom-reload               Prometheus only (reload: POST /-/reload)
+#   prom-target add NAME HOST:PORT   scrape a worker's /metrics (file-based discovery:
+#                                    .stack/prometheus/targets/NAME.json, job els-worker)
+#   prom-target remove NAME | prom-target list
 #
 # State lives in .stack/ (git-ignored):
 #   .stack/ports.env             persisted ports
@@ -18,9 +23,14 @@
 #   .stack/kafka/libs            broker jars (from scripts/kafka/pom.xml via Maven)
 #   .stack/kafka/data            KRaft metadata + topic logs
 #   .stack/kafka/kafka.log       JVM stdout/stderr; broker logs: .stack/kafka/logs/*.log
+#   .stack/prometheus/prometheus.yml   generated on every prom-up (scrape and rule
+#                                evaluation every 1 s; rules: monitoring/alerts.yml and
+#                                .stack/prometheus/rules/*.yml); data: .stack/prometheus/data;
+#                                log: .stack/prometheus/prometheus.log
 #
-# Environment: ELS_PG_PORT, ELS_KAFKA_PORT, ELS_KAFKA_CONTROLLER_PORT override the
-# persisted ports on `up` (the Kafka controller port is fixed once storage is formatted).
+# Environment: ELS_PG_PORT, ELS_KAFKA_PORT, ELS_KAFKA_CONTROLLER_PORT, ELS_PROMETHEUS_PORT
+# override the persisted ports on `up` (the Kafka controller port is fixed once storage
+# is formatted).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,6 +49,14 @@ KPROPS="$KDIR/server.properties"
 KPID="$KDIR/kafka.pid"
 KOUT="$KDIR/kafka.log"
 VENV_PY="$ROOT/.venv/bin/python"
+PROMDIR="$STACK/prometheus"
+PROMCONF="$PROMDIR/prometheus.yml"
+PROMTARGETS="$PROMDIR/targets"
+PROMRULES="$PROMDIR/rules"
+PROMLOG="$PROMDIR/prometheus.log"
+PROMPID="$PROMDIR/prometheus.pid"
+PROMBIN="${ELS_PROMETHEUS_BIN:-/usr/bin/prometheus}"
+ALERTS="$ROOT/monitoring/alerts.yml"
 # ports already handed out to any checkout on this machine (avoid two clones colliding)
 PORT_REGISTRY="${TMPDIR:-/tmp}/els-stack-ports.txt"
 
@@ -132,13 +150,14 @@ register_port() {
 }
 
 load_ports() { # reads .stack/ports.env if present (no env overrides)
-    PG_PORT="" KAFKA_PORT="" KAFKA_CONTROLLER_PORT=""
+    PG_PORT="" KAFKA_PORT="" KAFKA_CONTROLLER_PORT="" PROM_PORT=""
     if [[ -f "$PORTS_FILE" ]]; then
         # shellcheck disable=SC1090
         source "$PORTS_FILE"
         PG_PORT="${ELS_PG_PORT_SAVED:-}"
         KAFKA_PORT="${ELS_KAFKA_PORT_SAVED:-}"
         KAFKA_CONTROLLER_PORT="${ELS_KAFKA_CONTROLLER_PORT_SAVED:-}"
+        PROM_PORT="${ELS_PROMETHEUS_PORT_SAVED:-}"
     fi
 }
 
@@ -155,6 +174,9 @@ ensure_ports() { # picks/persists ports, honouring ELS_*_PORT overrides
     if [[ -n "${ELS_KAFKA_CONTROLLER_PORT:-}" && "${ELS_KAFKA_CONTROLLER_PORT}" != "$KAFKA_CONTROLLER_PORT" ]]; then
         KAFKA_CONTROLLER_PORT="$ELS_KAFKA_CONTROLLER_PORT" changed=1
     fi
+    if [[ -n "${ELS_PROMETHEUS_PORT:-}" && "${ELS_PROMETHEUS_PORT}" != "$PROM_PORT" ]]; then
+        PROM_PORT="$ELS_PROMETHEUS_PORT" changed=1
+    fi
     if [[ -z "$PG_PORT" ]]; then
         PG_PORT="$(pick_port)" changed=1
         register_port "$PG_PORT"
@@ -167,14 +189,19 @@ ensure_ports() { # picks/persists ports, honouring ELS_*_PORT overrides
         KAFKA_CONTROLLER_PORT="$(pick_port "$PG_PORT" "$KAFKA_PORT")" changed=1
         register_port "$KAFKA_CONTROLLER_PORT"
     fi
+    if [[ -z "$PROM_PORT" ]]; then
+        PROM_PORT="$(pick_port "$PG_PORT" "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT")" changed=1
+        register_port "$PROM_PORT"
+    fi
     if ((changed)); then
         cat >"$PORTS_FILE" <<EOF
 # ports of this checkout's local stack (scripts/stack.sh); delete to re-pick
 ELS_PG_PORT_SAVED=$PG_PORT
 ELS_KAFKA_PORT_SAVED=$KAFKA_PORT
 ELS_KAFKA_CONTROLLER_PORT_SAVED=$KAFKA_CONTROLLER_PORT
+ELS_PROMETHEUS_PORT_SAVED=$PROM_PORT
 EOF
-        log "ports: postgres=$PG_PORT kafka=$KAFKA_PORT controller=$KAFKA_CONTROLLER_PORT"
+        log "ports: postgres=$PG_PORT kafka=$KAFKA_PORT controller=$KAFKA_CONTROLLER_PORT prometheus=$PROM_PORT"
     fi
 }
 
@@ -388,7 +415,7 @@ pg_kill() {
 kafka_pids() {
     local p cmd
     for p in /proc/[0-9]*; do
-        cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+        cmd="$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
         case "$cmd" in
         *java*kafka.Kafka\ "$KPROPS"*) printf '%s\n' "${p#/proc/}" ;;
         esac
@@ -527,6 +554,7 @@ kafka_up() {
 # no process of this checkout behind.
 demo_worker_down() {
     local pidfile="$STACK/worker.pid" pid
+    prom_target remove demo # its scrape target (scripts/demo.py added it)
     [[ -f "$pidfile" ]] || return 0
     pid="$(head -c 32 "$pidfile" | tr -dc '0-9')"
     if [[ -n "$pid" ]] && pid_alive "$pid" && grep -qa worker.py "/proc/$pid/cmdline"; then
@@ -587,6 +615,183 @@ kafka_restart() {
 }
 
 # ---------------------------------------------------------------------------
+# Prometheus (Debian's package): scrapes every worker registered as a target
+# ---------------------------------------------------------------------------
+# pids of Prometheus processes started from *this* checkout's config (exact path match)
+prom_pids() {
+    local p cmd
+    for p in /proc/[0-9]*; do
+        # { } 2>/dev/null: a process may exit between the glob and the read
+        cmd="$({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
+        case "$cmd" in
+        *prometheus\ --config.file="$PROMCONF"\ *) printf '%s\n' "${p#/proc/}" ;;
+        esac
+    done
+}
+
+prom_running() {
+    local p
+    for p in $(prom_pids); do
+        pid_alive "$p" && return 0
+    done
+    return 1
+}
+
+prom_url() { printf 'http://127.0.0.1:%s' "$PROM_PORT"; }
+
+# The config is generated from this checkout's paths: 1 s scrape and evaluation (a
+# local stack: alerts and tests react within seconds), the shipped rules plus any rule
+# file a test drops into .stack/prometheus/rules/, and file-based discovery of workers.
+prom_write_conf() {
+    mkdir -p "$PROMDIR/data" "$PROMTARGETS" "$PROMRULES"
+    cat >"$PROMCONF.tmp" <<EOF
+# written by scripts/stack.sh on every prom-up; edits are overwritten
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+  external_labels:
+    stack: local
+rule_files:
+  - $ALERTS
+  - $PROMRULES/*.yml
+scrape_configs:
+  - job_name: els-worker
+    metrics_path: /metrics
+    file_sd_configs:
+      - files: ["$PROMTARGETS/*.json"]
+        refresh_interval: 1s
+  - job_name: prometheus
+    static_configs:
+      - targets: ["127.0.0.1:$PROM_PORT"]
+EOF
+    if [[ -f "$PROMCONF" ]] && cmp -s "$PROMCONF.tmp" "$PROMCONF"; then
+        rm -f "$PROMCONF.tmp"
+        return 1 # unchanged
+    fi
+    mv "$PROMCONF.tmp" "$PROMCONF"
+    return 0
+}
+
+prom_wait_ready() { # prom_wait_ready TIMEOUT_SECONDS
+    local timeout="$1" i pid
+    for ((i = 0; i < timeout * 4; i++)); do
+        if curl -sf -o /dev/null --max-time 2 "$(prom_url)/-/ready"; then
+            return 0
+        fi
+        pid="$(cat "$PROMPID" 2>/dev/null || true)"
+        if [[ -n "$pid" ]] && ! pid_alive "$pid"; then
+            break
+        fi
+        sleep 0.25
+    done
+    tail -n 30 "$PROMLOG" >&2 || true
+    die "prometheus did not become ready on $(prom_url) (log: $PROMLOG)"
+}
+
+prom_reload() {
+    load_ports
+    prom_running || die "prometheus is not running: scripts/stack.sh prom-up"
+    curl -sf -o /dev/null --max-time 10 -X POST "$(prom_url)/-/reload" ||
+        die "prometheus refused the reload (see $PROMLOG; promtool check config $PROMCONF)"
+    log "prometheus reloaded"
+}
+
+prom_up() {
+    ensure_ports
+    [[ -x "$PROMBIN" ]] || die "prometheus not installed: run scripts/bootstrap.sh"
+    [[ -f "$ALERTS" ]] || die "missing $ALERTS"
+    local changed=0
+    prom_write_conf && changed=1
+    if command -v promtool >/dev/null 2>&1; then
+        promtool check config "$PROMCONF" >"$PROMDIR/check.log" 2>&1 ||
+            {
+                cat "$PROMDIR/check.log" >&2
+                die "promtool check config $PROMCONF failed"
+            }
+    fi
+    if prom_running; then
+        if ((changed)); then
+            prom_reload
+        fi
+        prom_wait_ready 30
+        log "prometheus already running on $(prom_url)"
+        return 0
+    fi
+    # targets removed earlier (emptied files): gone for good now that nothing runs
+    find "$PROMTARGETS" -maxdepth 1 -name '*.json' -size -8c -delete 2>/dev/null || true
+    log "starting prometheus on $(prom_url) (log: $PROMLOG)"
+    # setsid + nohup: outlives the calling shell / make process group
+    setsid nohup "$PROMBIN" --config.file="$PROMCONF" \
+        --storage.tsdb.path="$PROMDIR/data" --storage.tsdb.retention.time=2d \
+        --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle \
+        --log.level=info >>"$PROMLOG" 2>&1 </dev/null &
+    echo $! >"$PROMPID"
+    prom_wait_ready 60
+    log "prometheus ready"
+}
+
+prom_down() {
+    local pids
+    pids="$(prom_pids)"
+    if [[ -z "$pids" ]]; then
+        rm -f "$PROMPID"
+        return 0
+    fi
+    log "stopping prometheus (pid $(echo "$pids" | tr '\n' ' '))"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    # shellcheck disable=SC2086
+    if ! wait_pids_gone 30 $pids; then
+        log "prometheus did not stop within 30s: SIGKILL"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        # shellcheck disable=SC2086
+        wait_pids_gone 10 $pids || log "warning: prometheus process still present"
+    fi
+    rm -f "$PROMPID"
+}
+
+# prom-target add NAME HOST:PORT | remove NAME | list
+# One JSON file per target (file_sd format), written atomically; Prometheus picks it
+# up within a second, running or not. `remove` empties the file (`[]`) rather than
+# deleting it: a deletion that coincides with a reload can leave the target scraped
+# (observed with 2.42); emptied files are deleted a minute later (next prom-target
+# call) or by the next prom-up that starts Prometheus.
+prom_target() {
+    local action="${1:-}" name="${2:-}" addr="${3:-}"
+    mkdir -p "$PROMTARGETS"
+    # emptied a minute ago or more: Prometheus has dropped their targets, files can go
+    find "$PROMTARGETS" -maxdepth 1 -name '*.json' -size -8c -mmin +1 -delete 2>/dev/null || true
+    case "$action" in
+    add)
+        [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "prom-target add NAME HOST:PORT: bad NAME '$name'"
+        [[ "$addr" =~ ^[A-Za-z0-9_.-]+:[0-9]+$ ]] || die "prom-target add NAME HOST:PORT: bad address '$addr'"
+        printf '[{"targets": ["%s"], "labels": {"worker": "%s"}}]\n' "$addr" "$name" \
+            >"$PROMTARGETS/$name.json.tmp"
+        mv "$PROMTARGETS/$name.json.tmp" "$PROMTARGETS/$name.json"
+        log "prometheus target $name -> $addr"
+        ;;
+    remove)
+        [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "prom-target remove NAME: bad NAME '$name'"
+        if [[ -f "$PROMTARGETS/$name.json" ]]; then
+            printf '[]\n' >"$PROMTARGETS/$name.json.tmp"
+            mv "$PROMTARGETS/$name.json.tmp" "$PROMTARGETS/$name.json"
+        fi
+        ;;
+    list)
+        local f
+        for f in "$PROMTARGETS"/*.json; do
+            [[ -e "$f" ]] || continue
+            grep -q '"targets"' "$f" || continue
+            printf '%s %s\n' "$(basename "$f" .json)" "$(tr -d '\n' <"$f")"
+        done
+        ;;
+    *) die "usage: scripts/stack.sh prom-target add NAME HOST:PORT | remove NAME | list" ;;
+    esac
+}
+
+# ---------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------
 cmd_status() {
@@ -604,6 +809,14 @@ cmd_status() {
         echo "kafka:    stopped"
         rc=1
     fi
+    if [[ -n "$PROM_PORT" ]] && prom_running; then
+        local n
+        n="$(prom_target list | wc -l)"
+        echo "prometheus: running  $(prom_url)  pid=$(prom_pids | tr '\n' ' ') targets=$n"
+    else
+        echo "prometheus: stopped"
+        rc=1
+    fi
     return "$rc"
 }
 
@@ -614,6 +827,9 @@ export ELS_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/els
 export ELS_PG_ADMIN_URL=postgresql://postgres@127.0.0.1:$PG_PORT/postgres
 export ELS_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
 EOF
+    if [[ -n "$PROM_PORT" ]]; then
+        echo "export ELS_PROMETHEUS_URL=$(prom_url)"
+    fi
 }
 
 usage() {
@@ -627,10 +843,12 @@ main() {
     up)
         pg_up
         kafka_up
+        prom_up
         cmd_status
         ;;
     down)
         demo_worker_down
+        prom_down
         kafka_down
         pg_down
         log "stack stopped"
@@ -645,6 +863,13 @@ main() {
     kafka-down) kafka_down ;;
     kafka-restart) kafka_restart ;;
     kafka-kill) kafka_kill ;;
+    prom-up) prom_up ;;
+    prom-down) prom_down ;;
+    prom-reload) prom_reload ;;
+    prom-target)
+        shift
+        prom_target "$@"
+        ;;
     -h | --help | help) usage ;;
     *)
         usage >&2

@@ -4,8 +4,11 @@ one the code actually reads (and the README documents)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +194,102 @@ def test_migrations_run_as_a_separate_role_that_may_create_roles() -> None:
     assert grant and "CREATEROLE" in grant.group(1) and "IN ROLE els_owner" in grant.group(1)
     assert "SUPERUSER" not in grant.group(1)
     assert re.search(rf"ALTER DATABASE els OWNER TO {user};", _init_sql())
+
+
+# ---------------------------------------------------------------- monitoring services
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """container path -> host path of a service's bind mounts (short form)."""
+    out: dict[str, Path] = {}
+    for vol in service.get("volumes") or []:
+        parts = str(vol).split(":")
+        if len(parts) >= 2 and parts[0].startswith((".", "/")):
+            out[parts[1]] = ROOT / parts[0]
+    return out
+
+
+def _host_path(service: dict[str, Any], container_path: str) -> Path:
+    """Where a file the container reads at ``container_path`` comes from on the host."""
+    for target, source in sorted(_mounts(service).items(), key=lambda kv: -len(kv[0])):
+        if container_path == target:
+            return source
+        if container_path.startswith(target.rstrip("/") + "/"):
+            return source / container_path[len(target.rstrip("/")) + 1 :]
+    raise AssertionError(f"{container_path} is not mounted from the checkout")
+
+
+@pytest.mark.parametrize(
+    ("service", "image"), [("prometheus", "prom/prometheus:"), ("grafana", "grafana/grafana:")]
+)
+def test_monitoring_services_use_official_images(service: str, image: str) -> None:
+    svc = _services()[service]
+    assert str(svc.get("image", "")).startswith(image), svc.get("image")
+    mounts = _mounts(svc)
+    assert mounts, f"{service} mounts nothing from the checkout"
+    for target, source in mounts.items():
+        assert source.exists(), f"{service}: {target} comes from missing {source}"
+
+
+def test_compose_prometheus_scrapes_the_worker_with_the_shipped_rules() -> None:
+    services = _services()
+    prom = services["prometheus"]
+    cmd = _command(prom)
+    config_path = next(a.split("=", 1)[1] for a in cmd if a.startswith("--config.file="))
+    config = yaml.safe_load(_host_path(prom, config_path).read_text(encoding="utf-8"))
+    # every rule file it loads is mounted, and the shipped alerts are among them
+    rule_sources = [_host_path(prom, r).resolve() for r in config["rule_files"]]
+    assert (ROOT / "monitoring" / "alerts.yml").resolve() in rule_sources
+    # job els-worker (the alerts' job) scrapes the worker service on its metrics port
+    jobs = {j["job_name"]: j for j in config["scrape_configs"]}
+    targets = [t for sc in jobs["els-worker"]["static_configs"] for t in sc["targets"]]
+    port = _environment(services["worker"])["ELS_METRICS_PORT"]
+    assert f"worker:{port}" in targets, targets
+
+
+def test_compose_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    """promtool check config on the compose config, with the container's rule paths
+    pointed at the files compose mounts there."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not installed: run scripts/bootstrap.sh (as root)"
+    prom = _services()["prometheus"]
+    config_path = next(
+        a.split("=", 1)[1] for a in _command(prom) if a.startswith("--config.file=")
+    )
+    config = yaml.safe_load(_host_path(prom, config_path).read_text(encoding="utf-8"))
+    config["rule_files"] = [str(_host_path(prom, r)) for r in config["rule_files"]]
+    local = tmp_path / "prometheus.yml"
+    local.write_text(yaml.safe_dump(config), encoding="utf-8")
+    res = subprocess.run([promtool, "check", "config", str(local)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_compose_grafana_provisions_the_datasource_and_dashboard() -> None:
+    grafana = _services()["grafana"]
+    prov = _host_path(grafana, "/etc/grafana/provisioning")
+    datasources = [
+        ds
+        for f in sorted((prov / "datasources").glob("*.yml"))
+        for ds in yaml.safe_load(f.read_text(encoding="utf-8"))["datasources"]
+    ]
+    assert any(ds["url"] == "http://prometheus:9090" for ds in datasources), datasources
+    providers = [
+        p
+        for f in sorted((prov / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text(encoding="utf-8"))["providers"]
+    ]
+    assert providers, "no dashboard provider"
+    dashboards = [
+        d for p in providers for d in _host_path(grafana, p["options"]["path"]).glob("*.json")
+    ]
+    assert dashboards, "the provider's folder holds no dashboard"
+    # every panel queries a datasource that is provisioned
+    uids = {ds["uid"] for ds in datasources}
+    for path in dashboards:
+        for panel in json.loads(path.read_text(encoding="utf-8"))["panels"]:
+            for target in panel.get("targets", []):
+                assert target["datasource"]["uid"] in uids, (path.name, panel["title"])
+    home = _environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
+    if home:
+        assert _host_path(grafana, home).is_file(), home

@@ -33,7 +33,21 @@ from tests.conftest import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "worker.py"
+# the local stack's Prometheus discovers scrape targets here (scripts/stack.sh prom-target)
+PROM_TARGETS = ROOT / ".stack" / "prometheus" / "targets"
 T = TypeVar("T")
+
+
+def prometheus_target(name: str, address: str | None) -> None:
+    """Registers (``address`` "host:port") or removes (None) a scrape target of the
+    local stack's Prometheus, as ``scripts/stack.sh prom-target add|remove`` does; a
+    no-op when the stack has no Prometheus directory (e.g. an external stack)."""
+    if not PROM_TARGETS.is_dir():
+        return
+    body = [{"targets": [address], "labels": {"worker": name}}] if address else []
+    tmp = PROM_TARGETS / f"{name}.json.tmp"
+    tmp.write_text(json.dumps(body) + "\n", encoding="utf-8")
+    tmp.replace(PROM_TARGETS / f"{name}.json")
 
 
 def free_port() -> int:
@@ -72,6 +86,8 @@ class WorkerProcess:
         self.log_path = log_path
         self.port = int(env["ELS_METRICS_PORT"])
         self.proc: subprocess.Popen[bytes] | None = None
+        # scraped by the local stack's Prometheus while it runs (label worker=<name>)
+        self.target_name = f"test-{os.getpid()}-{self.port}"
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")
@@ -83,6 +99,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        prometheus_target(self.target_name, f"127.0.0.1:{self.port}")
         wait_until(self.healthy_or_dead, 60, "worker to start and get healthy", self.tail)
         assert self.proc.poll() is None, f"worker exited at start:\n{self.tail()}"
         return self
@@ -113,6 +130,7 @@ class WorkerProcess:
             self.proc.wait(10)
             raise AssertionError(f"worker did not stop within {timeout}s:\n{self.tail()}") from exc
         self._log.close()
+        prometheus_target(self.target_name, None)
         return rc
 
     def kill(self) -> None:
@@ -121,6 +139,7 @@ class WorkerProcess:
             self.proc.wait(10)
         if hasattr(self, "_log") and not self._log.closed:
             self._log.close()
+        prometheus_target(self.target_name, None)
 
     def tail(self, lines: int = 60) -> str:
         try:

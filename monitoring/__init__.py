@@ -1,0 +1,1 @@
+"""Monitoring of the worker: alert rules, the Grafana dashboard and its builder."""
