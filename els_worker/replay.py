@@ -88,7 +88,12 @@ def cmd_dlq_replay(cfg: Config, topics: list[str], sqlstates: list[str], dry_run
     consumer = kafka.consumer(cfg, f"{cfg.group_id}.dlq-replay", **{
         "auto.offset.reset": "earliest"})
     try:
-        ranges = _ranges(consumer, list(sources))
+        # A run killed mid-chunk left an open transaction, and the group's committed
+        # position stays "unstable" until it ends. Initialising a producer with the same
+        # transactional.id fences the dead run and aborts its transaction at once; a dry
+        # run does not fence, so it may wait for the transaction timeout instead.
+        producer = None if dry_run else _transactional_producer(cfg)
+        ranges = _ranges(consumer, list(sources), timeout=70 if dry_run else 30)
         if not ranges:
             print("nothing to replay in:", ", ".join(sources))
             return 0
@@ -96,7 +101,8 @@ def cmd_dlq_replay(cfg: Config, topics: list[str], sqlstates: list[str], dry_run
         letters = _letters(consumer, ranges, timeout)
         if dry_run:
             return _dry_run(cfg, letters, sources, sqlstates)
-        return _replay(cfg, consumer, letters, sources, sqlstates)
+        assert producer is not None
+        return _replay(producer, consumer, letters, sources, sqlstates)
     finally:
         consumer.close()
 
@@ -104,14 +110,15 @@ def cmd_dlq_replay(cfg: Config, topics: list[str], sqlstates: list[str], dry_run
 Range = tuple[int, int]
 
 
-def _ranges(consumer: Consumer, dlqs: list[str]) -> dict[tuple[str, int], Range]:
+def _ranges(consumer: Consumer, dlqs: list[str],
+            timeout: float) -> dict[tuple[str, int], Range]:
     """For each DLQ partition with letters past the group's position: [position, end at
     start). Letters appended later (the kept ones this run re-appends) wait for a next run."""
     metadata = consumer.list_topics(timeout=15)
     tps = [TopicPartition(t, p) for t in dlqs if t in metadata.topics
            for p in metadata.topics[t].partitions]
     ranges: dict[tuple[str, int], Range] = {}
-    for tp in consumer.committed(tps, timeout=15) if tps else []:
+    for tp in consumer.committed(tps, timeout=timeout) if tps else []:
         low, high = consumer.get_watermark_offsets(tp, timeout=15)
         start = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
         if start < high:
@@ -171,12 +178,16 @@ def _dry_run(cfg: Config, letters: Iterator[Message], sources: dict[str, str],
     return 0
 
 
-def _replay(cfg: Config, consumer: Consumer, letters: Iterator[Message],
-            sources: dict[str, str], sqlstates: list[str]) -> int:
+def _transactional_producer(cfg: Config) -> Producer:
     producer = kafka.producer(cfg, "els-dlq-replay", **{
         "transactional.id": f"{cfg.group_id}.dlq-replay",
         "linger.ms": 20})
-    producer.init_transactions(30)
+    producer.init_transactions(60)
+    return producer
+
+
+def _replay(producer: Producer, consumer: Consumer, letters: Iterator[Message],
+            sources: dict[str, str], sqlstates: list[str]) -> int:
     progress = Progress()
     try:
         chunk: list[tuple[Message, Plan]] = []

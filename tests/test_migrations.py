@@ -3,8 +3,11 @@ load function files whole (no statement splitting inside dollar quotes)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from psycopg import sql
 
 import els_migrate
 from tests import events
+from tests.conftest import ROOT
 from tests.invariants import check_invariants
 
 # every migration of this release, in order (a new one must be added here on purpose)
@@ -241,3 +245,60 @@ def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+# The last release before the current migrations (main before 0003/0004): a database
+# built by its code must upgrade to exactly what a fresh migrate builds.
+PREVIOUS_RELEASE = "36b7e15"
+
+
+def _previous_release(tmp_path: Path) -> Path:
+    out = tmp_path / "previous"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "els_migrate.py", "migrations",
+         "sql", "docs/schema.sql"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def test_upgrade_from_the_previous_release_equals_a_fresh_migrate(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    old = _previous_release(tmp_path)
+    subprocess.run(
+        [sys.executable, "-c",
+         "import els_migrate, sys; els_migrate.apply_migrations(sys.argv[1])", empty_db_url],
+        cwd=old, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(old)})
+    # the old release's own schema, and some of its data
+    assert els_migrate.dump_schema(empty_db_url) == (old / "docs/schema.sql").read_text("utf-8")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        events.apply(conn, "register", events.registration("up-1", ["up-e1", "up-e2"]))
+        events.apply(conn, "content", events.content("up-1", "up-t1"))
+    applied = els_migrate.apply_migrations(empty_db_url)
+    assert applied == [m for m in MIGRATIONS if m not in _migrations_of(old)]
+    assert els_migrate.dump_schema(empty_db_url) == els_migrate.SCHEMA_SNAPSHOT.read_text("utf-8")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        done = events.apply(conn, "content", events.content("up-1", "up-t2"))
+        assert done["outcome"] == "assigned" and done["complete"] is True
+        reason = conn.execute("SELECT completion_reason FROM els.batch_tracker"
+                              " WHERE batch_id = 'up-1'").fetchone()
+        assert reason == ("all_slots_closed",)
+
+
+def _migrations_of(release: Path) -> set[str]:
+    return {p.stem for p in (release / "migrations").glob("0*.py")}
+
+
+def test_a_function_removed_from_sql_is_dropped_by_the_next_migrate(empty_db_url: str) -> None:
+    els_migrate.apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute("SET ROLE els_owner")
+        # as if an older sql/ had defined it, and a later one renamed it away
+        conn.execute("CREATE FUNCTION els.renamed_away(p integer, q double precision)"
+                     " RETURNS integer LANGUAGE sql AS 'SELECT p'")
+        conn.execute("CREATE VIEW els.old_view AS SELECT 1 AS x")
+    assert els_migrate.apply_migrations(empty_db_url) == []
+    objects = dict((name, kind) for kind, name in els_objects(empty_db_url))
+    assert not [n for n in objects if "renamed_away" in n] and "old_view" not in objects
+    assert els_migrate.dump_schema(empty_db_url) == els_migrate.SCHEMA_SNAPSHOT.read_text("utf-8")
