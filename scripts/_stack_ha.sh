@@ -651,6 +651,38 @@ sys.exit(f"kafka cluster {bootstrap}: want {want} live brokers within {timeout:.
 EOF
 }
 
+ha_kafka_wait_node() { # ha_kafka_wait_node N present|absent TIMEOUT
+    # present: node N answers on its own listener and the cluster lists it as a live
+    # broker; absent: the cluster (asked through the other nodes) has fenced it
+    local n="$1" want="$2" timeout="$3" m others=""
+    for m in "${HA_KAFKA_NODES[@]}"; do
+        [[ "$m" != "$n" ]] && others+="${others:+,}127.0.0.1:$(ha_kafka_port "$m")"
+    done
+    "$VENV_PY" - "$n" "$want" "$timeout" "127.0.0.1:$(ha_kafka_port "$n")" "$others" <<'EOF' || die "kafka node $n not $want"
+import sys, time
+from confluent_kafka.admin import AdminClient
+n, want, timeout, own, others = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+conf = {"log_level": 0, "socket.connection.setup.timeout.ms": 2000}
+deadline = time.monotonic() + timeout
+last = None
+while time.monotonic() < deadline:
+    try:
+        if want == "present":
+            md = AdminClient({**conf, "bootstrap.servers": own}).list_topics(timeout=3)
+            if n in md.brokers and md.orig_broker_id == n:
+                sys.exit(0)
+        else:
+            md = AdminClient({**conf, "bootstrap.servers": others}).list_topics(timeout=3)
+            if n not in md.brokers:
+                sys.exit(0)
+        last = sorted(md.brokers)
+    except Exception as exc:  # noqa: BLE001
+        last = exc
+    time.sleep(0.5)
+sys.exit(f"kafka node {n} still not {want} after {timeout:.0f}s: {last}")
+EOF
+}
+
 ha_kafka_up() {
     ha_ensure_ports
     ensure_venv
@@ -720,6 +752,9 @@ cmd_kafka_kill_node() { # SIGKILL one broker
     local n
     n="$(ha_kafka_node_arg "${1:-}")"
     ha_kafka_stop "$n" KILL
+    # returns once the controller has fenced it (leaders moved), so that
+    # kafka-leader answers for the cluster without it
+    ha_kafka_wait_node "$n" absent 60
 }
 
 cmd_kafka_stop_node() {
@@ -727,6 +762,7 @@ cmd_kafka_stop_node() {
     local n
     n="$(ha_kafka_node_arg "${1:-}")"
     ha_kafka_stop "$n"
+    ha_kafka_wait_node "$n" absent 60
 }
 
 cmd_kafka_start_node() { # start one broker again and wait until the cluster has all three
@@ -735,7 +771,7 @@ cmd_kafka_start_node() { # start one broker again and wait until the cluster has
     n="$(ha_kafka_node_arg "${1:-}")"
     ha_kafka_write_props "$n"
     ha_kafka_start "$n"
-    ha_kafka_wait 120 3
+    ha_kafka_wait_node "$n" present 120
 }
 
 cmd_kafka_leader() { # TOPIC PARTITION -> node id of the partition's leader

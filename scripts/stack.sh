@@ -370,7 +370,7 @@ pg_kill() {
 kafka_pids() {
     local p cmd
     for p in /proc/[0-9]*; do
-        cmd="$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null)" || continue
+        cmd="$(tr '\0' ' ' 2>/dev/null <"$p/cmdline")" || continue
         case "$cmd" in
         *java*kafka.Kafka\ "$KPROPS"*) printf '%s\n' "${p#/proc/}" ;;
         esac
