@@ -34,7 +34,13 @@ pgautofailover.health_check_timeout = 1000
 pgautofailover.health_check_max_retries = 1
 pgautofailover.health_check_retry_delay = 500
 pgautofailover.node_considered_unhealthy_timeout = 4000
-pgautofailover.startup_grace_period = 5000"
+pgautofailover.startup_grace_period = 5000
+pgautofailover.primary_demote_timeout = 10000"
+# A primary's keeper that can reach neither the monitor nor its standby demotes its
+# postgres after this many seconds; the monitor waits primary_demote_timeout (10 s,
+# longer) before promoting when the old primary cannot confirm its demotion (its
+# keeper died with it): no moment with two writable primaries. Defaults: 20 s / 30 s.
+HA_KEEPER_PARTITION_TIMEOUT=5
 
 # ---------------------------------------------------------------------------
 # ports
@@ -377,6 +383,20 @@ ha_pg_create_node() { # ha_pg_create_node NODE (the first becomes primary, the n
     }
 }
 
+ha_pg_keeper_conf() { # ha_pg_keeper_conf NODE: our keeper settings in its pg_autoctl.cfg
+    local cur
+    cur="$(ha_autoctl config get --pgdata "$HAPG/$1" timeout.network_partition_timeout 2>/dev/null || true)"
+    if [[ "$cur" != "$HA_KEEPER_PARTITION_TIMEOUT" ]]; then
+        ha_autoctl config set --pgdata "$HAPG/$1" timeout.network_partition_timeout \
+            "$HA_KEEPER_PARTITION_TIMEOUT" >/dev/null
+        # a running keeper rereads its configuration on SIGHUP
+        local sup
+        sup="$(ha_pg_supervisor_pid "$1" | head -n1)"
+        [[ -n "$sup" ]] && kill -HUP "$sup" 2>/dev/null
+    fi
+    return 0
+}
+
 ha_pg_up() {
     ha_ensure_ports
     [[ -x "$PG_AUTOCTL" ]] || die "pg_autoctl not installed: run scripts/bootstrap.sh"
@@ -396,6 +416,7 @@ ha_pg_up() {
         if [[ ! -f "$HAPG/$node/PG_VERSION" ]]; then
             ha_pg_create_node "$node"
             ha_pg_write_conf "$node"
+            ha_pg_keeper_conf "$node"
             ha_pg_start "$node"
             # the next node clones this one: wait until it is primary (or single)
             if ((first)); then
@@ -404,6 +425,7 @@ ha_pg_up() {
             fi
         else
             ha_pg_write_conf "$node"
+            ha_pg_keeper_conf "$node"
             ha_pg_start "$node"
         fi
         first=0
@@ -466,20 +488,39 @@ cmd_pg_primary() { # prints "<node> 127.0.0.1:<port> <state>" of the writable pr
     echo "$line" | awk -F'|' '{print $1 " 127.0.0.1:" $2 " " $3}'
 }
 
-cmd_pg_kill_primary() { # SIGKILL the primary's postmaster; pg_auto_failover promotes the standby
+cmd_pg_kill_primary() { # [--postmaster-only]
+    # Default: the primary's node dies whole (SIGKILL to its pg_autoctl supervisor, its
+    # services and postgres), like a lost machine; the monitor promotes the standby.
+    # The node stays down until `pg-wait-healthy` (or `up`) starts its keeper again,
+    # which rewinds it and makes it the standby.
+    # --postmaster-only: SIGKILL the postmaster alone. The keeper, still alive, restarts
+    # it at once (crash recovery), usually before the monitor sees it gone: a local
+    # restart of the same primary, or a failover when the monitor is quicker.
     ha_require_ports
-    local node pid
+    local node pid only=0
+    [[ "${1:-}" == --postmaster-only ]] && only=1
     node="$(ha_pg_primary_name)"
     [[ -n "$node" ]] || die "no primary to kill"
     pid="$(ha_pg_postmaster_pid "$node")"
     [[ -n "$pid" ]] || die "$node has no running postmaster"
-    local children
-    children="$(pgrep -P "$pid" | tr '\n' ' ' || true)"
+    local victims
+    victims="$(
+        echo "$pid"
+        pgrep -P "$pid" || true
+        ((only)) || ha_pg_session_pids "$node"
+    )"
+    victims="$(echo "$victims" | sort -u | xargs)"
     printf '%s %s\n' "$node" "$(date +%s.%N)" >"$HA/last-kill"
-    kill -KILL "$pid"
-    log "SIGKILL postmaster $pid of primary $node"
+    if ((only)); then
+        kill -KILL "$pid"
+        log "SIGKILL postmaster $pid of primary $node"
+    else
+        # shellcheck disable=SC2086
+        kill -KILL $victims 2>/dev/null || true
+        log "SIGKILL primary $node: pg_autoctl and postgres (pids $victims)"
+    fi
     # shellcheck disable=SC2086
-    wait_pids_gone 30 "$pid" $children || log "warning: postgres processes of $node still present"
+    wait_pids_gone 30 $victims || log "warning: processes of $node still present"
     echo "$node"
 }
 
@@ -859,7 +900,7 @@ ha_main() {
     pg-up) ha_pg_up ;;
     pg-down) ha_pg_down ;;
     pg-primary) cmd_pg_primary ;;
-    pg-kill-primary) cmd_pg_kill_primary ;;
+    pg-kill-primary) cmd_pg_kill_primary "$@" ;;
     pg-wait-failover) cmd_pg_wait_failover "$@" ;;
     pg-wait-healthy) cmd_pg_wait_healthy "$@" ;;
     pg-state) ha_require_ports && ha_pg_states ;;

@@ -17,9 +17,12 @@
 # (a monitor and two keepers) and a three-node Kafka cluster, under .stack/ha/.
 # It has up, down, status, env, pg-up, pg-down, kafka-up, kafka-down and:
 #   pg-primary              print "<node> 127.0.0.1:<port> <state>" of the writable primary
-#   pg-kill-primary         SIGKILL the primary's postmaster (pg_auto_failover promotes)
+#   pg-kill-primary         SIGKILL the primary's node, keeper and postgres (a lost machine:
+#                           pg_auto_failover promotes the standby); --postmaster-only:
+#                           the postmaster alone (its keeper restarts it, rarely a failover)
 #   pg-wait-failover [S]    wait (S s, default 120) for the new primary; print its name
-#   pg-wait-healthy [S]     (re)start dead keepers, wait for primary + sync standby again
+#   pg-wait-healthy [S]     (re)start dead keepers (the killed node rejoins as standby),
+#                           wait for primary + synchronous standby again
 #   pg-state                the monitor's view: name|port|reported|assigned|health
 #   kafka-kill N            SIGKILL Kafka node N (1..3)
 #   kafka-stop N            stop Kafka node N cleanly
