@@ -93,3 +93,6 @@ bench: stack-up ## benchmarks: register_batch vs COPY/INSERT, duplicates, throug
 
 chaos: bootstrap ## full chaos run on a private PostgreSQL + Kafka: kills, restarts, oracle check (docs/RELIABILITY.md)
 	@$(PY) -m chaos.run --profile full $(CHAOS_ARGS)
+
+chaos-ha: bootstrap ## the chaos run on the HA topology: primary + broker SIGKILLs too (docs/HA.md)
+	@$(PY) -m chaos.run --profile ha $(CHAOS_ARGS)
