@@ -554,6 +554,41 @@ cmd_pg_wait_failover() { # [TIMEOUT]: waits for a new writable primary after pg-
     ha_pg_primary_name
 }
 
+ha_pg_stuck_node() { # a node that cannot rejoin: demoted/catchingup (or worse) next to a writable primary
+    ha_pg_states | awk -F'|' '
+        $3 == "primary" || $3 == "wait_primary" { prim = 1 }
+        $3 != "primary" && $3 != "wait_primary" && $3 != "secondary" { stuck = $1 }
+        END { if (prim && stuck != "") print stuck }'
+}
+
+ha_pg_reclone() { # ha_pg_reclone NODE: drop NODE from the formation and clone it afresh
+    # pg_autoctl 2.0 can hang rejoining an old primary that crashed: its "crash recovery
+    # before pg_rewind" runs postgres as a standby of the new timeline and waits for WAL
+    # that never comes. Rebuilding the node with pg_auto_failover's own commands (drop
+    # node, create postgres = pg_basebackup from the primary) is the operator's way out.
+    local node="$1"
+    log "$node cannot rejoin (state $(ha_node_state "$node")): dropping and re-cloning it"
+    local pids
+    pids="$(
+        ha_pg_session_pids "$node"
+        ha_pg_postmaster_pid "$node"
+    )"
+    pids="$(echo "$pids" | sort -u | xargs)"
+    if [[ -n "$pids" ]]; then # a hung keeper ignores SIGTERM: its data is thrown away anyway
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        # shellcheck disable=SC2086
+        wait_pids_gone 30 $pids || true
+    fi
+    ha_autoctl drop node --monitor "$(ha_monitor_uri)" --formation default --name "$node" \
+        --force >>"$HAPG/$node.log" 2>&1 </dev/null || log "warning: drop node $node failed"
+    as_pg rm -rf "$HAPG/$node" "$HAPG/xdg/config/pg_autoctl$HAPG/$node" "$HAPG/xdg/data/pg_autoctl$HAPG/$node"
+    ha_pg_create_node "$node"
+    ha_pg_write_conf "$node"
+    ha_pg_keeper_conf "$node"
+    ha_pg_start "$node"
+}
+
 cmd_pg_wait_healthy() { # [TIMEOUT]: waits until primary + synchronous secondary again
     ha_require_ports
     local timeout="${1:-180}"
@@ -562,10 +597,20 @@ cmd_pg_wait_healthy() { # [TIMEOUT]: waits until primary + synchronous secondary
     for node in monitor "${HA_PG_NODES[@]}"; do
         [[ -f "$HAPG/$node/PG_VERSION" ]] && ha_pg_start "$node"
     done
-    ha_wait_for "$timeout" healthy ha_pg_healthy || {
-        ha_pg_states >&2 || true
-        die "formation not back to primary + synchronous secondary within ${timeout}s"
-    }
+    # a node still not back after HA_REJOIN_PATIENCE seconds is re-cloned (once)
+    local patience="${HA_REJOIN_PATIENCE:-30}"
+    ((patience < timeout)) || patience="$timeout"
+    if ! ha_wait_for "$patience" healthy ha_pg_healthy; then
+        local stuck
+        stuck="$(ha_pg_stuck_node)"
+        if [[ -n "$stuck" ]]; then
+            ha_pg_reclone "$stuck"
+        fi
+        ha_wait_for "$((timeout - patience + 60))" healthy ha_pg_healthy || {
+            ha_pg_states >&2 || true
+            die "formation not back to primary + synchronous secondary within ${timeout}s"
+        }
+    fi
     ha_pg_states | awk -F'|' '{print $1 " 127.0.0.1:" $2 " " $3}'
 }
 
