@@ -15,7 +15,7 @@ LINT_PATHS := worker.py els_worker els_migrate.py tests bench chaos scripts/demo
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
         lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos \
-        dashboard prometheus
+        dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -33,6 +33,15 @@ bootstrap: ## install missing system packages (as root) and the .venv
 
 stack-up: bootstrap ## start PostgreSQL + Kafka (idempotent)
 	@$(STACK) up
+
+stack-up-ha: bootstrap ## start the HA topology: pg_auto_failover primary + sync standby, 3 Kafka nodes (docs/HA.md)
+	@$(STACK) --ha up
+
+stack-down-ha: ## stop the HA topology
+	@$(STACK) --ha down
+
+test-ha: bootstrap stack-up-ha ## the HA tests (PostgreSQL failover, broker loss) on the HA topology
+	@ELS_STACK_TOPOLOGY=ha $(VENV)/bin/pytest -m ha tests/test_ha_stack.py $(PYTEST_ARGS)
 
 stack-down: ## stop the demo worker, PostgreSQL + Kafka; leave no process behind
 	@$(STACK) down
@@ -93,3 +102,6 @@ prometheus: stack-up ## print the local Prometheus URL, its targets and the firi
 
 chaos: bootstrap ## full chaos run on a private PostgreSQL + Kafka: kills, restarts, oracle check (docs/RELIABILITY.md)
 	@$(PY) -m chaos.run --profile full $(CHAOS_ARGS)
+
+chaos-ha: bootstrap ## the chaos run on the HA topology: primary + broker SIGKILLs too (docs/HA.md)
+	@$(PY) -m chaos.run --profile ha $(CHAOS_ARGS)

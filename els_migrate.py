@@ -36,8 +36,27 @@ def yoyo_url(dsn: str) -> str:
     return dsn
 
 
+def primary_dsn(dsn: str) -> str:
+    """The single-host URL of the server a multi-host URL reaches.
+
+    A multi-host libpq URL (``postgresql://u@h1:p1,h2:p2/els?target_session_attrs=read-write``,
+    the HA topology of docs/HA.md) is resolved by connecting with libpq, which picks the
+    writable primary; migrations then run against that server alone (yoyo parses the
+    URL itself and takes one host). A single-host URL is returned unchanged."""
+    parts = urlsplit(dsn)
+    if "," not in parts.netloc:
+        return dsn
+    with psycopg.connect(dsn, connect_timeout=30) as conn:
+        host, port = conn.info.host, conn.info.port
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    query = "&".join(q for q in parts.query.split("&")
+                     if q and not q.startswith("target_session_attrs="))
+    return urlunsplit(parts._replace(netloc=f"{user}{host}:{port}", query=query))
+
+
 def apply_migrations(dsn: str) -> list[str]:
     """Apply pending migrations, then reload sql/. Returns the ids applied."""
+    dsn = primary_dsn(dsn)
     backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with backend.lock():
@@ -52,6 +71,7 @@ def apply_migrations(dsn: str) -> list[str]:
 
 def rollback_migrations(dsn: str) -> list[str]:
     """Roll back every applied migration (newest first). Returns the ids."""
+    dsn = primary_dsn(dsn)
     backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(MIGRATIONS_DIR))
     with backend.lock():
@@ -61,6 +81,7 @@ def rollback_migrations(dsn: str) -> list[str]:
 
 
 def applied_migrations(dsn: str) -> list[str]:
+    dsn = primary_dsn(dsn)
     backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(MIGRATIONS_DIR))
     return [m.id for m in migrations if backend.is_applied(m)]

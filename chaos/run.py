@@ -30,6 +30,15 @@ the message again when it is redelivered. "Exactly once in the DLQ" therefore
 means: the set of distinct sources in the DLQ equals the set of malformed
 messages, every copy carries the expected SQLSTATE; extra copies are reported.
 
+The HA variant (``--profile ha``, ``make chaos-ha``; docs/HA.md) runs the same stream on
+the production topology (``scripts/stack.sh --ha``: PostgreSQL primary + synchronous
+standby under pg_auto_failover, three Kafka nodes, topics with replication factor 3) and
+replaces the restarts by: SIGKILLs of the PostgreSQL primary's node (the monitor
+promotes the standby; the old primary is started again and rejoins as the standby) and
+SIGKILLs of the broker leading the most input partitions (one of them struck during an
+outbox relay round; the broker is started again). It reports, per kill, the time to the
+first event applied afterwards and to the first output event published afterwards.
+
 The short variant (``--profile short``, used by tests/test_chaos_short.py) uses a
 private PostgreSQL, the shared Kafka, fewer events, a few kills and one
 PostgreSQL restart.
@@ -54,6 +63,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
@@ -97,6 +107,9 @@ class ChaosConfig:
     kills: int = 22
     pg_restarts: int = 2
     kafka_restarts: int = 1
+    topology: str = "single"  # single | ha (scripts/stack.sh --ha, docs/HA.md)
+    pg_failovers: int = 0  # ha: SIGKILLs of the PostgreSQL primary's node
+    broker_kills: int = 0  # ha: SIGKILLs of the broker leading the most input partitions
     produce_seconds: float = 150.0
     chaos_start: float = 6.0  # first action at the earliest this long after the stream starts
     chaos_tail: float = 10.0  # actions may happen until this long after the stream ends
@@ -124,6 +137,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "short": {"name": "short", "batches": 40, "malformed": 130, "kills": 3, "pg_restarts": 1,
               "kafka_restarts": 0, "produce_seconds": 25.0, "chaos_start": 4.0,
               "chaos_tail": 5.0, "kafka": "shared", "quiesce_timeout": 240.0},
+    "ha": {"name": "ha", "topology": "ha", "pg_restarts": 0, "kafka_restarts": 0,
+           "pg_failovers": 2, "broker_kills": 2},
 }
 
 
@@ -142,7 +157,8 @@ class PrivateStack:
     not meet); the Kafka jars and the venv are shared by links. ``remove()`` deletes
     it after the run."""
 
-    def __init__(self, name: str, log_path: Path) -> None:
+    def __init__(self, name: str, log_path: Path, topology: str = "single") -> None:
+        self.topology = topology
         self.root = ROOT / ".stack" / f"chaos-{name}"
         self.script = self.root / "scripts" / "stack.sh"
         self.log_path = log_path
@@ -163,20 +179,32 @@ class PrivateStack:
             shutil.copy(ROOT / ".stack" / "kafka" / "libs.stamp", mine / "libs.stamp")
 
     def remove(self) -> None:
-        pg = self.root / ".stack" / "pg"
-        if pg.is_symlink():  # stack.sh put the cluster elsewhere (see pg_prepare_dir)
-            shutil.rmtree(pg.resolve(), ignore_errors=True)
+        for pg in (self.root / ".stack" / "pg", self.root / ".stack" / "ha" / "pg"):
+            if pg.is_symlink():  # stack.sh put the cluster elsewhere (see pg_prepare_dir)
+                shutil.rmtree(pg.resolve(), ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def argv(self, command: str) -> list[str]:
+        return [str(self.script), *(["--ha"] if self.topology == "ha" else []),
+                *command.split()]
 
     def run(self, command: str) -> None:
         with self.log_path.open("a") as out:
             out.write(f"--- {datetime.now(UTC).isoformat()} stack.sh {command}\n")
             out.flush()
-            subprocess.run([str(self.script), command], check=True, stdout=out, stderr=out,
+            subprocess.run(self.argv(command), check=True, stdout=out, stderr=out,
                            stdin=subprocess.DEVNULL)
 
+    def output(self, command: str) -> str:
+        """stdout of a stack.sh command (its log lines go to the stack log)."""
+        with self.log_path.open("a") as err:
+            err.write(f"--- {datetime.now(UTC).isoformat()} stack.sh {command}\n")
+            err.flush()
+            return subprocess.run(self.argv(command), check=True, stdout=subprocess.PIPE,
+                                  stderr=err, text=True, stdin=subprocess.DEVNULL).stdout.strip()
+
     def env(self) -> dict[str, str]:
-        out = subprocess.run([str(self.script), "env"], check=True, capture_output=True,
+        out = subprocess.run(self.argv("env"), check=True, capture_output=True,
                              text=True).stdout
         env: dict[str, str] = {}
         for line in out.splitlines():
@@ -279,8 +307,10 @@ def pg_client_ports(pid: int, pg_port: int) -> list[int]:
 @dataclass
 class Action:
     at: float
-    kind: str  # kill | pg-restart | pg-crash | kafka-restart
+    kind: str  # kill | pg-restart | pg-crash | kafka-restart | pg-failover | broker-kill
     done_at: float | None = None
+    struck_at: float | None = None  # wall clock (time.time()) of the blow, for recovery times
+    recovery: dict[str, Any] = field(default_factory=dict)
     detail: str = ""
     in_transaction: list[str] = field(default_factory=list)
 
@@ -293,7 +323,8 @@ class ChaosRun:
         self.out = cfg.out_dir or ROOT / "build" / "chaos" / self.run_id
         self.out.mkdir(parents=True, exist_ok=True)
         self.rng = random.Random(cfg.seed ^ 0xC4A05)
-        self.pg = PrivateStack(self.run_id, self.out / "stack.log")
+        self.pg = PrivateStack(self.run_id, self.out / "stack.log", cfg.topology)
+        self.ha = cfg.topology == "ha"
         self.kafka_stack = self.pg if cfg.kafka == "private" else None
         self.topics = {k: f"chaos.{self.run_id}.{v}" for k, v in DEFAULT_TOPICS.items()}
         self.group = f"chaos.{self.run_id}.els"
@@ -309,13 +340,16 @@ class ChaosRun:
         self.pause_requested = threading.Event()
         self.paused = threading.Event()
         self.stats: dict[str, Any] = {}
+        self.rejoin_thread: threading.Thread | None = None
 
     # -- helpers -----------------------------------------------------------
     def mismatch(self, text: str) -> None:
         self.mismatches.append(text if len(text) <= 500 else text[:497] + "...")
 
     def admin_url(self, dbname: str) -> str:
-        return self.env["ELS_PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + dbname
+        """The admin URL with another database (a multi-host URL keeps its hosts and its
+        target_session_attrs)."""
+        return urlunsplit(urlsplit(self.env["ELS_PG_ADMIN_URL"])._replace(path="/" + dbname))
 
     # -- setup -------------------------------------------------------------
     def setup(self) -> None:
@@ -327,7 +361,6 @@ class ChaosRun:
         if self.kafka_stack is not None:
             self.kafka_stack.run("kafka-up")
         self.env = self.pg.env()
-        self.pg_port = int(self.env["ELS_PG_ADMIN_URL"].rsplit(":", 1)[1].split("/")[0])
         if cfg.kafka == "shared":
             if not cfg.kafka_bootstrap:
                 raise SystemExit("--kafka shared needs --kafka-bootstrap")
@@ -354,9 +387,10 @@ class ChaosRun:
     def create_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
         big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
-        new = [NewTopic(t, num_partitions=3, replication_factor=1, config=big)
+        rf = 3 if self.ha else 1
+        new = [NewTopic(t, num_partitions=3, replication_factor=rf, config=big)
                for k in INPUT_KINDS for t in (self.topics[k], self.topics[k] + ".dlq")]
-        new += [NewTopic(self.topics[k], num_partitions=3, replication_factor=1)
+        new += [NewTopic(self.topics[k], num_partitions=3, replication_factor=rf)
                 for k in ("completed", "slot_assigned", "excess")]
         for name, fut in admin.create_topics(new, operation_timeout=30).items():
             fut.result(timeout=60)
@@ -486,6 +520,16 @@ class ChaosRun:
         for _ in range(cfg.kafka_restarts if cfg.kafka == "private" else 0):
             self.actions.append(Action(rng.uniform(lo + 10, max(lo + 11, hi - 20)),
                                        "kafka-restart"))
+        if self.ha:
+            # failovers and broker kills in separate, ordered windows, so that each
+            # PostgreSQL kill finds the formation whole again (primary + sync standby)
+            n = cfg.pg_failovers + cfg.broker_kills
+            kinds = ["pg-failover"] * cfg.pg_failovers + ["broker-kill"] * cfg.broker_kills
+            rng.shuffle(kinds)
+            span = (hi - 15 - (lo + 5)) / max(1, n)
+            for i, kind in enumerate(kinds):
+                start = lo + 5 + i * span
+                self.actions.append(Action(rng.uniform(start, start + span * 0.5), kind))
         self.actions.sort(key=lambda a: a.at)
 
     def supervise(self) -> None:
@@ -503,8 +547,9 @@ class ChaosRun:
         transaction holding uncommitted work (it has a transaction id: rows written or
         locked): els-worker = a micro-batch applied but not committed, els-outbox-relay
         = a relay round between claim (rows locked) and mark."""
+        pg_port = conn.info.port  # the primary's, in the HA topology
         owner = {port: slot for slot in self.slots if slot.alive() and slot.proc is not None
-                 for port in pg_client_ports(slot.proc.pid, self.pg_port)}
+                 for port in pg_client_ports(slot.proc.pid, pg_port)}
         if not owner:
             return []
         rows = conn.execute(
@@ -571,8 +616,92 @@ class ChaosRun:
             finally:
                 self.pause_requested.clear()
             action.detail = f"down {down:.1f} s" + (" (stream paused)" if paused else "")
+        elif action.kind == "pg-failover":
+            self.wait_rejoined()  # the previous failover's old primary is the standby again
+            action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, "els-worker")})
+            old = self.pg.output("pg-primary").split()[0]
+            action.struck_at = t0 = time.time()
+            self.pg.run("pg-kill-primary")
+            new = self.pg.output("pg-wait-failover 180")
+            promoted = time.time() - t0
+            action.recovery["kill_to_new_primary_s"] = round(promoted, 1)
+
+            def rejoin(action: Action = action, t0: float = t0) -> None:
+                # the old primary's keeper, again: it rejoins as the standby (in the
+                # background, so that the other actions keep their schedule)
+                try:
+                    self.pg.run("pg-wait-healthy 600")
+                    action.recovery["kill_to_standby_rejoined_s"] = round(time.time() - t0, 1)
+                except subprocess.CalledProcessError as exc:
+                    self.mismatch(f"harness: the old primary did not rejoin: {exc}")
+
+            self.rejoin_thread = threading.Thread(target=rejoin, name="rejoin", daemon=True)
+            self.rejoin_thread.start()
+            action.detail = f"primary {old} killed, {new} promoted after {promoted:.1f} s" + (
+                f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
+                if action.in_transaction else "")
+        elif action.kind == "broker-kill":
+            kills = sum(1 for a in self.actions if a.kind == "broker-kill" and a.done_at)
+            prefer = "els-outbox-relay" if kills % 2 == 0 else "els-worker"
+            node, led = self.busiest_broker()
+            action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, prefer)})
+            action.struck_at = t0 = time.time()
+            self.pg.run(f"kafka-kill {node}")
+            fenced = time.time() - t0
+            down = rng.uniform(1.0, 5.0)
+            time.sleep(down)
+            self.pg.run(f"kafka-start {node}")
+            action.recovery["kill_to_fenced_s"] = round(fenced, 1)
+            action.detail = (f"broker {node} (leader of {led} input partitions) killed, "
+                             f"fenced after {fenced:.1f} s, down {fenced + down:.1f} s") + (
+                f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
+                if action.in_transaction else "")
         action.done_at = time.monotonic() - self.stream_started
         log(f"{action.kind:<13} at {action.done_at:6.1f} s  {action.detail}")
+
+    def wait_rejoined(self) -> None:
+        if self.rejoin_thread is not None:
+            self.rejoin_thread.join(timeout=900)
+            self.rejoin_thread = None
+
+    def busiest_broker(self) -> tuple[int, int]:
+        """(node id, count) of the broker leading the most partitions of the input topics."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
+        md = admin.list_topics(timeout=20)
+        leaders: Counter[int] = Counter()
+        for k in INPUT_KINDS:
+            for p in md.topics[self.topics[k]].partitions.values():
+                if p.leader >= 0:
+                    leaders[p.leader] += 1
+        node, count = leaders.most_common(1)[0]
+        return node, count
+
+    def measure_recovery(self) -> None:
+        """For each PostgreSQL or broker kill: the time from the blow to the first event
+        applied afterwards (a row written by a transaction that started after it) and to
+        the first output event published afterwards (an outbox row marked published)."""
+        struck = [a for a in self.actions if a.struck_at is not None]
+        if not struck:
+            return
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            for a in struck:
+                t = a.struck_at or 0.0
+                row = conn.execute(
+                    "SELECT extract(epoch FROM least("
+                    " (SELECT min(registered_at) FROM els.batch_tracker"
+                    "   WHERE registered_at > to_timestamp(%(t)s::float8)),"
+                    " (SELECT min(received_at) FROM els.essay_content"
+                    "   WHERE received_at > to_timestamp(%(t)s::float8)),"
+                    " (SELECT min(received_at) FROM els.validation_failure"
+                    "   WHERE received_at > to_timestamp(%(t)s::float8)))),"
+                    " extract(epoch FROM (SELECT min(published_at) FROM els.event_outbox"
+                    "   WHERE published_at > to_timestamp(%(t)s::float8)))",
+                    {"t": t}).fetchone()
+                applied, published = row if row else (None, None)
+                a.recovery["kill_to_first_applied_s"] = (
+                    round(float(applied) - t, 1) if applied is not None else None)
+                a.recovery["kill_to_first_published_s"] = (
+                    round(float(published) - t, 1) if published is not None else None)
 
     def control(self) -> None:
         pending = list(self.actions)
@@ -1021,6 +1150,7 @@ class ChaosRun:
             producer.start()
             self.control()
             producer.join(timeout=60)
+            self.wait_rejoined()
             log("stream produced and chaos done; waiting for quiescence")
             quiet = self.quiesce()
             if not quiet:
@@ -1030,6 +1160,7 @@ class ChaosRun:
                 if code not in (0, None):
                     self.mismatch(f"worker {slot.index} exited with {code} on SIGTERM")
             log("workers stopped; verifying")
+            self.measure_recovery()
             if cfg.tamper:
                 self.tamper(gen)
             summary = self.verify(gen)
@@ -1058,9 +1189,12 @@ class ChaosRun:
                     sql.Identifier(self.dbname)))
         except Exception as exc:
             log(f"database cleanup failed: {exc}")
-        if self.kafka_stack is not None:
-            self.kafka_stack.run("kafka-down")
-        self.pg.run("pg-down")
+        if self.ha:
+            self.pg.run("down")
+        else:
+            if self.kafka_stack is not None:
+                self.kafka_stack.run("kafka-down")
+            self.pg.run("pg-down")
         self.pg.remove()
 
     def report(self, gen: Generated, summary: dict[str, Any], duration: float) -> dict[str, Any]:
@@ -1081,6 +1215,13 @@ class ChaosRun:
                                                   if "els-outbox-relay" in a.in_transaction),
             "pg_restarts": sum(1 for a in self.actions if a.kind.startswith("pg-")),
             "kafka_restarts": sum(1 for a in self.actions if a.kind == "kafka-restart"),
+            "topology": self.cfg.topology,
+            "pg_failovers": sum(1 for a in self.actions if a.kind == "pg-failover"),
+            "broker_kills": sum(1 for a in self.actions if a.kind == "broker-kill"),
+            "recovery": [{"kind": a.kind, "at_s": round(a.done_at or 0, 1), **a.recovery}
+                         for a in self.actions if a.struck_at is not None],
+            "valid_events_per_s": round(self.stats["valid"] / max(
+                1e-9, self.timings.get("stream_s", 0) + self.timings.get("quiesce_s", 0)), 1),
             "actions": [asdict(a) for a in self.actions],
             "unexpected_worker_exits": sum(len(s.unexpected_exits) for s in self.slots),
             "applied": self.stats["valid"],
@@ -1159,7 +1300,11 @@ def format_report(r: dict[str, Any]) -> str:
         f"({r['kills_inside_consumer_transaction']} mid micro-batch, "
         f"{r['kills_inside_relay_transaction']} mid outbox relay round); "
         f"{r['unexpected_worker_exits']} unexpected worker exit(s)",
-        f"  restarts      PostgreSQL {r['pg_restarts']}, Kafka {r['kafka_restarts']}",
+        f"  restarts      PostgreSQL {r['pg_restarts']}, Kafka {r['kafka_restarts']}; "
+        f"topology {r['topology']}: {r['pg_failovers']} primary kill(s), "
+        f"{r['broker_kills']} broker kill(s)",
+        *(f"  recovery      {x}" for x in r["recovery"]),
+        f"  throughput    {r['valid_events_per_s']} valid events/s (stream start to quiescence)",
         f"  applied       {r['applied']} valid deliveries; database: {r['db']['trackers']} "
         f"trackers, {r['db']['slots']} slots, {r['db']['contents']} contents, "
         f"{r['db']['failures']} failures, {r['db']['outbox_rows']} outbox rows "
@@ -1193,6 +1338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int)
     parser.add_argument("--pg-restarts", type=int)
     parser.add_argument("--kafka-restarts", type=int)
+    parser.add_argument("--pg-failovers", type=int, help="ha: SIGKILLs of the primary's node")
+    parser.add_argument("--broker-kills", type=int, help="ha: SIGKILLs of the busiest broker")
     parser.add_argument("--produce-seconds", type=float)
     parser.add_argument("--kafka", choices=["private", "shared"])
     parser.add_argument("--kafka-bootstrap")
@@ -1209,6 +1356,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = dict(PROFILES[args.profile])
     for name in ("seed", "batches", "kills", "pg_restarts", "kafka_restarts", "produce_seconds",
+                 "pg_failovers", "broker_kills",
                  "kafka", "kafka_bootstrap", "include_known_deviations", "keep",
                  "worker_kafka_config", "tamper"):
         value = getattr(args, name)

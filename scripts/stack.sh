@@ -4,9 +4,9 @@
 # package) scraping the workers, all bound to 127.0.0.1 on ports picked once per
 # checkout and persisted in .stack/ports.env.
 #
-# Usage: scripts/stack.sh COMMAND
+# Usage: scripts/stack.sh [--ha] COMMAND [ARGS]
 #   up              start PostgreSQL, Kafka and Prometheus (idempotent; fast when running)
-#   down            stop all three; leaves no process behind
+#   down            stop all three; leaves no process behind (without --ha: both topologies)
 #   status          print state; exit 0 only when all three are up
 #   env             print `export ELS_...=...` lines (eval "$(scripts/stack.sh env)")
 #   pg-up | pg-down | pg-restart | pg-kill          PostgreSQL only
@@ -16,6 +16,23 @@
 #   prom-target add NAME HOST:PORT   scrape a worker's /metrics (file-based discovery:
 #                                    .stack/prometheus/targets/NAME.json, job els-worker)
 #   prom-target remove NAME | prom-target list
+#
+# --ha (or ELS_STACK_TOPOLOGY=ha, the same switch) selects the production-like topology
+# of docs/HA.md instead: PostgreSQL primary + synchronous standby under pg_auto_failover
+# (a monitor and two keepers) and a three-node Kafka cluster, under .stack/ha/.
+# It has up, down, status, env, pg-up, pg-down, kafka-up, kafka-down and:
+#   pg-primary              print "<node> 127.0.0.1:<port> <state>" of the writable primary
+#   pg-kill-primary         SIGKILL the primary's node, keeper and postgres (a lost machine:
+#                           pg_auto_failover promotes the standby); --postmaster-only:
+#                           the postmaster alone (its keeper restarts it, rarely a failover)
+#   pg-wait-failover [S]    wait (S s, default 120) for the new primary; print its name
+#   pg-wait-healthy [S]     (re)start dead keepers (the killed node rejoins as standby),
+#                           wait for primary + synchronous standby again
+#   pg-state                the monitor's view: name|port|reported|assigned|health
+#   kafka-kill N            SIGKILL Kafka node N (1..3)
+#   kafka-stop N            stop Kafka node N cleanly
+#   kafka-start N           start Kafka node N again, wait for all three brokers
+#   kafka-leader TOPIC P    print the node id leading partition P of TOPIC
 #
 # State lives in .stack/ (git-ignored):
 #   .stack/ports.env             persisted ports
@@ -194,13 +211,17 @@ ensure_ports() { # picks/persists ports, honouring ELS_*_PORT overrides
         register_port "$PROM_PORT"
     fi
     if ((changed)); then
-        cat >"$PORTS_FILE" <<EOF
+        local ha_lines=""
+        [[ -f "$PORTS_FILE" ]] && ha_lines="$(grep '^ELS_HA_' "$PORTS_FILE" || true)"
+        cat >"$PORTS_FILE.tmp" <<EOF
 # ports of this checkout's local stack (scripts/stack.sh); delete to re-pick
 ELS_PG_PORT_SAVED=$PG_PORT
 ELS_KAFKA_PORT_SAVED=$KAFKA_PORT
 ELS_KAFKA_CONTROLLER_PORT_SAVED=$KAFKA_CONTROLLER_PORT
 ELS_PROMETHEUS_PORT_SAVED=$PROM_PORT
 EOF
+        [[ -n "$ha_lines" ]] && printf '%s\n' "$ha_lines" >>"$PORTS_FILE.tmp"
+        mv "$PORTS_FILE.tmp" "$PORTS_FILE"
         log "ports: postgres=$PG_PORT kafka=$KAFKA_PORT controller=$KAFKA_CONTROLLER_PORT prometheus=$PROM_PORT"
     fi
 }
@@ -836,9 +857,26 @@ usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
 
+# shellcheck source=scripts/_stack_ha.sh
+source "$ROOT/scripts/_stack_ha.sh"
+
 main() {
+    local topology="${ELS_STACK_TOPOLOGY:-single}"
+    if [[ "${1:-}" == --ha ]]; then
+        topology=ha
+        shift
+    fi
     local cmd="${1:-}"
     pg_resolve_dir
+    case "$topology" in
+    ha)
+        shift || true
+        ha_main "$cmd" "$@"
+        return
+        ;;
+    single | "") ;;
+    *) die "ELS_STACK_TOPOLOGY must be 'single' or 'ha', not '$topology'" ;;
+    esac
     case "$cmd" in
     up)
         pg_up
@@ -851,6 +889,12 @@ main() {
         prom_down
         kafka_down
         pg_down
+        # and the HA topology, if this checkout ever started it
+        if [[ -d "$STACK/ha" ]]; then
+            ha_pg_resolve_dir
+            ha_kafka_down
+            ha_pg_down
+        fi
         log "stack stopped"
         ;;
     status) cmd_status ;;
