@@ -116,30 +116,8 @@ BEGIN
 END
 $fn$;
 
--- One event, as _emit_events, unless the outbox already holds that logical event
--- (same stable id): then nothing is written and NULL is returned. Only for late
--- items of a purged batch (SPEC section 10): their ledger rows went with the batch,
--- so the ledger cannot tell that the same excess text was already announced, but
--- the outbox row of that announcement may still be there.
-CREATE OR REPLACE FUNCTION els._emit_event_if_absent(p_event jsonb)
-RETURNS uuid
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    v_id uuid := els._event_id(p_event ->> 'event_type', p_event -> 'identity');
-BEGIN
-    INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
-    VALUES (v_id, p_event ->> 'event_type', els.output_topic(p_event ->> 'event_type'),
-            p_event ->> 'key',
-            els._envelope(v_id, p_event ->> 'event_type', p_event ->> 'correlation_id',
-                          p_event -> 'data',
-                          to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
-    ON CONFLICT (event_id) DO NOTHING;
-    RETURN CASE WHEN FOUND THEN v_id END;
-END
-$fn$;
-
 REVOKE ALL ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]),
     els.output_topic(text), els._envelope(uuid, text, text, jsonb, text),
-    els._emit_events(jsonb), els._emit_event_if_absent(jsonb) FROM PUBLIC;
+    els._emit_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]), els.output_topic(text)
     TO els_worker, els_readonly;

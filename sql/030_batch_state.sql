@@ -5,14 +5,24 @@
 -- Every call that changes a batch first takes this transaction-scoped lock on
 -- the batch id. It exists before the batch does (an advisory lock needs no
 -- row), which closes the race between "no tracker yet, store as pending" and a
--- concurrent registration. Each call takes exactly one such lock, so two calls
--- can never deadlock on them, and calls for different batches never wait for
--- each other (barring a 64-bit hash collision, which only serializes them).
+-- concurrent registration. A call of one batch takes one such lock; a
+-- micro-batch (els._apply_events) takes the locks of all its batches at once,
+-- in ascending key order, so two callers can never deadlock on them, and calls
+-- for different batches never wait for each other (barring a 64-bit hash
+-- collision, which only serializes them).
+CREATE OR REPLACE FUNCTION els._batch_lock_key(p_batch_id text)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN hashtextextended('els.batch:' || p_batch_id, 0);
+COMMENT ON FUNCTION els._batch_lock_key(text) IS
+    'The advisory lock key of a batch: the one definition used by _lock_batch, _try_lock_batch '
+    'and els._apply_events (which takes the keys of a micro-batch in ascending order).';
+
 CREATE OR REPLACE FUNCTION els._lock_batch(p_batch_id text)
 RETURNS void
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
-    SELECT pg_advisory_xact_lock(hashtextextended('els.batch:' || p_batch_id, 0));
+    SELECT pg_advisory_xact_lock(els._batch_lock_key(p_batch_id));
 END;
 
 -- The same lock without waiting: true when taken (held to the end of the
@@ -23,7 +33,7 @@ CREATE OR REPLACE FUNCTION els._try_lock_batch(p_batch_id text)
 RETURNS boolean
 LANGUAGE sql VOLATILE
 BEGIN ATOMIC
-    SELECT pg_try_advisory_xact_lock(hashtextextended('els.batch:' || p_batch_id, 0));
+    SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id));
 END;
 
 -- Creates a registered batch's slots, numbered by the order of essay_ids, in
@@ -70,6 +80,65 @@ EXCEPTION WHEN unique_violation THEN
     RETURN NULL;
 END
 $fn$;
+
+-- The outbox events of SPEC 5 as _emit_events takes them, each written once here
+-- and used by every path that emits it (reconciliation, the set-based ingest of
+-- els._apply_items, completion by the last item or by a deadline).
+CREATE OR REPLACE FUNCTION els._slot_assigned_spec(
+    p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text,
+    p_original_file_name text, p_correlation_id text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
+    'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id),
+    'correlation_id', p_correlation_id,
+    'data', jsonb_build_object(
+        'batch_id', p_batch_id, 'essay_id', p_essay_id,
+        'file_upload_id', p_file_upload_id, 'text_storage_id', p_text_storage_id,
+        'original_file_name', p_original_file_name));
+
+CREATE OR REPLACE FUNCTION els._excess_spec(
+    p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN jsonb_build_object(
+    'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
+    'identity', jsonb_build_array(p_batch_id, p_text_storage_id),
+    'correlation_id', p_correlation_id,
+    'data', jsonb_build_object(
+        'batch_id', p_batch_id, 'original_file_name', p_original_file_name,
+        'text_storage_id', p_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'));
+
+-- BatchContentProvisioningCompleted of a batch as it stands now (its filled slots
+-- in slot order): called once its last slot is closed, in the same transaction.
+CREATE OR REPLACE FUNCTION els._completion_spec(p_batch_id text, p_reason text)
+RETURNS jsonb
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+        'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
+        'identity', jsonb_build_array(p_batch_id),
+        'correlation_id', t.correlation_id,
+        'data', jsonb_build_object(
+            'batch_id', p_batch_id,
+            'provisioned_count', r.ready_count,
+            'expected_count', t.expected_count,
+            'course_code', t.course_code,
+            'user_id', t.user_id,
+            'class_type', t.class_type,
+            'essays_for_processing', r.ready,
+            'completion_reason', p_reason))
+      FROM els.batch_tracker AS t
+     CROSS JOIN LATERAL (
+        SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
+                                                     'text_storage_id', s.text_storage_id)
+                                  ORDER BY s.slot_no), '[]'::jsonb) AS ready,
+               count(*)::integer AS ready_count
+          FROM els.essay_slot AS s
+         WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing') AS r
+     WHERE t.batch_id = p_batch_id;
+END;
 
 -- Fills a registered batch's empty slots with its pending items, oldest first
 -- (arrival order, then id): pending content first, then pending failures.
@@ -122,25 +191,12 @@ BEGIN
         SELECT (SELECT count(*) FROM filled)::integer,
                (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
                jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
-                             jsonb_build_object(
-                                 'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
-                                 'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
-                                 'correlation_id', d.correlation_id,
-                                 'data', jsonb_build_object(
-                                     'batch_id', p_batch_id, 'essay_id', d.essay_id,
-                                     'file_upload_id', d.file_upload_id,
-                                     'text_storage_id', d.text_storage_id,
-                                     'original_file_name', d.original_file_name))
+                             els._slot_assigned_spec(p_batch_id, d.essay_id, d.file_upload_id,
+                                                     d.text_storage_id, d.original_file_name,
+                                                     d.correlation_id)
                          ELSE
-                             jsonb_build_object(
-                                 'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
-                                 'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
-                                 'correlation_id', d.correlation_id,
-                                 'data', jsonb_build_object(
-                                     'batch_id', p_batch_id,
-                                     'original_file_name', d.original_file_name,
-                                     'text_storage_id', d.text_storage_id,
-                                     'reason', 'NO_AVAILABLE_SLOT'))
+                             els._excess_spec(p_batch_id, d.original_file_name, d.text_storage_id,
+                                              d.correlation_id)
                          END ORDER BY d.arrival_seq, d.text_storage_id)
           INTO content_assigned, v_content_excess, v_events
           FROM disposed AS d;
@@ -196,8 +252,6 @@ CREATE OR REPLACE FUNCTION els._complete_if_done(
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_tracker record;
-    v_ready jsonb;
-    v_ready_count integer;
 BEGIN
     -- Most calls fill a slot that is not the last: one probe of the partial
     -- index of empty slots answers them without reading the tracker.
@@ -207,8 +261,7 @@ BEGIN
     END IF;
     -- Only the columns needed: a whole row would detoast essay_ids (up to
     -- 10,000 ids) on every content event of a big batch.
-    SELECT t.completed_at, t.expected_count, t.correlation_id, t.course_code, t.user_id,
-           t.class_type
+    SELECT t.completed_at, t.expected_count
       INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
     IF NOT FOUND THEN
         complete := false;
@@ -228,31 +281,14 @@ BEGIN
 
     UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
      WHERE t.batch_id = p_batch_id;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
-                                                 'text_storage_id', s.text_storage_id)
-                              ORDER BY s.slot_no), '[]'::jsonb),
-           count(*)::integer
-      INTO v_ready, v_ready_count
-      FROM els.essay_slot AS s
-     WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing';
-
-    event_id := (els._emit_events(jsonb_build_array(jsonb_build_object(
-        'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
-        'identity', jsonb_build_array(p_batch_id),
-        'correlation_id', v_tracker.correlation_id,
-        'data', jsonb_build_object(
-            'batch_id', p_batch_id,
-            'provisioned_count', v_ready_count,
-            'expected_count', v_tracker.expected_count,
-            'course_code', v_tracker.course_code,
-            'user_id', v_tracker.user_id,
-            'class_type', v_tracker.class_type,
-            'essays_for_processing', v_ready,
-            'completion_reason', p_reason)))))[1];
+    event_id := (els._emit_events(jsonb_build_array(els._completion_spec(p_batch_id, p_reason))))[1];
     complete := true;
 END
 $fn$;
 
-REVOKE ALL ON FUNCTION els._lock_batch(text), els._try_lock_batch(text), els._create_slots(text, text[], boolean),
+REVOKE ALL ON FUNCTION els._batch_lock_key(text), els._lock_batch(text), els._try_lock_batch(text),
+    els._create_slots(text, text[], boolean),
+    els._slot_assigned_spec(text, text, text, text, text, text), els._excess_spec(text, text, text, text),
+    els._completion_spec(text, text),
     els._reconcile(text),
     els._complete_if_done(text, text) FROM PUBLIC;

@@ -13,11 +13,16 @@
 -- is a duplicate (complete, nothing emitted), or ELC01 if the identity differs,
 -- so that it can never register, and complete, a second time.
 
-CREATE OR REPLACE FUNCTION els.register_batch(event jsonb)
+-- The rules are applied by els._apply_events (035_apply_events.sql), the one
+-- implementation shared with els.apply_events: a registration is read and checked
+-- here (_read_registration, before any lock), then applied under its batch's lock
+-- (_register_locked). els.register_batch is a call of that core with one event.
+
+-- Reads and checks a BatchEssaysRegistered event (SPEC 2 and 4, in the SPEC's order
+-- of errors); touches no table. Returns the normalized fields for _register_locked.
+CREATE OR REPLACE FUNCTION els._read_registration(p_event jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
+LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_env record;
     v_payload jsonb;
@@ -30,19 +35,10 @@ DECLARE
     v_class_id text;
     v_prompt_ref jsonb;
     v_metadata jsonb;
-    v_correlation_id text;
     v_data_correlation_id text;
     v_duplicate_id text;
-    v_tracker els.batch_tracker;
-    v_tombstone els.batch_tombstone;
-    v_outcome text;
-    v_conflict_field text;
-    v_slots_created integer;
-    v_existing_slots bigint := 0;
-    v_reconciled record;
-    v_completion record;
 BEGIN
-    v_env := els._unwrap_event(event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
+    v_env := els._unwrap_event(p_event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
     v_payload := v_env.payload;
 
     PERFORM els._require_fields(v_payload,
@@ -57,9 +53,8 @@ BEGIN
     v_class_id := els._text_field(v_payload, 'class_id');
     v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
     v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
     -- data.correlation_id is validated even when the envelope's wins.
-    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
 
     IF cardinality(v_essay_ids) <> v_expected THEN
         PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
@@ -82,13 +77,47 @@ BEGIN
                                'max', 10000, 'actual', v_expected));
     END IF;
 
-    PERFORM els._lock_batch(v_batch_id);
+    -- essay_ids as sent (an array of strings, checked above)
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id, 'expected_count', v_expected::integer,
+        'essay_ids', v_payload -> 'essay_ids', 'course_code', v_course_code,
+        'user_id', v_user_id, 'org_id', v_org_id, 'class_id', v_class_id,
+        'student_prompt_ref', v_prompt_ref, 'metadata', v_metadata,
+        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
+        'source_event_id', v_env.source_event_id);
+END
+$fn$;
 
+-- Applies one checked registration (from _read_registration); the caller holds
+-- the batch's lock. Raises ELC01 (identity differs from the tracker's or the
+-- tombstone's) before writing anything, and ELC02 (an essay id owned by another
+-- batch) from _create_slots: the caller runs it in a subtransaction, so that a
+-- rejected registration leaves no trace while the rest of its micro-batch applies.
+CREATE OR REPLACE FUNCTION els._register_locked(p_reg jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_batch_id text := p_reg ->> 'batch_id';
+    v_expected integer := (p_reg ->> 'expected_count')::integer;
+    v_essay_ids text[] := ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'));
+    v_course_code text := p_reg ->> 'course_code';
+    v_user_id text := p_reg ->> 'user_id';
+    v_org_id text := p_reg ->> 'org_id';
+    v_class_id text := p_reg ->> 'class_id';
+    v_tracker els.batch_tracker;
+    v_tombstone els.batch_tombstone;
+    v_outcome text;
+    v_conflict_field text;
+    v_slots_created integer;
+    v_existing_slots bigint := 0;
+    v_reconciled record;
+    v_completion record;
+BEGIN
     SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
     IF FOUND THEN
         v_conflict_field := CASE
             WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
             WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
             WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
             WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
@@ -113,7 +142,7 @@ BEGIN
         IF FOUND THEN
             v_conflict_field := CASE
                 WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
+                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
                 WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
                 WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
                 WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
@@ -133,8 +162,9 @@ BEGIN
         INSERT INTO els.batch_tracker AS t (
             batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
             student_prompt_ref, metadata, correlation_id, registration_event_id)
-        VALUES (v_batch_id, v_expected::integer, v_essay_ids, v_course_code, v_user_id, v_org_id,
-                v_class_id, v_prompt_ref, v_metadata, v_correlation_id, v_env.source_event_id)
+        VALUES (v_batch_id, v_expected, v_essay_ids, v_course_code, v_user_id, v_org_id,
+                v_class_id, nullif(p_reg -> 'student_prompt_ref', 'null'::jsonb), p_reg -> 'metadata',
+                p_reg ->> 'correlation_id', p_reg ->> 'source_event_id')
         RETURNING t.* INTO v_tracker;
         v_outcome := 'registered';
     END IF;
@@ -160,8 +190,21 @@ BEGIN
 END
 $fn$;
 
+-- The DBA- and test-facing call of SPEC 3: the set-based core with one event;
+-- a rejection is raised with the SQLSTATE, message and detail the core reports.
+CREATE OR REPLACE FUNCTION els.register_batch(event jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN els._apply_one('register_batch', event);
+END
+$fn$;
+
 COMMENT ON FUNCTION els.register_batch(jsonb) IS
     'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. '
     'Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
+REVOKE ALL ON FUNCTION els._read_registration(jsonb), els._register_locked(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.register_batch(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.register_batch(jsonb) TO els_worker;

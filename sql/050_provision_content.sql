@@ -8,11 +8,16 @@
 -- excess, as for any complete batch (SPEC section 10); the tombstone notes the
 -- late arrival so that the next purge deletes the row again.
 
-CREATE OR REPLACE FUNCTION els.provision_content(event jsonb)
+-- The rules are applied set-based by els._apply_items (035_apply_events.sql) for
+-- every content and failure of a micro-batch; els.provision_content is a call of
+-- that core with one event.
+
+-- Reads and checks an EssayContentProvisioned event (SPEC 2 and 4); touches no
+-- table. Returns the normalized fields the core works with (item_key is the
+-- content's identity within its batch: text_storage_id).
+CREATE OR REPLACE FUNCTION els._read_content(p_event jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $fn$
+LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_env record;
     v_payload jsonb;
@@ -23,20 +28,9 @@ DECLARE
     v_raw_file_storage_id text;
     v_file_size_bytes numeric;
     v_md5 text;
-    v_timestamp text;
-    v_correlation_id text;
     v_data_correlation_id text;
-    v_known record;
-    v_essay_id text;
-    v_outcome text;
-    v_events uuid[];
-    v_complete boolean := false;
-    v_completion_event uuid;
-    v_completion record;
-    v_purged boolean := false;
-    v_late_event uuid;
 BEGIN
-    v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
+    v_env := els._unwrap_event(p_event, 'huleedu.file.essay.content.provisioned.v1',
                                'essay.content.provisioned');
     v_payload := v_env.payload;
 
@@ -49,109 +43,33 @@ BEGIN
     v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
     v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
     v_md5 := els._text_field(v_payload, 'content_md5_hash');
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
     -- data.correlation_id is validated even when the envelope's wins.
-    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
-    v_timestamp := els._timestamp_field(v_payload, 'timestamp');
-
-    PERFORM els._lock_batch(v_batch_id);
-
-    SELECT c.essay_id INTO v_known
-      FROM els.essay_content AS c
-     WHERE c.batch_id = v_batch_id AND c.text_storage_id = v_text_storage_id;
-    IF FOUND THEN
-        RETURN jsonb_build_object(
-            'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
-            'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
-                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
-            'events', '[]'::jsonb);
-    END IF;
-
-    -- A batch counts as registered once it has slots: content for a tracker
-    -- left without slots by an older writer waits as pending for the repair.
-    SELECT s.essay_id INTO v_essay_id
-      FROM els.essay_slot AS s
-     WHERE s.batch_id = v_batch_id AND s.status = 'uploaded'
-     ORDER BY s.slot_no
-     LIMIT 1;
-    v_outcome := CASE
-        WHEN v_essay_id IS NOT NULL THEN 'assigned'
-        WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
-        ELSE 'pending'
-    END;
-    -- No slot at all: not registered yet, or purged.
-    IF v_outcome = 'pending' THEN
-        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
-        v_purged := FOUND;
-        IF v_purged THEN
-            v_outcome := 'excess';
-        END IF;
-    END IF;
-
-    INSERT INTO els.essay_content (
-        batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
-        raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
-        source_event_id, event_timestamp, disposed_at)
-    VALUES (
-        v_batch_id, v_text_storage_id, v_outcome::els.item_disposition, v_essay_id,
-        v_file_upload_id, v_original_file_name, v_raw_file_storage_id, v_file_size_bytes::bigint,
-        v_md5, v_correlation_id, v_env.source_event_id, v_timestamp,
-        CASE WHEN v_outcome <> 'pending' THEN now() END);
-
-    IF v_outcome = 'assigned' THEN
-        UPDATE els.essay_slot AS s
-           SET status = 'ready_for_processing', text_storage_id = v_text_storage_id, filled_at = now()
-         WHERE s.essay_id = v_essay_id;
-        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
-            'event_type', 'EssaySlotAssigned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_essay_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'essay_id', v_essay_id,
-                'file_upload_id', v_file_upload_id, 'text_storage_id', v_text_storage_id,
-                'original_file_name', v_original_file_name))));
-        -- assigned, not SELECT ... FROM: a function in FROM goes through a tuplestore
-        v_completion := els._complete_if_done(v_batch_id);
-        v_complete := v_completion.complete;
-        v_completion_event := v_completion.event_id;
-        IF v_completion_event IS NOT NULL THEN
-            v_events := v_events || v_completion_event;
-        END IF;
-    ELSIF v_purged THEN
-        -- the same text may have been announced as excess before the purge
-        v_late_event := els._emit_event_if_absent(jsonb_build_object(
-            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
-                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT')));
-        v_events := CASE WHEN v_late_event IS NULL THEN '{}'::uuid[] ELSE ARRAY[v_late_event] END;
-        v_complete := true;
-    ELSIF v_outcome = 'excess' THEN
-        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
-            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
-                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'))));
-        v_completion := els._complete_if_done(v_batch_id);
-        v_complete := v_completion.complete;
-    END IF;
-
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
     RETURN jsonb_build_object(
-        'batch_id', v_batch_id,
-        'outcome', v_outcome,
-        'essay_id', v_essay_id,
-        'complete', v_complete,
-        'events', to_jsonb(coalesce(v_events, '{}'::uuid[])));
+        'batch_id', v_batch_id, 'item_key', v_text_storage_id,
+        'file_upload_id', v_file_upload_id, 'original_file_name', v_original_file_name,
+        'raw_file_storage_id', v_raw_file_storage_id, 'file_size_bytes', v_file_size_bytes,
+        'content_md5_hash', v_md5,
+        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
+        'event_timestamp', els._timestamp_field(v_payload, 'timestamp'),
+        'source_event_id', v_env.source_event_id);
+END
+$fn$;
+
+-- The DBA- and test-facing call of SPEC 3: the set-based core with one event.
+CREATE OR REPLACE FUNCTION els.provision_content(event jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    RETURN els._apply_one('provision_content', event);
 END
 $fn$;
 
 COMMENT ON FUNCTION els.provision_content(jsonb) IS
     'EssayContentProvisioned -> fills the lowest empty slot. Outcomes: pending, assigned, '
     'duplicate, excess. Errors: ELV01-ELV03.';
+REVOKE ALL ON FUNCTION els._read_content(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.provision_content(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.provision_content(jsonb) TO els_worker;

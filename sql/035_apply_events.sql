@@ -1,0 +1,469 @@
+-- The one implementation of the ingest rules (SPEC 3), applied to a micro-batch of
+-- events of any of the three kinds, in arrival order, in a few set-based statements.
+--
+-- els.apply_events (the worker's fast path) and the per-event functions
+-- els.register_batch, els.provision_content and els.record_validation_failure (the
+-- DBA- and test-facing API, each a call of the core with one event) all go
+-- through els._apply_events:
+--
+-- 1. every event is read and checked (_read_registration, _read_content,
+--    _read_failure: no table is touched); a rejected event gets its error
+--    (SQLSTATE, message, JSON detail) as its result and changes nothing;
+-- 2. the advisory locks of all the batches of the micro-batch are taken at once,
+--    in ascending key order, so that two workers can never deadlock on them;
+-- 3. the events are applied in rounds that keep each batch's order: the events
+--    of a batch up to its first registration, its first registration, the events
+--    up to its second registration, and so on. Batches are independent of each
+--    other (every rule touches one batch), so a round holds the same stage of
+--    every batch: a round of content and failures is applied set-based by
+--    _apply_items (slots assigned by window functions, items, failures, slot
+--    updates and outbox rows written in one statement each); a round of
+--    registrations applies each one (its slots set-based, as before). The one
+--    thing shared between batches is the essay id: when two registrations of
+--    different batches in one micro-batch share an essay id (the second gets
+--    ELC02, whichever comes first wins), every event is its own round.
+--
+-- The result of event i is {"ok": true, "result": <what the per-event function
+-- returns>} or {"ok": false, "sqlstate", "message", "detail"} (what it raises).
+
+-- A rejection as a per-event result (the detail of every ELV/ELC error is JSON).
+CREATE OR REPLACE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message,
+                          'detail', p_detail::jsonb);
+
+-- The rows of a round's plan (built by _apply_items), as a relation: one row per
+-- content or failure, with the outcome computed for it. Inlined by the planner.
+CREATE OR REPLACE FUNCTION els._plan_rows(p_plan jsonb)
+RETURNS TABLE (
+    ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+    original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+    content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+    validation_error_code text, validation_error_detail jsonb,
+    outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
+    SELECT * FROM jsonb_to_recordset(p_plan) AS x(
+        ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+        original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+        content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+        validation_error_code text, validation_error_detail jsonb,
+        outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean)
+$fn$;
+
+-- One round of content and failures (any batches; a batch's items in arrival
+-- order, none of its registrations in between), as a sequence of calls would
+-- apply them, computed from the state before the round:
+--   * an item whose key (text_storage_id, file_upload_id) its batch's ledger
+--     already holds, or that an earlier item of the round carries, is a duplicate:
+--     nothing changes; essay_id names the slot the first one took;
+--   * the other items of a batch that has slots take its empty slots in order: the
+--     k-th new item the k-th empty slot by slot number; those beyond are excess;
+--     the item that takes the last empty slot completes the batch (when all its
+--     expected slots exist), and items after it see the batch complete;
+--   * a batch without slots keeps them pending (or excess when it was purged).
+-- Then the writes: content rows, failure rows, slot updates, tombstone and
+-- tracker stamps, outbox rows, one statement each. Returns [{"ord", "result"}].
+CREATE OR REPLACE FUNCTION els._apply_items(p_items jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_plan jsonb;
+    v_results jsonb;
+    v_content boolean;
+    v_failures boolean;
+    v_fills boolean;
+    v_purged boolean;
+    v_completes boolean;
+    v_events jsonb;
+BEGIN
+    WITH item AS (
+        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
+            ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+            original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+            content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+            validation_error_code text, validation_error_detail jsonb)
+    ), seen AS (
+        SELECT i.*,
+               (c.batch_id IS NOT NULL OR f.batch_id IS NOT NULL) AS in_ledger,
+               coalesce(c.essay_id, f.essay_id) AS known_essay_id,
+               row_number() OVER (PARTITION BY i.batch_id, i.kind, i.item_key ORDER BY i.ord) AS occurrence
+          FROM item AS i
+          LEFT JOIN els.essay_content AS c
+                 ON i.kind = 'provision_content' AND c.batch_id = i.batch_id
+                AND c.text_storage_id = i.item_key
+          LEFT JOIN els.validation_failure AS f
+                 ON i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
+                AND f.file_upload_id = i.item_key
+    ), fresh AS (
+        SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
+               CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
+                   row_number() OVER (PARTITION BY s.batch_id, (s.in_ledger OR s.occurrence > 1)
+                                      ORDER BY s.ord) END AS take_no
+          FROM seen AS s
+    ), batch AS (
+        SELECT b.batch_id, b.new_items,
+               t.batch_id IS NOT NULL AS tracked,
+               coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
+               t.expected_count,
+               EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) AS has_slots,
+               EXISTS (SELECT FROM els.batch_tombstone AS bt WHERE bt.batch_id = b.batch_id) AS purged
+          FROM (SELECT f.batch_id, count(*) FILTER (WHERE NOT f.duplicate) AS new_items
+                  FROM fresh AS f GROUP BY f.batch_id) AS b
+          LEFT JOIN els.batch_tracker AS t ON t.batch_id = b.batch_id
+    ), empty_slot AS (
+        -- the first empty slots of each batch, one more than it has new items (to
+        -- tell whether the round closes them all)
+        SELECT b.batch_id, e.essay_id,
+               row_number() OVER (PARTITION BY b.batch_id ORDER BY e.slot_no) AS take_no
+          FROM batch AS b
+         CROSS JOIN LATERAL (
+                SELECT s.essay_id, s.slot_no FROM els.essay_slot AS s
+                 WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
+                 ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
+         WHERE b.has_slots AND b.new_items > 0
+    ), closing AS (
+        -- the new item that leaves its batch without an empty slot completes it
+        -- (the first one when none was left: as _complete_if_done would)
+        SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
+          FROM batch AS b
+          LEFT JOIN empty_slot AS e ON e.batch_id = b.batch_id
+         WHERE b.has_slots AND NOT b.was_complete AND b.new_items > 0
+         GROUP BY b.batch_id, b.new_items, b.expected_count
+        HAVING count(e.essay_id) <= b.new_items
+           AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
+    ), placed AS (
+        SELECT f.*, b.tracked, b.was_complete, b.has_slots, b.purged,
+               e.essay_id AS slot_essay_id,
+               coalesce(f.take_no = cl.completing_take, false) AS completing
+          FROM fresh AS f
+          JOIN batch AS b ON b.batch_id = f.batch_id
+          LEFT JOIN empty_slot AS e ON e.batch_id = f.batch_id AND e.take_no = f.take_no
+          LEFT JOIN closing AS cl ON cl.batch_id = f.batch_id
+    ), judged AS (
+        SELECT p.*,
+               max(p.ord) FILTER (WHERE p.completing) OVER (PARTITION BY p.batch_id) AS completing_ord,
+               CASE WHEN p.duplicate THEN 'duplicate'
+                    WHEN p.has_slots THEN
+                        CASE WHEN p.slot_essay_id IS NULL THEN 'excess'
+                             WHEN p.kind = 'provision_content' THEN 'assigned'
+                             ELSE 'recorded' END
+                    WHEN p.purged THEN 'excess'
+                    ELSE 'pending' END AS outcome,
+               CASE WHEN p.in_ledger THEN p.known_essay_id
+                    ELSE first_value(p.slot_essay_id) OVER (
+                             PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord) END AS result_essay_id
+          FROM placed AS p
+    ), decided AS (
+        SELECT j.*,
+               CASE WHEN j.duplicate THEN
+                        j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
+                    WHEN j.has_slots THEN j.was_complete OR coalesce(j.ord >= j.completing_ord, false)
+                    ELSE j.purged END AS complete,
+               -- a late item of a purged batch: its excess event may be in the outbox already
+               (j.kind = 'provision_content' AND NOT j.duplicate AND NOT j.has_slots AND j.purged
+                AND EXISTS (SELECT FROM els.event_outbox AS o
+                             WHERE o.event_id = els._event_id('ExcessContentProvisioned',
+                                                              jsonb_build_array(j.batch_id, j.item_key))))
+                   AS announced
+          FROM judged AS j
+    ), evented AS (
+        SELECT d.*,
+               CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
+                         OR d.announced THEN NULL
+                    WHEN d.outcome = 'assigned' THEN
+                        els._event_id('EssaySlotAssigned',
+                                      jsonb_build_array(d.batch_id, d.slot_essay_id, d.item_key))
+                    ELSE els._event_id('ExcessContentProvisioned', jsonb_build_array(d.batch_id, d.item_key))
+               END AS own_event_id
+          FROM decided AS d
+    )
+    SELECT jsonb_agg(jsonb_build_object(
+               'ord', e.ord, 'kind', e.kind, 'batch_id', e.batch_id, 'item_key', e.item_key,
+               'file_upload_id', e.file_upload_id, 'original_file_name', e.original_file_name,
+               'raw_file_storage_id', e.raw_file_storage_id, 'file_size_bytes', e.file_size_bytes,
+               'content_md5_hash', e.content_md5_hash, 'correlation_id', e.correlation_id,
+               'source_event_id', e.source_event_id, 'event_timestamp', e.event_timestamp,
+               'validation_error_code', e.validation_error_code,
+               'validation_error_detail', e.validation_error_detail,
+               'outcome', e.outcome, 'slot_essay_id', e.slot_essay_id, 'purged', e.purged,
+               'announced', e.announced, 'completing', e.completing) ORDER BY e.ord)
+               FILTER (WHERE NOT e.duplicate),
+           jsonb_agg(jsonb_build_object('ord', e.ord, 'result', jsonb_build_object(
+               'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
+               'complete', e.complete,
+               -- as the per-event functions always reported: content that is excess
+               -- lists its own event only
+               'events', to_jsonb(array_remove(ARRAY[
+                   e.own_event_id,
+                   CASE WHEN e.completing AND NOT (e.kind = 'provision_content' AND e.outcome = 'excess')
+                        THEN els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(e.batch_id))
+                   END], NULL))))),
+           coalesce(bool_or(e.kind = 'provision_content' AND NOT e.duplicate), false),
+           coalesce(bool_or(e.kind = 'record_validation_failure' AND NOT e.duplicate), false),
+           coalesce(bool_or(e.outcome IN ('assigned', 'recorded')), false),
+           coalesce(bool_or(NOT e.duplicate AND e.purged AND NOT e.has_slots), false),
+           coalesce(bool_or(e.completing), false)
+      INTO v_plan, v_results, v_content, v_failures, v_fills, v_purged, v_completes
+      FROM evented AS e;
+
+    IF v_content THEN
+        INSERT INTO els.essay_content (
+            batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
+            raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
+            source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key, p.outcome::els.item_disposition, p.slot_essay_id,
+               p.file_upload_id, p.original_file_name, p.raw_file_storage_id, p.file_size_bytes,
+               p.content_md5_hash, p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.kind = 'provision_content'
+         ORDER BY p.ord;
+    END IF;
+    IF v_failures THEN
+        INSERT INTO els.validation_failure (
+            batch_id, file_upload_id, disposition, essay_id, original_file_name,
+            validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
+            correlation_id, source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key,
+               (CASE p.outcome WHEN 'recorded' THEN 'assigned' ELSE p.outcome END)::els.item_disposition,
+               p.slot_essay_id, p.original_file_name, p.validation_error_code,
+               p.validation_error_detail, p.raw_file_storage_id, p.file_size_bytes,
+               p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.kind = 'record_validation_failure'
+         ORDER BY p.ord;
+    END IF;
+    IF v_fills THEN
+        UPDATE els.essay_slot AS s
+           SET status = CASE WHEN p.kind = 'provision_content' THEN 'ready_for_processing'
+                             ELSE 'content_ingestion_failed' END::els.essay_status,
+               text_storage_id = CASE WHEN p.kind = 'provision_content' THEN p.item_key END,
+               failed_file_upload_id = CASE WHEN p.kind = 'record_validation_failure' THEN p.item_key END,
+               filled_at = now()
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
+    END IF;
+    IF v_purged THEN
+        -- the next purge deletes these late rows again (SPEC 10)
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
+         WHERE b.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.purged);
+    END IF;
+    IF v_completes THEN
+        UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
+         WHERE t.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.completing);
+    END IF;
+    IF v_content OR v_completes THEN
+        -- in arrival order, each completion right after the event of the item that completed it
+        SELECT jsonb_agg(x.spec ORDER BY x.ord, x.sub) INTO v_events
+          FROM (SELECT p.ord, 0 AS sub,
+                       CASE WHEN p.outcome = 'assigned' THEN
+                                els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
+                                                        p.item_key, p.original_file_name, p.correlation_id)
+                            ELSE els._excess_spec(p.batch_id, p.original_file_name, p.item_key,
+                                                  p.correlation_id) END AS spec
+                  FROM els._plan_rows(v_plan) AS p
+                 WHERE p.kind = 'provision_content' AND p.outcome IN ('assigned', 'excess')
+                   AND NOT p.announced
+                UNION ALL
+                SELECT p.ord, 1, els._completion_spec(p.batch_id, 'all_slots_closed')
+                  FROM els._plan_rows(v_plan) AS p
+                 WHERE p.completing) AS x;
+        IF v_events IS NOT NULL THEN
+            PERFORM els._emit_events(v_events);
+        END IF;
+    END IF;
+    RETURN v_results;
+END
+$fn$;
+
+-- The core: applies p_events (p_kinds[i] names the per-event function of event
+-- i: register_batch, provision_content or record_validation_failure) in arrival
+-- order, as that sequence of calls would, and returns one result per event (see
+-- the top of this file). p_refused[i], when set, is already event i's result (a
+-- value PostgreSQL refused as jsonb, see els.apply_events). Only rejections
+-- (ELV*, ELC*) become results; any other error aborts the whole call, so that the
+-- caller retries or investigates the micro-batch as a whole.
+CREATE OR REPLACE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[] DEFAULT NULL)
+RETURNS jsonb[]
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_n integer := coalesce(cardinality(p_kinds), 0);
+    v_results jsonb[] := array_fill(NULL::jsonb, ARRAY[v_n]);
+    v_rows jsonb[] := '{}'::jsonb[];
+    v_count integer := 0;
+    v_row jsonb;
+    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
+    v_reg_count integer := 0;
+    v_seen integer;
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_key bigint;
+    v_round integer;
+    v_items jsonb;
+    v_done jsonb;
+    v_sequential boolean := false;
+BEGIN
+    IF coalesce(cardinality(p_events), 0) <> v_n
+       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
+    END IF;
+
+    -- 1. read and check every event; no table is touched
+    FOR i IN 1 .. v_n LOOP
+        IF p_refused IS NOT NULL AND p_refused[i] IS NOT NULL THEN
+            v_results[i] := p_refused[i];
+            CONTINUE;
+        END IF;
+        IF p_kinds[i] IS NULL
+           OR p_kinds[i] NOT IN ('register_batch', 'provision_content', 'record_validation_failure') THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('unknown event kind %s', coalesce(p_kinds[i], 'NULL'));
+        END IF;
+        BEGIN
+            v_row := CASE p_kinds[i]
+                WHEN 'register_batch' THEN els._read_registration(p_events[i])
+                WHEN 'provision_content' THEN els._read_content(p_events[i])
+                ELSE els._read_failure(p_events[i])
+            END;
+        EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
+                    OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            v_results[i] := els._rejection(v_state, v_message, v_detail);
+            CONTINUE;
+        END;
+        -- the round: 2 x (registrations of this batch before it), + 1 for a registration
+        v_seen := coalesce((v_regs ->> (v_row ->> 'batch_id'))::integer, 0);
+        IF p_kinds[i] = 'register_batch' THEN
+            v_regs := v_regs || jsonb_build_object(v_row ->> 'batch_id', v_seen + 1);
+            v_reg_count := v_reg_count + 1;
+        END IF;
+        v_count := v_count + 1;
+        v_rows[v_count] := v_row || jsonb_build_object(
+            'ord', i, 'kind', p_kinds[i],
+            'round', 2 * v_seen + CASE WHEN p_kinds[i] = 'register_batch' THEN 1 ELSE 0 END);
+    END LOOP;
+    IF v_count = 0 THEN
+        RETURN v_results;
+    END IF;
+
+    -- registrations of different batches sharing an essay id: the order between
+    -- batches matters (ELC02 for the later one), so one event per round
+    IF v_reg_count > 1 THEN
+        SELECT EXISTS (
+            SELECT FROM unnest(v_rows) AS r(j)
+             CROSS JOIN LATERAL jsonb_array_elements_text(r.j -> 'essay_ids') AS e(id)
+             WHERE r.j ->> 'kind' = 'register_batch'
+             GROUP BY e.id HAVING count(DISTINCT r.j ->> 'batch_id') > 1)
+          INTO v_sequential;
+    END IF;
+
+    -- 2. the locks of every batch, in ascending key order
+    FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
+                   FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(v_key);
+    END LOOP;
+
+    -- 3. the rounds, in order
+    FOR v_round IN SELECT DISTINCT CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                                        ELSE (r.j ->> 'round')::integer END AS round
+                     FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
+        SELECT jsonb_agg(r.j ORDER BY (r.j ->> 'ord')::integer) INTO v_items
+          FROM unnest(v_rows) AS r(j)
+         WHERE r.j ->> 'kind' <> 'register_batch'
+           AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                    ELSE (r.j ->> 'round')::integer END = v_round;
+        IF v_items IS NOT NULL THEN
+            FOR v_done IN SELECT d.value FROM jsonb_array_elements(els._apply_items(v_items)) AS d LOOP
+                v_results[(v_done ->> 'ord')::integer] := jsonb_build_object('ok', true, 'result', v_done -> 'result');
+            END LOOP;
+        END IF;
+        FOR v_row IN SELECT r.j FROM unnest(v_rows) AS r(j)
+                      WHERE r.j ->> 'kind' = 'register_batch'
+                        AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                                 ELSE (r.j ->> 'round')::integer END = v_round
+                      ORDER BY (r.j ->> 'ord')::integer LOOP
+            -- a subtransaction per registration: ELC02 is found by the slot insert
+            BEGIN
+                v_results[(v_row ->> 'ord')::integer] :=
+                    jsonb_build_object('ok', true, 'result', els._register_locked(v_row));
+            EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                        v_detail = PG_EXCEPTION_DETAIL;
+                v_results[(v_row ->> 'ord')::integer] := els._rejection(v_state, v_message, v_detail);
+            END;
+        END LOOP;
+    END LOOP;
+    RETURN v_results;
+END
+$fn$;
+
+-- One event through the core, for the per-event functions of SPEC 3: its result,
+-- or its rejection raised with the same SQLSTATE, message and detail.
+CREATE OR REPLACE FUNCTION els._apply_one(p_kind text, p_event jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_result jsonb := (els._apply_events(ARRAY[p_kind], ARRAY[p_event]))[1];
+BEGIN
+    IF NOT (v_result ->> 'ok')::boolean THEN
+        PERFORM els._reject(v_result ->> 'sqlstate', v_result ->> 'message', v_result -> 'detail');
+    END IF;
+    RETURN v_result -> 'result';
+END
+$fn$;
+
+-- els.apply_events(kinds, events): the worker's micro-batch, message values as
+-- text (kinds[i] is the function of event i's topic). A value PostgreSQL cannot
+-- take as jsonb (e.g. \u0000) is that event's result: {"ok": false,
+-- "refused_value": true, "sqlstate", "message", "pg_detail", "context"}, which the
+-- worker reports as ELV01 (SPEC 4), as when the per-event call's cast refuses it.
+-- Returns a JSON array of per-event results in input order.
+CREATE OR REPLACE FUNCTION els.apply_events(kinds text[], events text[])
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_n integer := coalesce(cardinality(events), 0);
+    v_json jsonb[];
+    v_refused jsonb[];
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_context text;
+BEGIN
+    -- every value at once; one by one only when one of them is refused
+    BEGIN
+        v_json := events::jsonb[];
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+        v_json := array_fill(NULL::jsonb, ARRAY[v_n]);
+        v_refused := array_fill(NULL::jsonb, ARRAY[v_n]);
+        FOR i IN 1 .. v_n LOOP
+            BEGIN
+                v_json[i] := events[i]::jsonb;
+            EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                        v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+                v_refused[i] := jsonb_build_object('ok', false, 'refused_value', true,
+                    'sqlstate', v_state, 'message', v_message, 'pg_detail', v_detail,
+                    'context', v_context);
+            END;
+        END LOOP;
+    END;
+    RETURN to_jsonb(els._apply_events(kinds, coalesce(v_json, '{}'::jsonb[]), v_refused));
+END
+$fn$;
+COMMENT ON FUNCTION els.apply_events(text[], text[]) IS
+    'A micro-batch of input events in arrival order (kinds[i]: register_batch, provision_content '
+    'or record_validation_failure) applied set-based by the same core as the per-event functions; '
+    'one result per event: {ok: true, result} or {ok: false, sqlstate, message, detail}. '
+    'Rejected events change nothing; the others are applied.';
+
+REVOKE ALL ON FUNCTION els._rejection(text, text, text), els._plan_rows(jsonb), els._apply_items(jsonb),
+    els._apply_events(text[], jsonb[], jsonb[]), els._apply_one(text, jsonb),
+    els.apply_events(text[], text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]) TO els_worker;
