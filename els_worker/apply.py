@@ -1,17 +1,22 @@
 """A micro-batch of messages applied in one database transaction.
 
-The fast path pipelines every message of the micro-batch in one round trip. When
-anything in it fails, the transaction is rolled back and the micro-batch re-run
-carefully, one SAVEPOINT per message, in rounds: a rejected event is dead-lettered
-alone; an unexpected error is retried in the next round, and its event dead-lettered
-after ``ELS_UNEXPECTED_MAX_ATTEMPTS`` only while other events of the micro-batch apply
-(a poison event: others of its topic, hence of its function, apply where it fails).
-When no event of a failing event's topic applies, the fault is systemic (SPEC 4):
-``SystemicFault`` rolls everything back and the consumer holds the micro-batch, backs
-off and tries again, dead-lettering nothing. Operational and deployment faults leave
-through ``apply``'s own retry: the transaction is rolled back, the connection dropped
-when it cannot serve again (lost, read-only), and the whole micro-batch retried in
-order, in a fresh transaction, without limit.
+The fast path sends the whole micro-batch in one call of ``els.apply_events``, the
+set-based core that the per-event functions also go through: it returns one result per
+event, and a rejected event (ELV*/ELC*, or a value PostgreSQL refuses as jsonb) is
+dead-lettered alone from its result while the others commit; nothing is re-run. (A value
+psycopg cannot send at all, e.g. one with a NUL character, is judged alone, in a
+SAVEPOINT of the same transaction, as the careful path would.) When the call itself
+fails with an unexpected error, the transaction is rolled back and the micro-batch
+re-run carefully, one SAVEPOINT per message through the per-event functions, in rounds:
+a rejected event is dead-lettered alone; an unexpected error is retried in the next
+round, and its event dead-lettered after ``ELS_UNEXPECTED_MAX_ATTEMPTS`` only while other
+events of the micro-batch apply (a poison event: others of its topic, hence of its
+function, apply where it fails). When no event of a failing event's topic applies, the
+fault is systemic (SPEC 4): ``SystemicFault`` rolls everything back and the consumer
+holds the micro-batch, backs off and tries again, dead-lettering nothing. Operational and
+deployment faults leave through ``apply``'s own retry: the transaction is rolled back,
+the connection dropped when it cannot serve again (lost, read-only), and the whole
+micro-batch retried in order, in a fresh transaction, without limit.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from els_worker import db
 from els_worker.config import Config
 from els_worker.errors import Action, classify, pg_diagnostics
 from els_worker.health import Health
-from els_worker.messages import Item
+from els_worker.messages import Item, UnexpectedResult, check_result
 from els_worker.observability import Metrics, log
 from els_worker.retry import Retry
 
@@ -59,7 +64,7 @@ class BatchProcessor:
         self.health = health
         self.session = session or db.Session(cfg, "els-worker")
         self.routes = cfg.routes
-        self.route_codes = {topic: n for n, topic in enumerate(self.routes, start=1)}
+        self.kinds = cfg.route_functions
 
     def close(self) -> None:
         self.session.close()
@@ -104,11 +109,22 @@ class BatchProcessor:
         if not live:
             return
         try:
-            self._apply_pipelined(conn, live)
+            self._apply_set_based(conn, live)
             return
         except psycopg.Error as exc:
             if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
                 raise
+            log(logging.WARNING, "micro-batch call failed: one message at a time",
+                messages=len(live), **pg_diagnostics(exc))
+        except UnexpectedResult as exc:
+            log(logging.WARNING, "micro-batch result unexpected: one message at a time",
+                messages=len(live), error=str(exc))
+        for it in live:
+            if not it.dead:
+                it.result = None
+        live = [it for it in live if not it.dead]
+        if not live:
+            return
         # Something in the micro-batch failed: find out what, message by message.
         try:
             with conn.transaction():
@@ -124,17 +140,38 @@ class BatchProcessor:
                 it.result = None
             self._apply_in_rounds(conn, [it for it in live if not it.dead])
 
-    def _apply_pipelined(self, conn: psycopg.Connection[Any], live: Sequence[Item]) -> None:
-        with conn.transaction():
-            cur = conn.cursor()
-            with conn.pipeline():
-                params = [{"route": self.route_codes[it.topic], "event": it.text} for it in live]
-                cur.executemany(db.FAST_APPLY, params, returning=True)
-            for n, it in enumerate(live):
-                if n and not cur.nextset():
-                    raise RuntimeError("fewer results than statements in the pipeline")
-                row = cur.fetchone()
-                it.result = row[0] if row else None
+    def _apply_set_based(self, conn: psycopg.Connection[Any], live: Sequence[Item]) -> None:
+        """One call of els.apply_events for the micro-batch, in one transaction. Raises
+        (nothing committed, no verdict kept) when the call, a result or the commit fails."""
+        judged: list[Item] = []
+        try:
+            with conn.transaction():
+                sendable = []
+                for it in live:
+                    if it.text is not None and "\x00" in it.text:
+                        self._apply_one(conn, it)  # psycopg refuses it: judged alone
+                    else:
+                        sendable.append(it)
+                if not sendable:
+                    return
+                row = conn.execute(db.APPLY_EVENTS, {
+                    "kinds": [self.kinds[it.topic] for it in sendable],
+                    "events": [it.text for it in sendable],
+                }).fetchone()
+                results = row[0] if row else None
+                if not isinstance(results, list) or len(results) != len(sendable):
+                    raise UnexpectedResult("els.apply_events returned no result per event")
+                for res in results:
+                    check_result(res)  # every verdict is sound before any is taken
+                for it, res in zip(sendable, results, strict=True):
+                    it.apply_result(res)
+                    if it.dead:
+                        it.attempts += 1
+                        judged.append(it)
+        except BaseException:
+            for it in judged:  # rolled back: the careful path judges them again
+                it.revive()
+            raise
 
     def _apply_in_rounds(self, conn: psycopg.Connection[Any], live: Sequence[Item]) -> None:
         """Each pending item in a SAVEPOINT (or its own transaction when the caller has

@@ -188,6 +188,15 @@ class Config:
         }
 
     @property
+    def route_functions(self) -> dict[str, str]:
+        """Input topic -> the els function of its events (the kind els.apply_events takes)."""
+        return {
+            self.topic_batch_registered: contract.REGISTERED.function,
+            self.topic_content_provisioned: contract.CONTENT_PROVISIONED.function,
+            self.topic_validation_failed: contract.VALIDATION_FAILED.function,
+        }
+
+    @property
     def input_topics(self) -> list[str]:
         return list(self.routes)
 

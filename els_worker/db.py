@@ -13,26 +13,18 @@ from typing import Any
 
 import psycopg
 
-from els_worker import contract
 from els_worker.config import Config
 from els_worker.observability import log
 
 # -- the ingest path --------------------------------------------------------------
 
 
-def fast_statement() -> str:
-    """One statement for every input topic, the function chosen by ``%(route)s``. The
-    fast path sends a whole micro-batch of it with one ``executemany`` (one prepared
-    statement, pipelined); only the chosen branch runs, so the database does exactly
-    what the topic's own statement does."""
-    branches = " ".join(
-        f"WHEN {n} THEN els.{event.function}(%(event)s::jsonb)"
-        for n, event in enumerate(contract.INPUTS, start=1)
-    )
-    return f"SELECT CASE %(route)s::integer {branches} END"
-
-
-FAST_APPLY = fast_statement()
+# The fast path: a whole micro-batch in one call of the set-based core, in arrival
+# order; kinds[i] is the function of event i's topic, events[i] its message value.
+# One result per event: {"ok": true, "result"} or the rejection it would raise.
+APPLY_EVENTS = (
+    "SELECT els.apply_events(kinds => %(kinds)s::text[], events => %(events)s::text[])"
+)
 
 # -- the outbox relay ---------------------------------------------------------------
 CLAIM_OUTBOX = (

@@ -11,7 +11,15 @@ from typing import Any
 import psycopg
 from confluent_kafka import Message
 
-from els_worker.errors import MALFORMED, Rule, Scope, pg_diagnostics, scope_of
+from els_worker.errors import (
+    MALFORMED,
+    Action,
+    Rule,
+    Scope,
+    classify_sqlstate,
+    pg_diagnostics,
+    scope_of,
+)
 
 
 @dataclass(slots=True)
@@ -74,19 +82,70 @@ class Item:
             or scope_of(exc) is Scope.VALUE
         )
         if rule.report_as and refused_value:
-            detail = json.dumps({
-                "field": None,
-                "reason": "invalid_json",
-                "original_sqlstate": original,
-                "error": diag.get("message"),
-                "pg_detail": diag.get("detail"),
-                "context": diag.get("context"),
-            })
-            message = f"message value is not JSON PostgreSQL accepts: {diag.get('message')}"
-            self.kill(rule.report_as, message, detail, diag)
+            self.kill_refused(rule.report_as, diag)
         else:
             self.kill(original or "XX000", str(diag.get("message", "")),
                       str(diag.get("detail") or "{}"), diag)
+
+    def kill_refused(self, report_as: str, diag: dict[str, Any]) -> None:
+        """PostgreSQL (or psycopg) refused the message value itself: reported as
+        ``report_as`` (ELV01) with the original error in the detail."""
+        detail = json.dumps({
+            "field": None,
+            "reason": "invalid_json",
+            "original_sqlstate": diag.get("sqlstate"),
+            "error": diag.get("message"),
+            "pg_detail": diag.get("detail"),
+            "context": diag.get("context"),
+        })
+        message = f"message value is not JSON PostgreSQL accepts: {diag.get('message')}"
+        self.kill(report_as, message, detail, diag)
+
+    def revive(self) -> None:
+        """Withdraws a verdict taken in a transaction that was rolled back."""
+        self.dead = False
+        self.sqlstate = None
+        self.error_message = ""
+        self.error_detail = ""
+        self.diagnostics = {}
+        self.attempts = max(0, self.attempts - 1)
+
+    def apply_result(self, res: dict[str, Any]) -> None:
+        """Takes this event's result from els.apply_events (checked by ``check_result``):
+        its outcome, or its rejection as a dead-letter verdict."""
+        if res.get("ok"):
+            self.result = res.get("result")
+            return
+        refused = bool(res.get("refused_value"))
+        sqlstate = str(res.get("sqlstate") or "")
+        rule = check_result(res)
+        if refused and rule is not None and rule.report_as:
+            diag = {"sqlstate": sqlstate, "message": res.get("message"),
+                    "detail": res.get("pg_detail"), "context": res.get("context")}
+            self.kill_refused(rule.report_as, {k: v for k, v in diag.items() if v is not None})
+            return
+        detail = str(res.get("detail_text") or "{}")  # the DETAIL as the function raises it
+        self.kill(sqlstate, str(res.get("message") or ""), detail,
+                  {"sqlstate": sqlstate, "message": res.get("message"), "detail": detail})
+
+
+class UnexpectedResult(Exception):
+    """els.apply_events returned a per-event error that is not a rejection (a bug)."""
+
+
+def check_result(res: Any) -> Rule | None:
+    """The rule of one per-event result of els.apply_events (None when it applied);
+    raises ``UnexpectedResult`` unless it is a dead-letter verdict (els_worker.errors)."""
+    if not isinstance(res, dict):
+        raise UnexpectedResult("els.apply_events returned a result that is not an object")
+    if res.get("ok"):
+        return None
+    sqlstate = str(res.get("sqlstate") or "")
+    rule = classify_sqlstate(sqlstate, Scope.VALUE if res.get("refused_value") else Scope.BODY)
+    if rule.action is not Action.DEAD_LETTER:
+        raise UnexpectedResult(f"els.apply_events reported {sqlstate} for an event "
+                               f"({rule.kind}): not a verdict on the event")
+    return rule
 
 
 def _reject_constant(name: str) -> Any:

@@ -24,14 +24,17 @@
 --    ELC02, whichever comes first wins), every event is its own round.
 --
 -- The result of event i is {"ok": true, "result": <what the per-event function
--- returns>} or {"ok": false, "sqlstate", "message", "detail"} (what it raises).
+-- returns>} or {"ok": false, "sqlstate", "message", "detail", "detail_text"} (what
+-- it raises: detail as JSON, and as the text of the error's DETAIL).
 
--- A rejection as a per-event result (the detail of every ELV/ELC error is JSON).
+-- A rejection as a per-event result (the detail of every ELV/ELC error is JSON;
+-- detail_text is the DETAIL exactly as the per-event function raises it, which the
+-- worker puts in the dead letter's header).
 CREATE OR REPLACE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message,
-                          'detail', p_detail::jsonb);
+                          'detail', p_detail::jsonb, 'detail_text', p_detail);
 
 -- The rows of a round's plan (built by _apply_items), as a relation: one row per
 -- content or failure, with the outcome computed for it. Inlined by the planner.

@@ -121,7 +121,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
 def _error(exc: psycopg.Error) -> dict[str, Any]:
     detail = exc.diag.message_detail
     return {"ok": False, "sqlstate": exc.sqlstate, "message": exc.diag.message_primary,
-            "detail": json.loads(detail) if detail else None}
+            "detail": json.loads(detail) if detail else None, "detail_text": detail}
 
 
 def _per_event(conn: psycopg.Connection, kind: str, value: str) -> dict[str, Any]:

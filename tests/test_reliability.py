@@ -171,14 +171,17 @@ def test_revoked_grant_waits_then_applies_everything(
     env = worker_env(worker_login, kafka_bootstrap, topics)
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         start_and_fault(worker, db_url, kafka_bootstrap, first, [], first_ids)
-        db.execute("REVOKE EXECUTE ON FUNCTION els.provision_content(jsonb) FROM els_worker")
+        # the fast path's function and the careful path's
+        db.execute("REVOKE EXECUTE ON FUNCTION els.apply_events(text[], text[]),"
+                   " els.provision_content(jsonb) FROM els_worker")
         try:
             produce(kafka_bootstrap, rest)
             unhealthy_because(worker, "privilege", "/healthz to name the missing grant")
             time.sleep(8)
             assert dead_letters(kafka_bootstrap, topics) == []
         finally:
-            db.execute("GRANT EXECUTE ON FUNCTION els.provision_content(jsonb) TO els_worker")
+            db.execute("GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]),"
+                       " els.provision_content(jsonb) TO els_worker")
         assert_nothing_lost(db_url, kafka_bootstrap, topics, first_ids + rest_ids, worker)
         assert worker.terminate() == 0
 
@@ -233,30 +236,30 @@ def test_read_only_database_for_8_seconds_nothing_dead_lettered(
 
 @pytest.fixture
 def bug_in_provision_content(db: psycopg.Connection[Any]) -> Iterator[Any]:
-    """``install(pattern)`` puts a bug in front of the real els.provision_content: content
-    whose text_storage_id matches ``pattern`` (LIKE) raises division_by_zero inside the
-    function body. ``restore()`` takes it away (also done at the end)."""
+    """``install(pattern)`` puts a bug in the content rules that both paths share
+    (els._read_content, called by the set-based core of els.apply_events and so by
+    els.provision_content): content whose text_storage_id matches ``pattern`` (LIKE)
+    raises division_by_zero inside the function body. ``restore()`` takes it away (also
+    done at the end)."""
     state = {"installed": False}
 
     def install(pattern: str) -> None:
-        db.execute("ALTER FUNCTION els.provision_content(jsonb) RENAME TO provision_content_real")
+        db.execute("ALTER FUNCTION els._read_content(jsonb) RENAME TO read_content_real")
         db.execute(sql.SQL("""
-            CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+            CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb
+            LANGUAGE plpgsql AS $$
             BEGIN
-                IF event -> 'data' ->> 'text_storage_id' LIKE {} THEN
+                IF p_event -> 'data' ->> 'text_storage_id' LIKE {} THEN
                     RETURN to_jsonb(1 / 0);
                 END IF;
-                RETURN els.provision_content_real(event);
+                RETURN els.read_content_real(p_event);
             END $$""").format(sql.Literal(pattern)))
-        db.execute("GRANT EXECUTE ON FUNCTION els.provision_content(jsonb) TO els_worker")
         state["installed"] = True
 
     def restore() -> None:
         if state["installed"]:
-            db.execute("DROP FUNCTION els.provision_content(jsonb)")
-            db.execute("ALTER FUNCTION els.provision_content_real(jsonb)"
-                       " RENAME TO provision_content")
+            db.execute("DROP FUNCTION els._read_content(jsonb)")
+            db.execute("ALTER FUNCTION els.read_content_real(jsonb) RENAME TO _read_content")
             state["installed"] = False
 
     try:

@@ -175,29 +175,31 @@ def processor(db_url: str) -> Iterator[BatchProcessor]:
 
 @pytest.fixture
 def buggy_provision_content(db: psycopg.Connection[Any]) -> Iterator[None]:
-    """Puts a bug in front of the real els.provision_content: content whose
-    text_storage_id starts with ``poison`` raises division_by_zero inside the function
-    body, ``flaky`` content fails for its first two calls, the rest goes through."""
+    """Puts a bug in the content rules that both paths share (els._read_content, called
+    by the set-based core of els.apply_events and so by els.provision_content): content
+    whose text_storage_id starts with ``poison`` raises division_by_zero inside the
+    function body, ``flaky`` content fails for its first two calls, the rest goes through."""
     db.execute("CREATE SEQUENCE public.flaky_calls")
-    db.execute("ALTER FUNCTION els.provision_content(jsonb) RENAME TO provision_content_real")
+    # the bug runs inside the SECURITY DEFINER functions, as their owner
+    db.execute("GRANT USAGE ON SEQUENCE public.flaky_calls TO els_owner")
+    db.execute("ALTER FUNCTION els._read_content(jsonb) RENAME TO read_content_real")
     db.execute("""
-        CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
         BEGIN
-            IF event -> 'data' ->> 'text_storage_id' LIKE 'poison%' THEN
+            IF p_event -> 'data' ->> 'text_storage_id' LIKE 'poison%' THEN
                 RETURN to_jsonb(1 / 0);
             END IF;
-            IF event -> 'data' ->> 'text_storage_id' LIKE 'flaky%'
+            IF p_event -> 'data' ->> 'text_storage_id' LIKE 'flaky%'
                AND nextval('public.flaky_calls') <= 2 THEN
                 RAISE EXCEPTION 'flaky bug' USING ERRCODE = 'XX000';
             END IF;
-            RETURN els.provision_content_real(event);
+            RETURN els.read_content_real(p_event);
         END $$""")
-    db.execute("GRANT EXECUTE ON FUNCTION els.provision_content(jsonb) TO els_worker")
     try:
         yield
     finally:
-        db.execute("DROP FUNCTION els.provision_content(jsonb)")
-        db.execute("ALTER FUNCTION els.provision_content_real(jsonb) RENAME TO provision_content")
+        db.execute("DROP FUNCTION els._read_content(jsonb)")
+        db.execute("ALTER FUNCTION els.read_content_real(jsonb) RENAME TO _read_content")
         db.execute("DROP SEQUENCE public.flaky_calls")
 
 
