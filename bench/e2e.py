@@ -42,6 +42,30 @@ from bench.common import (
     registration,
 )
 
+# The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
+# functions each run's database gets instead of the template's (bench/worker_ab.py
+# points both at a checkout of the baseline revision).
+SQL_DIR: Path | None = None
+
+
+def load_sql(url: str, sql_dir: Path) -> None:
+    """Makes the functions and views of schema els exactly those of ``sql_dir``, as
+    migrations/post-apply.py does (tables are the template's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "els_post_apply", Path(__file__).resolve().parent.parent / "migrations" / "post-apply.py")
+    assert spec is not None and spec.loader is not None
+    post_apply = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(post_apply)
+    with psycopg.connect(url) as conn:
+        cur = conn.cursor()
+        cur.execute("SET LOCAL ROLE els_owner")
+        cur.execute(post_apply.DROP_CODE)
+        for path in sorted(sql_dir.glob("*.sql")):
+            cur.execute(path.read_text(encoding="utf-8"))
+
+
 ESSAYS = 10
 GROUP = 500  # the worker's default ELS_BATCH_MAX_MESSAGES
 OUTPUTS = {
@@ -202,6 +226,8 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
         _produce(stack, prefix, stream)
         with fresh_database(stack, f"w{workers}p{partitions}") as url, \
                 psycopg.connect(url, autocommit=True) as watch:
+            if SQL_DIR is not None:
+                load_sql(url, SQL_DIR)
             base = watch.execute("SELECT coalesce(max(id), 0) FROM els.event_outbox").fetchone()
             base_id = base[0] if base else 0
             env = dict(os.environ)

@@ -1,10 +1,13 @@
-"""A/B of the worker: a git revision's worker.py against the working tree's, end to end.
+"""A/B of the worker: a git revision's worker and SQL against the working tree's, end to end.
 
     .venv/bin/python -m bench.worker_ab --base REV [--batches N] [--reps N]
                                         [--variants 1w2p,2w4p] [--new-env K=V,...]
 
 The same pre-loaded stream and seeded template as `make bench`'s end-to-end part
-(bench/e2e.py), the two workers interleaved (the order reverses every repetition) so
+(bench/e2e.py). The baseline is a checkout of REV's worker.py, els_worker/ and sql/:
+its worker runs from there (its own package first on sys.path) against a database whose
+functions are REV's sql/ (the tables are the template's: no migration between them).
+The two workers interleaved (the order reverses every repetition) so
 that the machine's drift falls on both alike; medians per variant. Its own template
 and databases (els_wab_*), so it can run beside `make bench`.
 """
@@ -41,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="els-wab-") as tmp:
         base = Path(tmp)
-        (base / "worker.py").write_bytes(subprocess.run(
-            ["git", "show", f"{args.base}:worker.py"], cwd=common.ROOT, check=True,
-            capture_output=True).stdout)
+        archive = subprocess.run(
+            ["git", "archive", args.base, "worker.py", "els_worker", "sql"], cwd=common.ROOT,
+            check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
         roots = {f"base {args.base}": base, "working tree": common.ROOT}
         stack = common.stack_from_env()
         common.build_template(stack, log)
@@ -55,13 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             for rep in range(args.reps):
                 for v, w in (order if rep % 2 == 0 else order[::-1]):
                     e2e.ROOT = roots[w]
+                    e2e.SQL_DIR = base / "sql" if w != "working tree" else None
                     workers, partitions = SHAPES[v]
                     res = e2e.run_workers(stack, stream, workers, partitions, logs,
                                           new_env if w == "working tree" else {})
                     runs.setdefault((v, w), []).append(res)
                     log(f"{v} {w}: {res.rate:,.0f}/s (steady {res.steady_rate:,.0f}/s)")
         finally:
-            e2e.ROOT = common.ROOT
+            e2e.ROOT, e2e.SQL_DIR = common.ROOT, None
             common.drop_template(stack)
     events = len(stream.messages)
     rows = []

@@ -71,8 +71,10 @@ RETURN jsonb_build_object(
 -- Appends events to the outbox, set-based: one row of p_events per event, each
 -- {"event_type", "key" (message key = batch id), "identity", "correlation_id",
 -- "data"}. "identity" is a JSON array of the ids that name the logical event
--- (its text form is unambiguous even when ids contain separators). Returns
--- the new event ids in input order.
+-- (its text form is unambiguous even when ids contain separators). An item may
+-- carry its "event_id" already (els._event_id of the same type and identity,
+-- computed by a caller that needs it anyway): then it is not computed again.
+-- Returns the new event ids in input order.
 CREATE OR REPLACE FUNCTION els._emit_events(p_events jsonb)
 RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE AS $fn$
@@ -87,7 +89,8 @@ BEGIN
     -- scan, sort and aggregate (a third of this function's cost).
     IF jsonb_array_length(p_events) = 1 THEN
         v_item := p_events -> 0;
-        v_id := els._event_id(v_item ->> 'event_type', v_item -> 'identity');
+        v_id := coalesce((v_item ->> 'event_id')::uuid,
+                         els._event_id(v_item ->> 'event_type', v_item -> 'identity'));
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         VALUES (v_id, v_item ->> 'event_type', els.output_topic(v_item ->> 'event_type'),
                 v_item ->> 'key',
@@ -101,7 +104,8 @@ BEGIN
                e.item ->> 'key' AS message_key,
                e.item ->> 'correlation_id' AS correlation_id,
                e.item -> 'data' AS data,
-               els._event_id(e.item ->> 'event_type', e.item -> 'identity') AS event_id
+               coalesce((e.item ->> 'event_id')::uuid,
+                        els._event_id(e.item ->> 'event_type', e.item -> 'identity')) AS event_id
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)

@@ -44,14 +44,16 @@ RETURNS TABLE (
     original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
     content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
     validation_error_code text, validation_error_detail jsonb,
-    outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean)
+    outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean,
+    own_event_id uuid)
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $fn$
     SELECT * FROM jsonb_to_recordset(p_plan) AS x(
         ord integer, kind text, batch_id text, item_key text, file_upload_id text,
         original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
         content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
         validation_error_code text, validation_error_detail jsonb,
-        outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean)
+        outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean,
+        own_event_id uuid)
 $fn$;
 
 -- One round of content and failures (any batches; a batch's items in arrival
@@ -190,7 +192,8 @@ BEGIN
                'validation_error_code', e.validation_error_code,
                'validation_error_detail', e.validation_error_detail,
                'outcome', e.outcome, 'slot_essay_id', e.slot_essay_id, 'purged', e.purged,
-               'announced', e.announced, 'completing', e.completing) ORDER BY e.ord)
+               'announced', e.announced, 'completing', e.completing,
+               'own_event_id', e.own_event_id) ORDER BY e.ord)
                FILTER (WHERE NOT e.duplicate),
            jsonb_agg(jsonb_build_object('ord', e.ord, 'result', jsonb_build_object(
                'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
@@ -261,6 +264,8 @@ BEGIN
         -- in arrival order, each completion right after the event of the item that completed it
         SELECT jsonb_agg(x.spec ORDER BY x.ord, x.sub) INTO v_events
           FROM (SELECT p.ord, 0 AS sub,
+                       -- with the id the plan computed for the results
+                       jsonb_build_object('event_id', p.own_event_id) ||
                        CASE WHEN p.outcome = 'assigned' THEN
                                 els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
                                                         p.item_key, p.original_file_name, p.correlation_id)
