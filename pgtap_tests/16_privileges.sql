@@ -49,6 +49,7 @@ SELECT results_eq(
              ('els._read_failure(jsonb)', false, false),
              ('els._read_registration(jsonb)', false, false),
              ('els._reconcile(text)', false, false),
+             ('els._register_guarded(jsonb)', false, false),
              ('els._register_locked(jsonb)', false, false),
              ('els._reject(text,text,jsonb)', false, false),
              ('els._rejection(text,text,text)', false, false),

@@ -286,6 +286,25 @@ BEGIN
 END
 $fn$;
 
+-- One checked registration under its batch's lock, in a subtransaction (ELC02 is
+-- found by the slot insert, after the tracker's): its result, or its rejection
+-- with nothing of it left.
+CREATE OR REPLACE FUNCTION els._register_guarded(p_reg jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    v_state text;
+    v_message text;
+    v_detail text;
+BEGIN
+    RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
+EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL;
+    RETURN els._rejection(v_state, v_message, v_detail);
+END
+$fn$;
+
 -- The core: applies p_events (p_kinds[i] names the per-event function of event
 -- i: register_batch, provision_content or record_validation_failure) in arrival
 -- order, as that sequence of calls would, and returns one result per event (see
@@ -357,6 +376,17 @@ BEGIN
     IF v_count = 0 THEN
         RETURN v_results;
     END IF;
+    -- one event (every per-event call): its lock and its one round, directly
+    IF v_count = 1 THEN
+        v_row := v_rows[1];
+        PERFORM els._lock_batch(v_row ->> 'batch_id');
+        v_results[(v_row ->> 'ord')::integer] := CASE
+            WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_guarded(v_row)
+            ELSE jsonb_build_object('ok', true,
+                     'result', els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'result')
+        END;
+        RETURN v_results;
+    END IF;
 
     -- registrations of different batches sharing an essay id: the order between
     -- batches matters (ELC02 for the later one), so one event per round
@@ -394,15 +424,7 @@ BEGIN
                         AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
                                  ELSE (r.j ->> 'round')::integer END = v_round
                       ORDER BY (r.j ->> 'ord')::integer LOOP
-            -- a subtransaction per registration: ELC02 is found by the slot insert
-            BEGIN
-                v_results[(v_row ->> 'ord')::integer] :=
-                    jsonb_build_object('ok', true, 'result', els._register_locked(v_row));
-            EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
-                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                        v_detail = PG_EXCEPTION_DETAIL;
-                v_results[(v_row ->> 'ord')::integer] := els._rejection(v_state, v_message, v_detail);
-            END;
+            v_results[(v_row ->> 'ord')::integer] := els._register_guarded(v_row);
         END LOOP;
     END LOOP;
     RETURN v_results;
@@ -472,6 +494,7 @@ COMMENT ON FUNCTION els.apply_events(text[], text[]) IS
     'Rejected events change nothing; the others are applied.';
 
 REVOKE ALL ON FUNCTION els._rejection(text, text, text), els._plan_rows(jsonb), els._apply_items(jsonb),
+    els._register_guarded(jsonb),
     els._apply_events(text[], jsonb[], jsonb[]), els._apply_one(text, jsonb),
     els.apply_events(text[], text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]) TO els_worker;
