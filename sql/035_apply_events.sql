@@ -390,12 +390,14 @@ BEGIN
 
     -- registrations of different batches sharing an essay id: the order between
     -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 THEN
+    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
+        -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
         SELECT EXISTS (
-            SELECT FROM unnest(v_rows) AS r(j)
-             CROSS JOIN LATERAL jsonb_array_elements_text(r.j -> 'essay_ids') AS e(id)
-             WHERE r.j ->> 'kind' = 'register_batch'
-             GROUP BY e.id HAVING count(DISTINCT r.j ->> 'batch_id') > 1)
+            SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
+                           FROM unnest(v_rows) AS r(j)
+                          WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
+             CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+             GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1)
           INTO v_sequential;
     END IF;
 
