@@ -7,8 +7,11 @@ process(es) to the moment the last of the expected outbox rows (10 EssaySlotAssi
 1 BatchContentProvisioningCompleted per batch) is marked published by the relay.
 
 The ceiling applies the same message values by direct SQL calls with the worker's
-grouping (micro-batches of ELS_BATCH_MAX_MESSAGES calls per transaction, pipelined),
-one session per partition, each in its own process, no Kafka and no relay.
+grouping (micro-batches of ELS_BATCH_MAX_MESSAGES events, one els.apply_events call per
+transaction, as the worker's fast path), one session per partition, each in its own
+process, no Kafka and no relay. ``mode="per_event"`` gives the previous ceiling (the
+per-event functions, pipelined, one call per event); ``mode="floor"`` writes the same
+rows by plain set-based INSERT/UPDATE with no validation (FLOOR_SQL).
 """
 
 from __future__ import annotations
@@ -335,13 +338,109 @@ def _check_complete(conn: psycopg.Connection, stream: Stream) -> None:
 # ---------------------------------------------------------------- ceiling
 
 
+APPLY_EVENTS = "SELECT els.apply_events(kinds => %(kinds)s::text[], events => %(events)s::text[])"
+KIND_BY_TOPIC = {TOPIC_REGISTERED: "register_batch", TOPIC_CONTENT: "provision_content"}
+
+
+# The floor: the same rows as the stream's events write (trackers, slots, content,
+# filled slots, completions, outbox rows), by plain set-based INSERT/UPDATE, one statement
+# each per micro-batch, with no validation, no lock and no rule: what writing them costs.
+FLOOR_SQL = (
+    """INSERT INTO els.batch_tracker (batch_id, expected_count, essay_ids, course_code, user_id,
+                                      correlation_id, registration_event_id)
+       SELECT r.batch_id, r.n, ARRAY(SELECT jsonb_array_elements_text(r.ids)), r.course, r.usr,
+              r.corr, r.src
+         FROM jsonb_to_recordset(%(regs)s::jsonb) AS r(batch_id text, n integer, ids jsonb,
+              course text, usr text, corr text, src text)""",
+    """INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+       SELECT * FROM unnest(%(s_essay)s::text[], %(s_batch)s::text[], %(s_no)s::integer[])""",
+    """INSERT INTO els.essay_content (batch_id, text_storage_id, disposition, essay_id,
+                                      file_upload_id, original_file_name, raw_file_storage_id,
+                                      file_size_bytes, content_md5_hash, correlation_id,
+                                      source_event_id, disposed_at)
+       SELECT c.b, c.t, 'assigned', c.e, c.u, c.n, c.r, c.sz, c.md5, c.corr, c.src, now()
+         FROM jsonb_to_recordset(%(contents)s::jsonb) AS c(b text, t text, e text, u text, n text,
+              r text, sz bigint, md5 text, corr text, src text)""",
+    """UPDATE els.essay_slot AS s
+          SET status = 'ready_for_processing', text_storage_id = c.t, filled_at = now()
+         FROM unnest(%(c_essay)s::text[], %(c_text)s::text[]) AS c(e, t)
+        WHERE s.essay_id = c.e""",
+    """UPDATE els.batch_tracker AS t
+          SET completed_at = now(), completion_reason = 'all_slots_closed'
+        WHERE t.batch_id = ANY(%(done)s::text[])""",
+    """INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+       SELECT * FROM unnest(%(o_id)s::uuid[], %(o_type)s::text[], %(o_topic)s::text[],
+                            %(o_key)s::text[], %(o_env)s::jsonb[])""",
+)
+
+
+def _floor_params(chunk: list[tuple[str, str]], slots: dict[str, list[str]]) -> dict[str, Any]:
+    """The rows of one micro-batch of the bench stream (a registration, then its contents
+    in order: content i fills slot i); ``slots`` carries each batch's essay ids across
+    micro-batches."""
+    p: dict[str, Any] = {k: [] for k in ("regs", "s_essay", "s_batch", "s_no", "contents",
+                                          "c_essay", "c_text", "done", "o_id", "o_type",
+                                          "o_topic", "o_key", "o_env")}
+    for topic, value in chunk:
+        ev = json.loads(value)
+        d = ev["data"]
+        bid = d["entity_id"]
+        if topic == TOPIC_REGISTERED:
+            slots[bid] = list(d["essay_ids"])
+            p["regs"].append({"batch_id": bid, "n": d["expected_essay_count"],
+                              "ids": d["essay_ids"], "course": d["course_code"],
+                              "usr": d["user_id"], "corr": ev["correlation_id"],
+                              "src": ev["event_id"]})
+            p["s_essay"] += d["essay_ids"]
+            p["s_batch"] += [bid] * len(d["essay_ids"])
+            p["s_no"] += list(range(1, len(d["essay_ids"]) + 1))
+            continue
+        essay = slots[bid].pop(0)
+        p["contents"].append({"b": bid, "t": d["text_storage_id"], "e": essay,
+                              "u": d["file_upload_id"], "n": d["original_file_name"],
+                              "r": d["raw_file_storage_id"], "sz": d["file_size_bytes"],
+                              "md5": d["content_md5_hash"], "corr": ev["correlation_id"],
+                              "src": ev["event_id"]})
+        p["c_essay"].append(essay)
+        p["c_text"].append(d["text_storage_id"])
+        outs = [("EssaySlotAssigned", {"batch_id": bid, "essay_id": essay,
+                                       "text_storage_id": d["text_storage_id"]})]
+        if not slots[bid]:
+            p["done"].append(bid)
+            outs.append(("BatchContentProvisioningCompleted", {"batch_id": bid}))
+        for event_type, data in outs:
+            event_id = str(uuid.uuid4())
+            p["o_id"].append(event_id)
+            p["o_type"].append(event_type)
+            p["o_topic"].append(event_type)
+            p["o_key"].append(bid)
+            p["o_env"].append(json.dumps({"event_id": event_id, "event_type": event_type,
+                                          "correlation_id": ev["correlation_id"], "data": data}))
+    p["regs"] = json.dumps(p["regs"])
+    p["contents"] = json.dumps(p["contents"])
+    return p
+
+
 def _ceiling_child(url: str, messages: list[tuple[str, str]], group: int,
-                   ready: Any, go: Any, results: Any) -> None:
+                   ready: Any, go: Any, results: Any, mode: str = "set") -> None:
     conn = psycopg.connect(url, autocommit=True)
+    slots: dict[str, list[str]] = {}
+    chunks = [messages[s:s + group] for s in range(0, len(messages), group)]
+    # the floor's parameters are built before the clock starts: it measures the database
+    floor = [_floor_params(chunk, slots) for chunk in chunks] if mode == "floor" else []
     ready.put(os.getpid())
     go.wait()
-    for start in range(0, len(messages), group):
-        chunk = messages[start:start + group]
+    for n, chunk in enumerate(chunks):
+        if mode == "floor":
+            with conn.transaction():
+                for statement in FLOOR_SQL:
+                    conn.execute(statement, floor[n])
+            continue
+        if mode == "set":
+            with conn.transaction():
+                conn.execute(APPLY_EVENTS, {"kinds": [KIND_BY_TOPIC[t] for t, _ in chunk],
+                                            "events": [v for _, v in chunk]}).fetchone()
+            continue
         with conn.transaction():
             cursors = []
             with conn.pipeline():
@@ -355,9 +454,11 @@ def _ceiling_child(url: str, messages: list[tuple[str, str]], group: int,
     conn.close()
 
 
-def run_ceiling(stack: Stack, stream: Stream, sessions: int) -> RunResult:
+def run_ceiling(stack: Stack, stream: Stream, sessions: int, mode: str = "set") -> RunResult:
     """The same message values, by direct SQL: one process and session per partition
-    (batches split by key), micro-batches of GROUP calls per transaction, pipelined."""
+    (batches split by key), micro-batches of GROUP events per transaction: one
+    els.apply_events call (mode "set"), GROUP per-event calls, pipelined ("per_event"),
+    or the floor's plain INSERT/UPDATE statements ("floor")."""
     parts: list[list[tuple[str, str]]] = [[] for _ in range(sessions)]
     index = {bid: i % sessions for i, bid in enumerate(stream.batches)}
     for topic, key, value in stream.messages:
@@ -365,7 +466,8 @@ def run_ceiling(stack: Stack, stream: Stream, sessions: int) -> RunResult:
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     with fresh_database(stack, f"ceil{sessions}") as url:
-        procs = [ctx.Process(target=_ceiling_child, args=(url, part, GROUP, ready, go, results))
+        procs = [ctx.Process(target=_ceiling_child,
+                             args=(url, part, GROUP, ready, go, results, mode))
                  for part in parts]
         for p in procs:
             p.start()

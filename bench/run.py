@@ -143,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                     (1, 2, {"ELS_LOG_EVENTS": "false"}),
                 "ceiling 1 session": (1, 0, {}),
                 "ceiling 2 sessions": (2, 0, {}),
+                "floor 2 sessions (plain INSERT/UPDATE, no validation)": (2, 0, {"mode": "floor"}),
             }
             runs: dict[str, list[e2e.RunResult]] = {v: [] for v in variants}
             for rep in range(args.e2e_reps):
                 for v in common.rotate(list(variants), rep):
                     n, parts, extra = variants[v]
                     res = (e2e.run_workers(stack, stream, n, parts, logs, extra) if parts
-                           else e2e.run_ceiling(stack, stream, n))
+                           else e2e.run_ceiling(stack, stream, n, extra.get("mode", "set")))
                     runs[v].append(res)
                     log(f"e2e {v}: {res.rate:,.0f} events/s ({res.seconds:.1f}s; steady "
                         f"{res.steady_rate:,.0f}/s; cpu "
@@ -198,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
                        f"steady = from the first outbox row written (worker start-up excluded). "
                        f"machine busy = share of both cores busy during the run, anything "
                        f"running on the machine included.")
+            floor = e2e_rate["floor 2 sessions (plain INSERT/UPDATE, no validation)"]
+            out.append(f"\nAgainst the floor (the same rows by plain set-based INSERT/UPDATE, "
+                       f"2 sessions): ceiling 2 sessions "
+                       f"{e2e_rate['ceiling 2 sessions'] / floor:.2f}x "
+                       f"of it, 2 workers on 4 partitions "
+                       f"{e2e_rate['2 workers, 4 partitions'] / floor:.2f}x.")
     finally:
         common.drop_template(stack)
     out.append(f"\n(bench took {time.monotonic() - started:.0f}s; medians of {args.reps} "
