@@ -14,6 +14,357 @@ CREATE TYPE els.item_disposition AS ENUM (
 );
 ALTER TYPE els.item_disposition OWNER TO els_owner;
 COMMENT ON TYPE els.item_disposition IS 'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
+CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[] DEFAULT NULL::jsonb[]) RETURNS jsonb[]
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_n integer := coalesce(cardinality(p_kinds), 0);
+    v_results jsonb[] := array_fill(NULL::jsonb, ARRAY[v_n]);
+    v_rows jsonb[] := '{}'::jsonb[];
+    v_count integer := 0;
+    v_row jsonb;
+    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
+    v_reg_count integer := 0;
+    v_seen integer;
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_key bigint;
+    v_round integer;
+    v_items jsonb;
+    v_done jsonb;
+    v_sequential boolean := false;
+BEGIN
+    IF coalesce(cardinality(p_events), 0) <> v_n
+       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
+    END IF;
+    -- 1. read and check every event; no table is touched
+    FOR i IN 1 .. v_n LOOP
+        IF p_refused IS NOT NULL AND p_refused[i] IS NOT NULL THEN
+            v_results[i] := p_refused[i];
+            CONTINUE;
+        END IF;
+        IF p_kinds[i] IS NULL
+           OR p_kinds[i] NOT IN ('register_batch', 'provision_content', 'record_validation_failure') THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('unknown event kind %s', coalesce(p_kinds[i], 'NULL'));
+        END IF;
+        BEGIN
+            v_row := CASE p_kinds[i]
+                WHEN 'register_batch' THEN els._read_registration(p_events[i])
+                WHEN 'provision_content' THEN els._read_content(p_events[i])
+                ELSE els._read_failure(p_events[i])
+            END;
+        EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
+                    OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                    v_detail = PG_EXCEPTION_DETAIL;
+            v_results[i] := els._rejection(v_state, v_message, v_detail);
+            CONTINUE;
+        END;
+        -- the round: 2 x (registrations of this batch before it), + 1 for a registration
+        v_seen := coalesce((v_regs ->> (v_row ->> 'batch_id'))::integer, 0);
+        IF p_kinds[i] = 'register_batch' THEN
+            v_regs := v_regs || jsonb_build_object(v_row ->> 'batch_id', v_seen + 1);
+            v_reg_count := v_reg_count + 1;
+        END IF;
+        v_count := v_count + 1;
+        v_rows[v_count] := v_row || jsonb_build_object(
+            'ord', i, 'kind', p_kinds[i],
+            'round', 2 * v_seen + CASE WHEN p_kinds[i] = 'register_batch' THEN 1 ELSE 0 END);
+    END LOOP;
+    IF v_count = 0 THEN
+        RETURN v_results;
+    END IF;
+    -- one event (every per-event call): its lock and its one round, directly
+    IF v_count = 1 THEN
+        v_row := v_rows[1];
+        PERFORM els._lock_batch(v_row ->> 'batch_id');
+        v_results[(v_row ->> 'ord')::integer] := CASE
+            WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_guarded(v_row)
+            ELSE jsonb_build_object('ok', true,
+                     'result', els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'result')
+        END;
+        RETURN v_results;
+    END IF;
+    -- registrations of different batches sharing an essay id: the order between
+    -- batches matters (ELC02 for the later one), so one event per round
+    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
+        -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
+        SELECT EXISTS (
+            SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
+                           FROM unnest(v_rows) AS r(j)
+                          WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
+             CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+             GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1)
+          INTO v_sequential;
+    END IF;
+    -- 2. the locks of every batch, in ascending key order
+    FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
+                   FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock(v_key);
+    END LOOP;
+    -- 3. the rounds, in order
+    FOR v_round IN SELECT DISTINCT CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                                        ELSE (r.j ->> 'round')::integer END AS round
+                     FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
+        SELECT jsonb_agg(r.j ORDER BY (r.j ->> 'ord')::integer) INTO v_items
+          FROM unnest(v_rows) AS r(j)
+         WHERE r.j ->> 'kind' <> 'register_batch'
+           AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                    ELSE (r.j ->> 'round')::integer END = v_round;
+        IF v_items IS NOT NULL THEN
+            FOR v_done IN SELECT d.value FROM jsonb_array_elements(els._apply_items(v_items)) AS d LOOP
+                v_results[(v_done ->> 'ord')::integer] := jsonb_build_object('ok', true, 'result', v_done -> 'result');
+            END LOOP;
+        END IF;
+        FOR v_row IN SELECT r.j FROM unnest(v_rows) AS r(j)
+                      WHERE r.j ->> 'kind' = 'register_batch'
+                        AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
+                                 ELSE (r.j ->> 'round')::integer END = v_round
+                      ORDER BY (r.j ->> 'ord')::integer LOOP
+            v_results[(v_row ->> 'ord')::integer] := els._register_guarded(v_row);
+        END LOOP;
+    END LOOP;
+    RETURN v_results;
+END
+$$;
+ALTER FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
+CREATE FUNCTION els._apply_items(p_items jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_plan jsonb;
+    v_results jsonb;
+    v_content boolean;
+    v_failures boolean;
+    v_fills boolean;
+    v_purged boolean;
+    v_completes boolean;
+    v_events jsonb;
+BEGIN
+    WITH item AS (
+        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
+            ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+            original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+            content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+            validation_error_code text, validation_error_detail jsonb)
+    ), seen AS (
+        SELECT i.*,
+               (c.batch_id IS NOT NULL OR f.batch_id IS NOT NULL) AS in_ledger,
+               coalesce(c.essay_id, f.essay_id) AS known_essay_id,
+               row_number() OVER (PARTITION BY i.batch_id, i.kind, i.item_key ORDER BY i.ord) AS occurrence
+          FROM item AS i
+          LEFT JOIN els.essay_content AS c
+                 ON i.kind = 'provision_content' AND c.batch_id = i.batch_id
+                AND c.text_storage_id = i.item_key
+          LEFT JOIN els.validation_failure AS f
+                 ON i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
+                AND f.file_upload_id = i.item_key
+    ), fresh AS (
+        SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
+               CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
+                   row_number() OVER (PARTITION BY s.batch_id, (s.in_ledger OR s.occurrence > 1)
+                                      ORDER BY s.ord) END AS take_no
+          FROM seen AS s
+    ), batch AS (
+        SELECT b.batch_id, b.new_items,
+               t.batch_id IS NOT NULL AS tracked,
+               coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
+               t.expected_count,
+               EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) AS has_slots,
+               EXISTS (SELECT FROM els.batch_tombstone AS bt WHERE bt.batch_id = b.batch_id) AS purged
+          FROM (SELECT f.batch_id, count(*) FILTER (WHERE NOT f.duplicate) AS new_items
+                  FROM fresh AS f GROUP BY f.batch_id) AS b
+          LEFT JOIN els.batch_tracker AS t ON t.batch_id = b.batch_id
+    ), empty_slot AS (
+        -- the first empty slots of each batch, one more than it has new items (to
+        -- tell whether the round closes them all)
+        SELECT b.batch_id, e.essay_id,
+               row_number() OVER (PARTITION BY b.batch_id ORDER BY e.slot_no) AS take_no
+          FROM batch AS b
+         CROSS JOIN LATERAL (
+                SELECT s.essay_id, s.slot_no FROM els.essay_slot AS s
+                 WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
+                 ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
+         WHERE b.has_slots AND b.new_items > 0
+    ), closing AS (
+        -- the new item that leaves its batch without an empty slot completes it
+        -- (the first one when none was left: as _complete_if_done would)
+        SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
+          FROM batch AS b
+          LEFT JOIN empty_slot AS e ON e.batch_id = b.batch_id
+         WHERE b.has_slots AND NOT b.was_complete AND b.new_items > 0
+         GROUP BY b.batch_id, b.new_items, b.expected_count
+        HAVING count(e.essay_id) <= b.new_items
+           AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
+    ), placed AS (
+        SELECT f.*, b.tracked, b.was_complete, b.has_slots, b.purged,
+               e.essay_id AS slot_essay_id,
+               coalesce(f.take_no = cl.completing_take, false) AS completing
+          FROM fresh AS f
+          JOIN batch AS b ON b.batch_id = f.batch_id
+          LEFT JOIN empty_slot AS e ON e.batch_id = f.batch_id AND e.take_no = f.take_no
+          LEFT JOIN closing AS cl ON cl.batch_id = f.batch_id
+    ), judged AS (
+        SELECT p.*,
+               max(p.ord) FILTER (WHERE p.completing) OVER (PARTITION BY p.batch_id) AS completing_ord,
+               CASE WHEN p.duplicate THEN 'duplicate'
+                    WHEN p.has_slots THEN
+                        CASE WHEN p.slot_essay_id IS NULL THEN 'excess'
+                             WHEN p.kind = 'provision_content' THEN 'assigned'
+                             ELSE 'recorded' END
+                    WHEN p.purged THEN 'excess'
+                    ELSE 'pending' END AS outcome,
+               CASE WHEN p.in_ledger THEN p.known_essay_id
+                    ELSE first_value(p.slot_essay_id) OVER (
+                             PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord) END AS result_essay_id
+          FROM placed AS p
+    ), decided AS (
+        SELECT j.*,
+               CASE WHEN j.duplicate THEN
+                        j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
+                    WHEN j.has_slots THEN j.was_complete OR coalesce(j.ord >= j.completing_ord, false)
+                    ELSE j.purged END AS complete,
+               -- a late item of a purged batch: its excess event may be in the outbox already
+               (j.kind = 'provision_content' AND NOT j.duplicate AND NOT j.has_slots AND j.purged
+                AND EXISTS (SELECT FROM els.event_outbox AS o
+                             WHERE o.event_id = els._event_id('ExcessContentProvisioned',
+                                                              jsonb_build_array(j.batch_id, j.item_key))))
+                   AS announced
+          FROM judged AS j
+    ), evented AS (
+        SELECT d.*,
+               CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
+                         OR d.announced THEN NULL
+                    WHEN d.outcome = 'assigned' THEN
+                        els._event_id('EssaySlotAssigned',
+                                      jsonb_build_array(d.batch_id, d.slot_essay_id, d.item_key))
+                    ELSE els._event_id('ExcessContentProvisioned', jsonb_build_array(d.batch_id, d.item_key))
+               END AS own_event_id
+          FROM decided AS d
+    )
+    SELECT jsonb_agg(jsonb_build_object(
+               'ord', e.ord, 'kind', e.kind, 'batch_id', e.batch_id, 'item_key', e.item_key,
+               'file_upload_id', e.file_upload_id, 'original_file_name', e.original_file_name,
+               'raw_file_storage_id', e.raw_file_storage_id, 'file_size_bytes', e.file_size_bytes,
+               'content_md5_hash', e.content_md5_hash, 'correlation_id', e.correlation_id,
+               'source_event_id', e.source_event_id, 'event_timestamp', e.event_timestamp,
+               'validation_error_code', e.validation_error_code,
+               'validation_error_detail', e.validation_error_detail,
+               'outcome', e.outcome, 'slot_essay_id', e.slot_essay_id, 'purged', e.purged,
+               'announced', e.announced, 'completing', e.completing,
+               'own_event_id', e.own_event_id) ORDER BY e.ord)
+               FILTER (WHERE NOT e.duplicate),
+           jsonb_agg(jsonb_build_object('ord', e.ord, 'result', jsonb_build_object(
+               'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
+               'complete', e.complete,
+               -- as the per-event functions always reported: content that is excess
+               -- lists its own event only
+               'events', to_jsonb(array_remove(ARRAY[
+                   e.own_event_id,
+                   CASE WHEN e.completing AND NOT (e.kind = 'provision_content' AND e.outcome = 'excess')
+                        THEN els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(e.batch_id))
+                   END], NULL))))),
+           coalesce(bool_or(e.kind = 'provision_content' AND NOT e.duplicate), false),
+           coalesce(bool_or(e.kind = 'record_validation_failure' AND NOT e.duplicate), false),
+           coalesce(bool_or(e.outcome IN ('assigned', 'recorded')), false),
+           coalesce(bool_or(NOT e.duplicate AND e.purged AND NOT e.has_slots), false),
+           coalesce(bool_or(e.completing), false)
+      INTO v_plan, v_results, v_content, v_failures, v_fills, v_purged, v_completes
+      FROM evented AS e;
+    IF v_content THEN
+        INSERT INTO els.essay_content (
+            batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
+            raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
+            source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key, p.outcome::els.item_disposition, p.slot_essay_id,
+               p.file_upload_id, p.original_file_name, p.raw_file_storage_id, p.file_size_bytes,
+               p.content_md5_hash, p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.kind = 'provision_content'
+         ORDER BY p.ord;
+    END IF;
+    IF v_failures THEN
+        INSERT INTO els.validation_failure (
+            batch_id, file_upload_id, disposition, essay_id, original_file_name,
+            validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
+            correlation_id, source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key,
+               (CASE p.outcome WHEN 'recorded' THEN 'assigned' ELSE p.outcome END)::els.item_disposition,
+               p.slot_essay_id, p.original_file_name, p.validation_error_code,
+               p.validation_error_detail, p.raw_file_storage_id, p.file_size_bytes,
+               p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.kind = 'record_validation_failure'
+         ORDER BY p.ord;
+    END IF;
+    IF v_fills THEN
+        UPDATE els.essay_slot AS s
+           SET status = CASE WHEN p.kind = 'provision_content' THEN 'ready_for_processing'
+                             ELSE 'content_ingestion_failed' END::els.essay_status,
+               text_storage_id = CASE WHEN p.kind = 'provision_content' THEN p.item_key END,
+               failed_file_upload_id = CASE WHEN p.kind = 'record_validation_failure' THEN p.item_key END,
+               filled_at = now()
+          FROM els._plan_rows(v_plan) AS p
+         WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
+    END IF;
+    IF v_purged THEN
+        -- the next purge deletes these late rows again (SPEC 10)
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
+         WHERE b.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.purged);
+    END IF;
+    IF v_completes THEN
+        UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
+         WHERE t.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.completing);
+    END IF;
+    IF v_content OR v_completes THEN
+        -- in arrival order, each completion right after the event of the item that completed it
+        SELECT jsonb_agg(x.spec ORDER BY x.ord, x.sub) INTO v_events
+          FROM (SELECT p.ord, 0 AS sub,
+                       -- with the id the plan computed for the results
+                       jsonb_build_object('event_id', p.own_event_id) ||
+                       CASE WHEN p.outcome = 'assigned' THEN
+                                els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
+                                                        p.item_key, p.original_file_name, p.correlation_id)
+                            ELSE els._excess_spec(p.batch_id, p.original_file_name, p.item_key,
+                                                  p.correlation_id) END AS spec
+                  FROM els._plan_rows(v_plan) AS p
+                 WHERE p.kind = 'provision_content' AND p.outcome IN ('assigned', 'excess')
+                   AND NOT p.announced
+                UNION ALL
+                SELECT p.ord, 1, els._completion_spec(p.batch_id, 'all_slots_closed')
+                  FROM els._plan_rows(v_plan) AS p
+                 WHERE p.completing) AS x;
+        IF v_events IS NOT NULL THEN
+            PERFORM els._emit_events(v_events);
+        END IF;
+    END IF;
+    RETURN v_results;
+END
+$$;
+ALTER FUNCTION els._apply_items(p_items jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._apply_one(p_kind text, p_event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_result jsonb := (els._apply_events(ARRAY[p_kind], ARRAY[p_event]))[1];
+BEGIN
+    IF NOT (v_result ->> 'ok')::boolean THEN
+        PERFORM els._reject(v_result ->> 'sqlstate', v_result ->> 'message', v_result -> 'detail');
+    END IF;
+    RETURN v_result -> 'result';
+END
+$$;
+ALTER FUNCTION els._apply_one(p_kind text, p_event jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._batch_lock_key(p_batch_id text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint);
+ALTER FUNCTION els._batch_lock_key(p_batch_id text) OWNER TO els_owner;
+COMMENT ON FUNCTION els._batch_lock_key(p_batch_id text) IS 'The advisory lock key of a batch: the one definition used by _lock_batch, _try_lock_batch and els._apply_events (which takes the keys of a micro-batch in ascending order).';
 CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -73,8 +424,6 @@ CREATE FUNCTION els._complete_if_done(p_batch_id text, p_reason text DEFAULT 'al
     AS $$
 DECLARE
     v_tracker record;
-    v_ready jsonb;
-    v_ready_count integer;
 BEGIN
     -- Most calls fill a slot that is not the last: one probe of the partial
     -- index of empty slots answers them without reading the tracker.
@@ -84,8 +433,7 @@ BEGIN
     END IF;
     -- Only the columns needed: a whole row would detoast essay_ids (up to
     -- 10,000 ids) on every content event of a big batch.
-    SELECT t.completed_at, t.expected_count, t.correlation_id, t.course_code, t.user_id,
-           t.class_type
+    SELECT t.completed_at, t.expected_count
       INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
     IF NOT FOUND THEN
         complete := false;
@@ -104,30 +452,76 @@ BEGIN
     END IF;
     UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
      WHERE t.batch_id = p_batch_id;
-    SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
-                                                 'text_storage_id', s.text_storage_id)
-                              ORDER BY s.slot_no), '[]'::jsonb),
-           count(*)::integer
-      INTO v_ready, v_ready_count
-      FROM els.essay_slot AS s
-     WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing';
-    event_id := (els._emit_events(jsonb_build_array(jsonb_build_object(
-        'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
-        'identity', jsonb_build_array(p_batch_id),
-        'correlation_id', v_tracker.correlation_id,
-        'data', jsonb_build_object(
-            'batch_id', p_batch_id,
-            'provisioned_count', v_ready_count,
-            'expected_count', v_tracker.expected_count,
-            'course_code', v_tracker.course_code,
-            'user_id', v_tracker.user_id,
-            'class_type', v_tracker.class_type,
-            'essays_for_processing', v_ready,
-            'completion_reason', p_reason)))))[1];
+    event_id := (els._emit_events(jsonb_build_array(els._completion_spec(p_batch_id, p_reason))))[1];
     complete := true;
 END
 $$;
 ALTER FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
+CREATE TABLE els.batch_tracker (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text GENERATED ALWAYS AS (
+CASE
+    WHEN (class_id IS NULL) THEN 'GUEST'::text
+    ELSE 'REGULAR'::text
+END) STORED,
+    student_prompt_ref jsonb,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    correlation_id text NOT NULL,
+    registration_event_id text,
+    registered_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    completion_reason text,
+    CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
+    CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
+    CONSTRAINT batch_tracker_completion_has_reason CHECK (((completed_at IS NULL) = (completion_reason IS NULL))),
+    CONSTRAINT batch_tracker_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text]))),
+    CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
+    CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
+);
+ALTER TABLE els.batch_tracker OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
+COMMENT ON COLUMN els.batch_tracker.completion_reason IS 'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, els.close_overdue_batches). NULL while incomplete.';
+CREATE TABLE els.essay_slot (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL,
+    slot_no integer NOT NULL,
+    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
+    text_storage_id text,
+    failed_file_upload_id text,
+    filled_at timestamp with time zone,
+    failure_code text,
+    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
+    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
+    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
+    CONSTRAINT essay_slot_status_matches_filling CHECK (
+CASE status
+    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
+    ELSE NULL::boolean
+END)
+);
+ALTER TABLE els.essay_slot OWNER TO els_owner;
+COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
+COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
+CREATE FUNCTION els._completion_spec(p_batch_id text, p_reason text) RETURNS jsonb
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('event_type', 'BatchContentProvisioningCompleted', 'key', _completion_spec.p_batch_id, 'identity', jsonb_build_array(_completion_spec.p_batch_id), 'correlation_id', t.correlation_id, 'data', jsonb_build_object('batch_id', _completion_spec.p_batch_id, 'provisioned_count', r.ready_count, 'expected_count', t.expected_count, 'course_code', t.course_code, 'user_id', t.user_id, 'class_type', t.class_type, 'essays_for_processing', r.ready, 'completion_reason', _completion_spec.p_reason)) AS jsonb_build_object
+    FROM (els.batch_tracker t
+      CROSS JOIN LATERAL ( SELECT COALESCE(jsonb_agg(jsonb_build_object('essay_id', s.essay_id, 'text_storage_id', s.text_storage_id) ORDER BY s.slot_no), '[]'::jsonb) AS ready,
+             (count(*))::integer AS ready_count
+            FROM els.essay_slot s
+           WHERE ((s.batch_id = _completion_spec.p_batch_id) AND (s.status = 'ready_for_processing'::els.essay_status))) r)
+   WHERE (t.batch_id = _completion_spec.p_batch_id);
+END;
+ALTER FUNCTION els._completion_spec(p_batch_id text, p_reason text) OWNER TO els_owner;
 CREATE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -167,23 +561,6 @@ EXCEPTION WHEN unique_violation THEN
 END
 $$;
 ALTER FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) OWNER TO els_owner;
-CREATE FUNCTION els._emit_event_if_absent(p_event jsonb) RETURNS uuid
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_id uuid := els._event_id(p_event ->> 'event_type', p_event -> 'identity');
-BEGIN
-    INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
-    VALUES (v_id, p_event ->> 'event_type', els.output_topic(p_event ->> 'event_type'),
-            p_event ->> 'key',
-            els._envelope(v_id, p_event ->> 'event_type', p_event ->> 'correlation_id',
-                          p_event -> 'data',
-                          to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')))
-    ON CONFLICT (event_id) DO NOTHING;
-    RETURN CASE WHEN FOUND THEN v_id END;
-END
-$$;
-ALTER FUNCTION els._emit_event_if_absent(p_event jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._emit_events(p_events jsonb) RETURNS uuid[]
     LANGUAGE plpgsql
     AS $$
@@ -198,7 +575,8 @@ BEGIN
     -- scan, sort and aggregate (a third of this function's cost).
     IF jsonb_array_length(p_events) = 1 THEN
         v_item := p_events -> 0;
-        v_id := els._event_id(v_item ->> 'event_type', v_item -> 'identity');
+        v_id := coalesce((v_item ->> 'event_id')::uuid,
+                         els._event_id(v_item ->> 'event_type', v_item -> 'identity'));
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
         VALUES (v_id, v_item ->> 'event_type', els.output_topic(v_item ->> 'event_type'),
                 v_item ->> 'key',
@@ -212,7 +590,8 @@ BEGIN
                e.item ->> 'key' AS message_key,
                e.item ->> 'correlation_id' AS correlation_id,
                e.item -> 'data' AS data,
-               els._event_id(e.item ->> 'event_type', e.item -> 'identity') AS event_id
+               coalesce((e.item ->> 'event_id')::uuid,
+                        els._event_id(e.item ->> 'event_type', e.item -> 'identity')) AS event_id
         FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(item, ord)
     ), inserted AS (
         INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
@@ -255,6 +634,10 @@ CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
     RETURN (encode(set_byte(set_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6) & 15) | 48)), 8, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 8) & 63) | 128)), 'hex'::text))::uuid;
 ALTER FUNCTION els._event_id(p_event_type text, p_identity jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) IS 'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text form is unambiguous even when ids contain separators).';
+CREATE FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN jsonb_build_object('event_type', 'ExcessContentProvisioned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'original_file_name', p_original_file_name, 'text_storage_id', p_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'));
+ALTER FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) OWNER TO els_owner;
 CREATE FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) RETURNS numeric
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -287,7 +670,7 @@ ALTER FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) 
 CREATE FUNCTION els._lock_batch(p_batch_id text) RETURNS void
     LANGUAGE sql
     BEGIN ATOMIC
- SELECT pg_advisory_xact_lock(hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint)) AS pg_advisory_xact_lock;
+ SELECT pg_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_advisory_xact_lock;
 END;
 ALTER FUNCTION els._lock_batch(p_batch_id text) OWNER TO els_owner;
 CREATE FUNCTION els._object_field(p_payload jsonb, p_field text) RETURNS jsonb
@@ -308,6 +691,165 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._object_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._plan_rows(p_plan jsonb) RETURNS TABLE(ord integer, kind text, batch_id text, item_key text, file_upload_id text, original_file_name text, raw_file_storage_id text, file_size_bytes bigint, content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text, validation_error_code text, validation_error_detail jsonb, outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean, own_event_id uuid)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT * FROM jsonb_to_recordset(p_plan) AS x(
+        ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+        original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+        content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+        validation_error_code text, validation_error_detail jsonb,
+        outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean,
+        own_event_id uuid)
+$$;
+ALTER FUNCTION els._plan_rows(p_plan jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_text_storage_id text;
+    v_file_upload_id text;
+    v_original_file_name text;
+    v_raw_file_storage_id text;
+    v_file_size_bytes numeric;
+    v_md5 text;
+    v_data_correlation_id text;
+BEGIN
+    v_env := els._unwrap_event(p_event, 'huleedu.file.essay.content.provisioned.v1',
+                               'essay.content.provisioned');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'text_storage_id', 'file_upload_id', 'original_file_name']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_text_storage_id := els._text_field(v_payload, 'text_storage_id');
+    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
+    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
+    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
+    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
+    v_md5 := els._text_field(v_payload, 'content_md5_hash');
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id, 'item_key', v_text_storage_id,
+        'file_upload_id', v_file_upload_id, 'original_file_name', v_original_file_name,
+        'raw_file_storage_id', v_raw_file_storage_id, 'file_size_bytes', v_file_size_bytes,
+        'content_md5_hash', v_md5,
+        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
+        'event_timestamp', els._timestamp_field(v_payload, 'timestamp'),
+        'source_event_id', v_env.source_event_id);
+END
+$$;
+ALTER FUNCTION els._read_content(p_event jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._read_failure(p_event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_file_upload_id text;
+    v_original_file_name text;
+    v_error_code text;
+    v_error_detail jsonb;
+    v_raw_file_storage_id text;
+    v_file_size_bytes numeric;
+    v_data_correlation_id text;
+BEGIN
+    v_env := els._unwrap_event(p_event, 'huleedu.file.essay.validation.failed.v1',
+                               'essay.validation.failed');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'file_upload_id', 'original_file_name', 'validation_error_code']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
+    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
+    v_error_code := els._enum_field(v_payload, 'validation_error_code',
+        ARRAY['EMPTY_CONTENT', 'CONTENT_TOO_SHORT', 'CONTENT_TOO_LONG', 'RAW_STORAGE_FAILED',
+              'TEXT_EXTRACTION_FAILED', 'ENCRYPTED_FILE_UNSUPPORTED', 'UNKNOWN_VALIDATION_ERROR']);
+    v_error_detail := els._object_field(v_payload, 'validation_error_detail');
+    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
+    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id, 'item_key', v_file_upload_id,
+        'file_upload_id', v_file_upload_id, 'original_file_name', v_original_file_name,
+        'validation_error_code', v_error_code, 'validation_error_detail', v_error_detail,
+        'raw_file_storage_id', v_raw_file_storage_id, 'file_size_bytes', v_file_size_bytes,
+        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
+        'event_timestamp', els._timestamp_field(v_payload, 'timestamp'),
+        'source_event_id', v_env.source_event_id);
+END
+$$;
+ALTER FUNCTION els._read_failure(p_event jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._read_registration(p_event jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_env record;
+    v_payload jsonb;
+    v_batch_id text;
+    v_expected numeric;
+    v_essay_ids text[];
+    v_course_code text;
+    v_user_id text;
+    v_org_id text;
+    v_class_id text;
+    v_prompt_ref jsonb;
+    v_metadata jsonb;
+    v_data_correlation_id text;
+    v_duplicate_id text;
+BEGIN
+    v_env := els._unwrap_event(p_event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
+    v_payload := v_env.payload;
+    PERFORM els._require_fields(v_payload,
+        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
+    v_batch_id := els._text_field(v_payload, 'entity_id');
+    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
+    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
+    v_course_code := els._enum_field(v_payload, 'course_code',
+        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
+    v_user_id := els._text_field(v_payload, 'user_id');
+    v_org_id := els._text_field(v_payload, 'org_id');
+    v_class_id := els._text_field(v_payload, 'class_id');
+    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
+    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
+    -- data.correlation_id is validated even when the envelope's wins.
+    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
+    IF cardinality(v_essay_ids) <> v_expected THEN
+        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
+                               'expected_essay_count', v_expected,
+                               'essay_ids_count', cardinality(v_essay_ids)));
+    END IF;
+    SELECT u.id INTO v_duplicate_id
+      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
+     GROUP BY u.id HAVING count(*) > 1
+     ORDER BY min(u.ord) LIMIT 1;
+    IF FOUND THEN
+        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
+            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
+                               'essay_id', v_duplicate_id));
+    END IF;
+    IF v_expected > 10000 THEN
+        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
+            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
+                               'max', 10000, 'actual', v_expected));
+    END IF;
+    -- essay_ids as sent (an array of strings, checked above)
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id, 'expected_count', v_expected::integer,
+        'essay_ids', v_payload -> 'essay_ids', 'course_code', v_course_code,
+        'user_id', v_user_id, 'org_id', v_org_id, 'class_id', v_class_id,
+        'student_prompt_ref', v_prompt_ref, 'metadata', v_metadata,
+        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
+        'source_event_id', v_env.source_event_id);
+END
+$$;
+ALTER FUNCTION els._read_registration(p_event jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -352,25 +894,12 @@ BEGIN
         SELECT (SELECT count(*) FROM filled)::integer,
                (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
                jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
-                             jsonb_build_object(
-                                 'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
-                                 'identity', jsonb_build_array(p_batch_id, d.essay_id, d.text_storage_id),
-                                 'correlation_id', d.correlation_id,
-                                 'data', jsonb_build_object(
-                                     'batch_id', p_batch_id, 'essay_id', d.essay_id,
-                                     'file_upload_id', d.file_upload_id,
-                                     'text_storage_id', d.text_storage_id,
-                                     'original_file_name', d.original_file_name))
+                             els._slot_assigned_spec(p_batch_id, d.essay_id, d.file_upload_id,
+                                                     d.text_storage_id, d.original_file_name,
+                                                     d.correlation_id)
                          ELSE
-                             jsonb_build_object(
-                                 'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
-                                 'identity', jsonb_build_array(p_batch_id, d.text_storage_id),
-                                 'correlation_id', d.correlation_id,
-                                 'data', jsonb_build_object(
-                                     'batch_id', p_batch_id,
-                                     'original_file_name', d.original_file_name,
-                                     'text_storage_id', d.text_storage_id,
-                                     'reason', 'NO_AVAILABLE_SLOT'))
+                             els._excess_spec(p_batch_id, d.original_file_name, d.text_storage_id,
+                                              d.correlation_id)
                          END ORDER BY d.arrival_seq, d.text_storage_id)
           INTO content_assigned, v_content_excess, v_events
           FROM disposed AS d;
@@ -411,6 +940,116 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) OWNER TO els_owner;
+CREATE FUNCTION els._register_guarded(p_reg jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_state text;
+    v_message text;
+    v_detail text;
+BEGIN
+    RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
+EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL;
+    RETURN els._rejection(v_state, v_message, v_detail);
+END
+$$;
+ALTER FUNCTION els._register_guarded(p_reg jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._register_locked(p_reg jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_batch_id text := p_reg ->> 'batch_id';
+    v_expected integer := (p_reg ->> 'expected_count')::integer;
+    v_essay_ids text[] := ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'));
+    v_course_code text := p_reg ->> 'course_code';
+    v_user_id text := p_reg ->> 'user_id';
+    v_org_id text := p_reg ->> 'org_id';
+    v_class_id text := p_reg ->> 'class_id';
+    v_tracker els.batch_tracker;
+    v_tombstone els.batch_tombstone;
+    v_outcome text;
+    v_conflict_field text;
+    v_slots_created integer;
+    v_existing_slots bigint := 0;
+    v_reconciled record;
+    v_completion record;
+BEGIN
+    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
+    IF FOUND THEN
+        v_conflict_field := CASE
+            WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
+            WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+            WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+            WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+            WHEN v_tracker.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+        END;
+        IF v_conflict_field IS NOT NULL THEN
+            PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                   'batch_id', v_batch_id));
+        END IF;
+        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
+        IF v_existing_slots = v_tracker.expected_count THEN
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', v_tracker.completed_at IS NOT NULL, 'events', '[]'::jsonb);
+        END IF;
+        v_outcome := 'repaired';
+    ELSE
+        SELECT * INTO v_tombstone FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id;
+        IF FOUND THEN
+            v_conflict_field := CASE
+                WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
+                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
+                WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
+                WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
+                WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
+                WHEN v_tombstone.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
+            END;
+            IF v_conflict_field IS NOT NULL THEN
+                PERFORM els._reject('ELC01', 'batch already registered with a different identity',
+                    jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
+                                       'batch_id', v_batch_id, 'purged', true));
+            END IF;
+            RETURN jsonb_build_object(
+                'batch_id', v_batch_id, 'outcome', 'duplicate',
+                'class_type', v_tombstone.class_type, 'expected_count', v_tombstone.expected_count,
+                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
+                'complete', true, 'events', '[]'::jsonb);
+        END IF;
+        INSERT INTO els.batch_tracker AS t (
+            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
+            student_prompt_ref, metadata, correlation_id, registration_event_id)
+        VALUES (v_batch_id, v_expected, v_essay_ids, v_course_code, v_user_id, v_org_id,
+                v_class_id, nullif(p_reg -> 'student_prompt_ref', 'null'::jsonb), p_reg -> 'metadata',
+                p_reg ->> 'correlation_id', p_reg ->> 'source_event_id')
+        RETURNING t.* INTO v_tracker;
+        v_outcome := 'registered';
+    END IF;
+    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
+    v_reconciled := els._reconcile(v_batch_id);
+    v_completion := els._complete_if_done(v_batch_id);
+    RETURN jsonb_build_object(
+        'batch_id', v_batch_id,
+        'outcome', v_outcome,
+        'class_type', v_tracker.class_type,
+        'expected_count', v_tracker.expected_count,
+        'slots_created', v_slots_created,
+        'content_assigned', v_reconciled.content_assigned,
+        'failures_applied', v_reconciled.failures_applied,
+        'excess', v_reconciled.excess,
+        'complete', v_completion.complete,
+        'events', to_jsonb(v_reconciled.event_ids
+                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
+                                   ELSE ARRAY[v_completion.event_id] END));
+END
+$$;
+ALTER FUNCTION els._register_locked(p_reg jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -420,6 +1059,10 @@ END
 $$;
 ALTER FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) IS 'Raises a structured rejection: custom SQLSTATE, one-line message, JSON detail.';
+CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail);
+ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) OWNER TO els_owner;
 CREATE FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -435,6 +1078,10 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) OWNER TO els_owner;
+CREATE FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN jsonb_build_object('event_type', 'EssaySlotAssigned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'essay_id', p_essay_id, 'file_upload_id', p_file_upload_id, 'text_storage_id', p_text_storage_id, 'original_file_name', p_original_file_name));
+ALTER FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) OWNER TO els_owner;
 CREATE FUNCTION els._text_array_field(p_payload jsonb, p_field text) RETURNS text[]
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -511,7 +1158,7 @@ ALTER FUNCTION els._timestamp_field(p_payload jsonb, p_field text) OWNER TO els_
 CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
     LANGUAGE sql
     BEGIN ATOMIC
- SELECT pg_try_advisory_xact_lock(hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint)) AS pg_try_advisory_xact_lock;
+ SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
 CREATE FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) RETURNS record
@@ -576,36 +1223,42 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) OWNER TO els_owner;
-CREATE TABLE els.batch_tracker (
-    batch_id text NOT NULL,
-    expected_count integer NOT NULL,
-    essay_ids text[] NOT NULL,
-    course_code text NOT NULL,
-    user_id text NOT NULL,
-    org_id text,
-    class_id text,
-    class_type text GENERATED ALWAYS AS (
-CASE
-    WHEN (class_id IS NULL) THEN 'GUEST'::text
-    ELSE 'REGULAR'::text
-END) STORED,
-    student_prompt_ref jsonb,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    correlation_id text NOT NULL,
-    registration_event_id text,
-    registered_at timestamp with time zone DEFAULT now() NOT NULL,
-    completed_at timestamp with time zone,
-    completion_reason text,
-    CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
-    CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
-    CONSTRAINT batch_tracker_completion_has_reason CHECK (((completed_at IS NULL) = (completion_reason IS NULL))),
-    CONSTRAINT batch_tracker_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text]))),
-    CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
-    CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
-);
-ALTER TABLE els.batch_tracker OWNER TO els_owner;
-COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
-COMMENT ON COLUMN els.batch_tracker.completion_reason IS 'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, els.close_overdue_batches). NULL while incomplete.';
+CREATE FUNCTION els.apply_events(kinds text[], events text[]) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_n integer := coalesce(cardinality(events), 0);
+    v_json jsonb[];
+    v_refused jsonb[];
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_context text;
+BEGIN
+    -- every value at once; one by one only when one of them is refused
+    BEGIN
+        v_json := events::jsonb[];
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+        v_json := array_fill(NULL::jsonb, ARRAY[v_n]);
+        v_refused := array_fill(NULL::jsonb, ARRAY[v_n]);
+        FOR i IN 1 .. v_n LOOP
+            BEGIN
+                v_json[i] := events[i]::jsonb;
+            EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                        v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+                v_refused[i] := jsonb_build_object('ok', false, 'refused_value', true,
+                    'sqlstate', v_state, 'message', v_message, 'pg_detail', v_detail,
+                    'context', v_context);
+            END;
+        END LOOP;
+    END;
+    RETURN to_jsonb(els._apply_events(kinds, coalesce(v_json, '{}'::jsonb[]), v_refused));
+END
+$$;
+ALTER FUNCTION els.apply_events(kinds text[], events text[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.apply_events(kinds text[], events text[]) IS 'A micro-batch of input events in arrival order (kinds[i]: register_batch, provision_content or record_validation_failure) applied set-based by the same core as the per-event functions; one result per event: {ok: true, result} or {ok: false, sqlstate, message, detail}. Rejected events change nothing; the others are applied.';
 CREATE FUNCTION els.batch_health(stuck_after interval) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -669,29 +1322,6 @@ CREATE TABLE els.essay_content (
 );
 ALTER TABLE els.essay_content OWNER TO els_owner;
 COMMENT ON TABLE els.essay_content IS 'Every extracted text received for a batch, once per text_storage_id: pending (batch not registered yet), assigned (in slot essay_id) or excess (no empty slot).';
-CREATE TABLE els.essay_slot (
-    essay_id text NOT NULL,
-    batch_id text NOT NULL,
-    slot_no integer NOT NULL,
-    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
-    text_storage_id text,
-    failed_file_upload_id text,
-    filled_at timestamp with time zone,
-    failure_code text,
-    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
-    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
-    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
-    CONSTRAINT essay_slot_status_matches_filling CHECK (
-CASE status
-    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
-    ELSE NULL::boolean
-END)
-);
-ALTER TABLE els.essay_slot OWNER TO els_owner;
-COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
-COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE TABLE els.event_outbox (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -892,133 +1522,8 @@ CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_text_storage_id text;
-    v_file_upload_id text;
-    v_original_file_name text;
-    v_raw_file_storage_id text;
-    v_file_size_bytes numeric;
-    v_md5 text;
-    v_timestamp text;
-    v_correlation_id text;
-    v_data_correlation_id text;
-    v_known record;
-    v_essay_id text;
-    v_outcome text;
-    v_events uuid[];
-    v_complete boolean := false;
-    v_completion_event uuid;
-    v_completion record;
-    v_purged boolean := false;
-    v_late_event uuid;
 BEGIN
-    v_env := els._unwrap_event(event, 'huleedu.file.essay.content.provisioned.v1',
-                               'essay.content.provisioned');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'text_storage_id', 'file_upload_id', 'original_file_name']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_text_storage_id := els._text_field(v_payload, 'text_storage_id');
-    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
-    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
-    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
-    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    v_md5 := els._text_field(v_payload, 'content_md5_hash');
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
-    v_timestamp := els._timestamp_field(v_payload, 'timestamp');
-    PERFORM els._lock_batch(v_batch_id);
-    SELECT c.essay_id INTO v_known
-      FROM els.essay_content AS c
-     WHERE c.batch_id = v_batch_id AND c.text_storage_id = v_text_storage_id;
-    IF FOUND THEN
-        RETURN jsonb_build_object(
-            'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
-            'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
-                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
-            'events', '[]'::jsonb);
-    END IF;
-    -- A batch counts as registered once it has slots: content for a tracker
-    -- left without slots by an older writer waits as pending for the repair.
-    SELECT s.essay_id INTO v_essay_id
-      FROM els.essay_slot AS s
-     WHERE s.batch_id = v_batch_id AND s.status = 'uploaded'
-     ORDER BY s.slot_no
-     LIMIT 1;
-    v_outcome := CASE
-        WHEN v_essay_id IS NOT NULL THEN 'assigned'
-        WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
-        ELSE 'pending'
-    END;
-    -- No slot at all: not registered yet, or purged.
-    IF v_outcome = 'pending' THEN
-        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
-        v_purged := FOUND;
-        IF v_purged THEN
-            v_outcome := 'excess';
-        END IF;
-    END IF;
-    INSERT INTO els.essay_content (
-        batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
-        raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
-        source_event_id, event_timestamp, disposed_at)
-    VALUES (
-        v_batch_id, v_text_storage_id, v_outcome::els.item_disposition, v_essay_id,
-        v_file_upload_id, v_original_file_name, v_raw_file_storage_id, v_file_size_bytes::bigint,
-        v_md5, v_correlation_id, v_env.source_event_id, v_timestamp,
-        CASE WHEN v_outcome <> 'pending' THEN now() END);
-    IF v_outcome = 'assigned' THEN
-        UPDATE els.essay_slot AS s
-           SET status = 'ready_for_processing', text_storage_id = v_text_storage_id, filled_at = now()
-         WHERE s.essay_id = v_essay_id;
-        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
-            'event_type', 'EssaySlotAssigned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_essay_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'essay_id', v_essay_id,
-                'file_upload_id', v_file_upload_id, 'text_storage_id', v_text_storage_id,
-                'original_file_name', v_original_file_name))));
-        -- assigned, not SELECT ... FROM: a function in FROM goes through a tuplestore
-        v_completion := els._complete_if_done(v_batch_id);
-        v_complete := v_completion.complete;
-        v_completion_event := v_completion.event_id;
-        IF v_completion_event IS NOT NULL THEN
-            v_events := v_events || v_completion_event;
-        END IF;
-    ELSIF v_purged THEN
-        -- the same text may have been announced as excess before the purge
-        v_late_event := els._emit_event_if_absent(jsonb_build_object(
-            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
-                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT')));
-        v_events := CASE WHEN v_late_event IS NULL THEN '{}'::uuid[] ELSE ARRAY[v_late_event] END;
-        v_complete := true;
-    ELSIF v_outcome = 'excess' THEN
-        v_events := els._emit_events(jsonb_build_array(jsonb_build_object(
-            'event_type', 'ExcessContentProvisioned', 'key', v_batch_id,
-            'identity', jsonb_build_array(v_batch_id, v_text_storage_id),
-            'correlation_id', v_correlation_id,
-            'data', jsonb_build_object(
-                'batch_id', v_batch_id, 'original_file_name', v_original_file_name,
-                'text_storage_id', v_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'))));
-        v_completion := els._complete_if_done(v_batch_id);
-        v_complete := v_completion.complete;
-    END IF;
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id,
-        'outcome', v_outcome,
-        'essay_id', v_essay_id,
-        'complete', v_complete,
-        'events', to_jsonb(coalesce(v_events, '{}'::uuid[])));
+    RETURN els._apply_one('provision_content', event);
 END
 $$;
 ALTER FUNCTION els.provision_content(event jsonb) OWNER TO els_owner;
@@ -1215,106 +1720,8 @@ CREATE FUNCTION els.record_validation_failure(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_file_upload_id text;
-    v_original_file_name text;
-    v_error_code text;
-    v_error_detail jsonb;
-    v_raw_file_storage_id text;
-    v_file_size_bytes numeric;
-    v_timestamp text;
-    v_correlation_id text;
-    v_data_correlation_id text;
-    v_known record;
-    v_essay_id text;
-    v_outcome text;
-    v_complete boolean := false;
-    v_completion_event uuid;
-    v_completion record;
-    v_purged boolean := false;
 BEGIN
-    v_env := els._unwrap_event(event, 'huleedu.file.essay.validation.failed.v1',
-                               'essay.validation.failed');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'file_upload_id', 'original_file_name', 'validation_error_code']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
-    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
-    v_error_code := els._enum_field(v_payload, 'validation_error_code',
-        ARRAY['EMPTY_CONTENT', 'CONTENT_TOO_SHORT', 'CONTENT_TOO_LONG', 'RAW_STORAGE_FAILED',
-              'TEXT_EXTRACTION_FAILED', 'ENCRYPTED_FILE_UNSUPPORTED', 'UNKNOWN_VALIDATION_ERROR']);
-    v_error_detail := els._object_field(v_payload, 'validation_error_detail');
-    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
-    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
-    v_timestamp := els._timestamp_field(v_payload, 'timestamp');
-    PERFORM els._lock_batch(v_batch_id);
-    SELECT f.essay_id INTO v_known
-      FROM els.validation_failure AS f
-     WHERE f.batch_id = v_batch_id AND f.file_upload_id = v_file_upload_id;
-    IF FOUND THEN
-        RETURN jsonb_build_object(
-            'batch_id', v_batch_id, 'outcome', 'duplicate', 'essay_id', v_known.essay_id,
-            'complete', EXISTS (SELECT FROM els.batch_tracker AS t
-                                 WHERE t.batch_id = v_batch_id AND t.completed_at IS NOT NULL)
-                        OR EXISTS (SELECT FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id),
-            'events', '[]'::jsonb);
-    END IF;
-    -- Registered means "has slots", as in provision_content.
-    SELECT s.essay_id INTO v_essay_id
-      FROM els.essay_slot AS s
-     WHERE s.batch_id = v_batch_id AND s.status = 'uploaded'
-     ORDER BY s.slot_no
-     LIMIT 1;
-    v_outcome := CASE
-        WHEN v_essay_id IS NOT NULL THEN 'recorded'
-        WHEN EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id) THEN 'excess'
-        ELSE 'pending'
-    END;
-    -- No slot at all: not registered yet, or purged.
-    IF v_outcome = 'pending' THEN
-        UPDATE els.batch_tombstone AS b SET last_late_item_at = now() WHERE b.batch_id = v_batch_id;
-        v_purged := FOUND;
-        IF v_purged THEN
-            v_outcome := 'excess';
-        END IF;
-    END IF;
-    INSERT INTO els.validation_failure (
-        batch_id, file_upload_id, disposition, essay_id, original_file_name,
-        validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
-        correlation_id, source_event_id, event_timestamp, disposed_at)
-    VALUES (
-        v_batch_id, v_file_upload_id,
-        (CASE v_outcome WHEN 'recorded' THEN 'assigned' ELSE v_outcome END)::els.item_disposition,
-        v_essay_id, v_original_file_name, v_error_code, v_error_detail, v_raw_file_storage_id,
-        v_file_size_bytes::bigint, v_correlation_id, v_env.source_event_id, v_timestamp,
-        CASE WHEN v_outcome <> 'pending' THEN now() END);
-    IF v_outcome = 'recorded' THEN
-        UPDATE els.essay_slot AS s
-           SET status = 'content_ingestion_failed', failed_file_upload_id = v_file_upload_id,
-               filled_at = now()
-         WHERE s.essay_id = v_essay_id;
-    END IF;
-    IF v_purged THEN
-        v_complete := true;
-    ELSIF v_outcome <> 'pending' THEN
-        v_completion := els._complete_if_done(v_batch_id);
-        v_complete := v_completion.complete;
-        v_completion_event := v_completion.event_id;
-    END IF;
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id,
-        'outcome', v_outcome,
-        'essay_id', v_essay_id,
-        'complete', v_complete,
-        'events', CASE WHEN v_completion_event IS NULL THEN '[]'::jsonb
-                       ELSE jsonb_build_array(v_completion_event) END);
+    RETURN els._apply_one('record_validation_failure', event);
 END
 $$;
 ALTER FUNCTION els.record_validation_failure(event jsonb) OWNER TO els_owner;
@@ -1323,138 +1730,8 @@ CREATE FUNCTION els.register_batch(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_expected numeric;
-    v_essay_ids text[];
-    v_course_code text;
-    v_user_id text;
-    v_org_id text;
-    v_class_id text;
-    v_prompt_ref jsonb;
-    v_metadata jsonb;
-    v_correlation_id text;
-    v_data_correlation_id text;
-    v_duplicate_id text;
-    v_tracker els.batch_tracker;
-    v_tombstone els.batch_tombstone;
-    v_outcome text;
-    v_conflict_field text;
-    v_slots_created integer;
-    v_existing_slots bigint := 0;
-    v_reconciled record;
-    v_completion record;
 BEGIN
-    v_env := els._unwrap_event(event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
-    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
-    v_course_code := els._enum_field(v_payload, 'course_code',
-        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
-    v_user_id := els._text_field(v_payload, 'user_id');
-    v_org_id := els._text_field(v_payload, 'org_id');
-    v_class_id := els._text_field(v_payload, 'class_id');
-    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
-    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_correlation_id := coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text);
-    IF cardinality(v_essay_ids) <> v_expected THEN
-        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
-                               'expected_essay_count', v_expected,
-                               'essay_ids_count', cardinality(v_essay_ids)));
-    END IF;
-    SELECT u.id INTO v_duplicate_id
-      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
-     GROUP BY u.id HAVING count(*) > 1
-     ORDER BY min(u.ord) LIMIT 1;
-    IF FOUND THEN
-        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
-            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
-                               'essay_id', v_duplicate_id));
-    END IF;
-    IF v_expected > 10000 THEN
-        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
-                               'max', 10000, 'actual', v_expected));
-    END IF;
-    PERFORM els._lock_batch(v_batch_id);
-    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
-    IF FOUND THEN
-        v_conflict_field := CASE
-            WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
-            WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
-            WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
-            WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
-            WHEN v_tracker.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
-        END;
-        IF v_conflict_field IS NOT NULL THEN
-            PERFORM els._reject('ELC01', 'batch already registered with a different identity',
-                jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
-                                   'batch_id', v_batch_id));
-        END IF;
-        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
-        IF v_existing_slots = v_tracker.expected_count THEN
-            RETURN jsonb_build_object(
-                'batch_id', v_batch_id, 'outcome', 'duplicate',
-                'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
-                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
-                'complete', v_tracker.completed_at IS NOT NULL, 'events', '[]'::jsonb);
-        END IF;
-        v_outcome := 'repaired';
-    ELSE
-        SELECT * INTO v_tombstone FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id;
-        IF FOUND THEN
-            v_conflict_field := CASE
-                WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected::integer THEN 'expected_essay_count'
-                WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
-                WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
-                WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
-                WHEN v_tombstone.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
-            END;
-            IF v_conflict_field IS NOT NULL THEN
-                PERFORM els._reject('ELC01', 'batch already registered with a different identity',
-                    jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
-                                       'batch_id', v_batch_id, 'purged', true));
-            END IF;
-            RETURN jsonb_build_object(
-                'batch_id', v_batch_id, 'outcome', 'duplicate',
-                'class_type', v_tombstone.class_type, 'expected_count', v_tombstone.expected_count,
-                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
-                'complete', true, 'events', '[]'::jsonb);
-        END IF;
-        INSERT INTO els.batch_tracker AS t (
-            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
-            student_prompt_ref, metadata, correlation_id, registration_event_id)
-        VALUES (v_batch_id, v_expected::integer, v_essay_ids, v_course_code, v_user_id, v_org_id,
-                v_class_id, v_prompt_ref, v_metadata, v_correlation_id, v_env.source_event_id)
-        RETURNING t.* INTO v_tracker;
-        v_outcome := 'registered';
-    END IF;
-    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
-    v_reconciled := els._reconcile(v_batch_id);
-    v_completion := els._complete_if_done(v_batch_id);
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id,
-        'outcome', v_outcome,
-        'class_type', v_tracker.class_type,
-        'expected_count', v_tracker.expected_count,
-        'slots_created', v_slots_created,
-        'content_assigned', v_reconciled.content_assigned,
-        'failures_applied', v_reconciled.failures_applied,
-        'excess', v_reconciled.excess,
-        'complete', v_completion.complete,
-        'events', to_jsonb(v_reconciled.event_ids
-                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
-                                   ELSE ARRAY[v_completion.event_id] END));
+    RETURN els._apply_one('register_batch', event);
 END
 $$;
 ALTER FUNCTION els.register_batch(event jsonb) OWNER TO els_owner;
@@ -1599,10 +1876,16 @@ ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_slot_fk FOREIGN KEY (essay_id) REFERENCES els.essay_slot(essay_id);
 GRANT USAGE ON SCHEMA els TO els_worker;
 GRANT USAGE ON SCHEMA els TO els_readonly;
+REVOKE ALL ON FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._apply_items(p_items jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._apply_one(p_kind text, p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._batch_lock_key(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
+GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
+GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
+REVOKE ALL ON FUNCTION els._completion_spec(p_batch_id text, p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._emit_event_if_absent(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
@@ -1612,24 +1895,33 @@ REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_corre
 REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;
+REVOKE ALL ON FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._object_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._plan_rows(p_plan jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._read_content(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._read_failure(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._read_registration(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_guarded(p_reg jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_locked(p_reg jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_array_field(p_payload jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._timestamp_field(p_payload jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) FROM PUBLIC;
-GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
+REVOKE ALL ON FUNCTION els.apply_events(kinds text[], events text[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.apply_events(kinds text[], events text[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_worker;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_readonly;
 GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
 GRANT SELECT ON TABLE els.essay_content TO els_readonly;
-GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
 GRANT SELECT ON TABLE els.validation_failure TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;

@@ -138,17 +138,27 @@ DROP FUNCTION IF EXISTS els._complete_if_done(text);
 
 DROP_NEW_FUNCTIONS = """
 SET LOCAL ROLE els_owner;
-DROP FUNCTION IF EXISTS els.close_overdue_batches(interval, integer);
-DROP FUNCTION IF EXISTS els.close_batch(text);
-DROP FUNCTION IF EXISTS els._close_locked_batch(text, boolean);
-DROP FUNCTION IF EXISTS els._try_lock_batch(text);
-DROP FUNCTION IF EXISTS els.purge_history(interval);
-DROP FUNCTION IF EXISTS els.batch_health(interval);
-DROP FUNCTION IF EXISTS els._emit_event_if_absent(jsonb);
-DROP FUNCTION IF EXISTS els._complete_if_done(text, text);
--- the previous view has fewer columns (CREATE OR REPLACE cannot drop any); its
--- dependant stuck_batch_list goes with it and comes back with the previous file
-DROP VIEW IF EXISTS els.stuck_batches CASCADE;
+-- every function and view of els, whatever release added it (the previous release's
+-- files below recreate all of theirs), as migrations/post-apply.py does
+DO $drop$
+DECLARE
+    v_objects text[];
+    v_object text;
+BEGIN
+    SELECT array_agg(o.stmt ORDER BY o.stmt DESC) INTO v_objects
+      FROM (SELECT 'VIEW ' || c.oid::regclass::text AS stmt
+              FROM pg_catalog.pg_class AS c
+             WHERE c.relnamespace = 'els'::regnamespace AND c.relkind IN ('v', 'm')
+            UNION ALL
+            SELECT 'FUNCTION ' || p.oid::regprocedure::text
+              FROM pg_catalog.pg_proc AS p
+             WHERE p.pronamespace = 'els'::regnamespace AND p.prokind IN ('f', 'p')) AS o;
+    FOREACH v_object IN ARRAY coalesce(v_objects, '{}') LOOP
+        EXECUTE format('DROP %s IF EXISTS %s CASCADE', split_part(v_object, ' ', 1),
+                       substr(v_object, strpos(v_object, ' ') + 1));
+    END LOOP;
+END
+$drop$;
 """
 
 DROP_COLUMNS = """
