@@ -54,17 +54,13 @@ SQL_DIR: Path | None = None
 def load_sql(url: str, sql_dir: Path) -> None:
     """Makes the functions and views of schema els exactly those of ``sql_dir``, as
     migrations/post-apply.py does (tables are the template's)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "els_post_apply", Path(__file__).resolve().parent.parent / "migrations" / "post-apply.py")
-    assert spec is not None and spec.loader is not None
-    post_apply = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(post_apply)
+    # post-apply.py's own drop statement (the module itself only runs inside yoyo)
+    hook = (Path(__file__).resolve().parent.parent / "migrations" / "post-apply.py").read_text()
+    drop_code = hook.split('DROP_CODE = """', 1)[1].split('"""', 1)[0]
     with psycopg.connect(url) as conn:
         cur = conn.cursor()
         cur.execute("SET LOCAL ROLE els_owner")
-        cur.execute(post_apply.DROP_CODE)
+        cur.execute(drop_code)
         for path in sorted(sql_dir.glob("*.sql")):
             cur.execute(path.read_text(encoding="utf-8"))
 

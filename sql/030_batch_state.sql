@@ -83,12 +83,14 @@ $fn$;
 
 -- The outbox events of SPEC 5 as _emit_events takes them, each written once here
 -- and used by every path that emits it (reconciliation, the set-based ingest of
--- els._apply_items, completion by the last item or by a deadline).
+-- els._apply_items, completion by the last item or by a deadline). STABLE, as
+-- jsonb_build_object is: an IMMUTABLE wrapper of it would not be inlined into the
+-- statements that call it (a function call per event instead of an expression).
 CREATE OR REPLACE FUNCTION els._slot_assigned_spec(
     p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text,
     p_original_file_name text, p_correlation_id text)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN jsonb_build_object(
     'event_type', 'EssaySlotAssigned', 'key', p_batch_id,
     'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id),
@@ -101,7 +103,7 @@ RETURN jsonb_build_object(
 CREATE OR REPLACE FUNCTION els._excess_spec(
     p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text)
 RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 RETURN jsonb_build_object(
     'event_type', 'ExcessContentProvisioned', 'key', p_batch_id,
     'identity', jsonb_build_array(p_batch_id, p_text_storage_id),
