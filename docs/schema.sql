@@ -151,17 +151,22 @@ BEGIN
             content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
             validation_error_code text, validation_error_detail jsonb)
     ), seen AS (
+        -- LATERAL: one primary-key probe per item, whatever the planner guesses of
+        -- the input's size (a hash join would read the whole ledger)
         SELECT i.*,
-               (c.batch_id IS NOT NULL OR f.batch_id IS NOT NULL) AS in_ledger,
-               coalesce(c.essay_id, f.essay_id) AS known_essay_id,
+               k.item_key IS NOT NULL AS in_ledger,
+               k.essay_id AS known_essay_id,
                row_number() OVER (PARTITION BY i.batch_id, i.kind, i.item_key ORDER BY i.ord) AS occurrence
           FROM item AS i
-          LEFT JOIN els.essay_content AS c
-                 ON i.kind = 'provision_content' AND c.batch_id = i.batch_id
-                AND c.text_storage_id = i.item_key
-          LEFT JOIN els.validation_failure AS f
-                 ON i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
-                AND f.file_upload_id = i.item_key
+          LEFT JOIN LATERAL (
+                SELECT c.text_storage_id AS item_key, c.essay_id FROM els.essay_content AS c
+                 WHERE i.kind = 'provision_content' AND c.batch_id = i.batch_id
+                   AND c.text_storage_id = i.item_key
+                UNION ALL
+                SELECT f.file_upload_id, f.essay_id FROM els.validation_failure AS f
+                 WHERE i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
+                   AND f.file_upload_id = i.item_key
+                 LIMIT 1) AS k ON true
     ), fresh AS (
         SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
                CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
@@ -174,10 +179,16 @@ BEGIN
                coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
                t.expected_count,
                EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) AS has_slots,
-               EXISTS (SELECT FROM els.batch_tombstone AS bt WHERE bt.batch_id = b.batch_id) AS purged
+               bt.batch_id IS NOT NULL AS purged
           FROM (SELECT f.batch_id, count(*) FILTER (WHERE NOT f.duplicate) AS new_items
                   FROM fresh AS f GROUP BY f.batch_id) AS b
-          LEFT JOIN els.batch_tracker AS t ON t.batch_id = b.batch_id
+          -- LIMIT 1 (primary keys): kept as per-batch probes, never flattened into a
+          -- join that could read the table
+          LEFT JOIN LATERAL (SELECT t.batch_id, t.completed_at, t.expected_count
+                               FROM els.batch_tracker AS t WHERE t.batch_id = b.batch_id
+                              LIMIT 1) AS t ON true
+          LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
+                              WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
     ), empty_slot AS (
         -- the first empty slots of each batch, one more than it has new items (to
         -- tell whether the round closes them all)
@@ -635,7 +646,7 @@ CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
 ALTER FUNCTION els._event_id(p_event_type text, p_identity jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) IS 'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text form is unambiguous even when ids contain separators).';
 CREATE FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'ExcessContentProvisioned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'original_file_name', p_original_file_name, 'text_storage_id', p_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'));
 ALTER FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) OWNER TO els_owner;
 CREATE FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) RETURNS numeric
@@ -1079,7 +1090,7 @@ END
 $$;
 ALTER FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) OWNER TO els_owner;
 CREATE FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'EssaySlotAssigned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'essay_id', p_essay_id, 'file_upload_id', p_file_upload_id, 'text_storage_id', p_text_storage_id, 'original_file_name', p_original_file_name));
 ALTER FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) OWNER TO els_owner;
 CREATE FUNCTION els._text_array_field(p_payload jsonb, p_field text) RETURNS text[]
