@@ -30,7 +30,7 @@ import psycopg
 
 from els_worker import db
 from els_worker.config import Config
-from els_worker.errors import Action, classify, pg_diagnostics
+from els_worker.errors import Action, Scope, classify, pg_diagnostics, scope_of
 from els_worker.health import Health
 from els_worker.messages import Item, UnexpectedResult, check_result
 from els_worker.observability import Metrics, log
@@ -154,10 +154,23 @@ class BatchProcessor:
                         sendable.append(it)
                 if not sendable:
                     return
-                row = conn.execute(db.APPLY_EVENTS, {
-                    "kinds": [self.kinds[it.topic] for it in sendable],
-                    "events": [it.text for it in sendable],
-                }).fetchone()
+                kinds = [self.kinds[it.topic] for it in sendable]
+                texts = [it.text or "" for it in sendable]
+                row = None
+                if all(it.envelope is not None for it in sendable):  # all parsed by Python
+                    try:
+                        with conn.transaction():
+                            row = conn.execute(db.APPLY_EVENTS_JSON, {
+                                "events": db.events_document(kinds, texts)}).fetchone()
+                    except psycopg.Error as exc:
+                        if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+                            raise
+                        if scope_of(exc) is not Scope.VALUE:
+                            raise
+                        row = None  # a value PostgreSQL refuses: the text[] form finds it
+                if row is None:
+                    row = conn.execute(db.APPLY_EVENTS,
+                                       {"kinds": kinds, "events": texts}).fetchone()
                 results = row[0] if row else None
                 if not isinstance(results, list) or len(results) != len(sendable):
                     raise UnexpectedResult("els.apply_events returned no result per event")

@@ -60,6 +60,7 @@ SELECT results_eq(
              ('els._timestamp_field(jsonb,text)', false, false),
              ('els._try_lock_batch(text)', false, false),
              ('els._unwrap_event(jsonb,text,text)', false, false),
+             ('els.apply_events(jsonb)', true, false),
              ('els.apply_events(text[],text[])', true, false),
              ('els.batch_health(interval)', true, true),
              ('els.batch_report(text)', false, true),

@@ -10,7 +10,7 @@ BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 \ir helpers/common.psql
-SELECT plan(36);
+SELECT plan(39);
 
 CREATE FUNCTION pg_temp.reg(p_batch text, p_essays text[]) RETURNS text LANGUAGE sql IMMUTABLE
 RETURN jsonb_build_object('entity_id', p_batch, 'expected_essay_count', cardinality(p_essays),
@@ -123,6 +123,21 @@ SELECT ok((SELECT prosrc FROM pg_proc WHERE oid = 'els.provision_content(jsonb)'
           LIKE '%els._apply_one(''provision_content''%', 'provision_content calls the core');
 SELECT ok((SELECT prosrc FROM pg_proc WHERE oid = 'els.register_batch(jsonb)'::regprocedure)
           LIKE '%els._apply_one(''register_batch''%', 'register_batch calls the core');
+
+-- the JSON-array form: the same core, the same results
+SELECT ok(has_function_privilege('els_worker', 'els.apply_events(jsonb)', 'EXECUTE'),
+          'els_worker may execute apply_events(jsonb)');
+SELECT is(els.apply_events(jsonb_build_array(
+              jsonb_build_object('kind', 'provision_content', 'event', pg_temp.content('ae-1', 't-1')::jsonb),
+              jsonb_build_object('kind', 'provision_content', 'event', '{"entity_id": "ae-1"}'::jsonb))),
+          jsonb_build_array(
+              -- the redelivery of ord 4 above, now that the batch is complete
+              jsonb_build_object('ok', true, 'result',
+                                 (SELECT res -> 'result' FROM r1 WHERE ord = 4) || '{"complete": true}'),
+              (SELECT r.value FROM jsonb_array_elements(els.apply_events(ARRAY['provision_content'],
+                                                                         ARRAY['{"entity_id": "ae-1"}'])) AS r)),
+          'apply_events(jsonb) gives what apply_events(text[], text[]) gives');
+SELECT throws_ok($$SELECT els.apply_events('{}'::jsonb)$$, '22023', NULL, 'events must be a JSON array');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -506,8 +506,37 @@ COMMENT ON FUNCTION els.apply_events(text[], text[]) IS
     'one result per event: {ok: true, result} or {ok: false, sqlstate, message, detail}. '
     'Rejected events change nothing; the others are applied.';
 
+-- els.apply_events(events): the same micro-batch as one JSON array of
+-- {"kind", "event"} in arrival order (kind as kinds[i] above, event the value as
+-- JSON). The worker's usual form: one jsonb parameter costs the client ~2 µs per
+-- event where a text[] of 500 values costs ~65 µs per element to send; when
+-- PostgreSQL refuses the array (one value it cannot take as jsonb), the worker sends
+-- the text[] form, which reports that value alone.
+CREATE OR REPLACE FUNCTION els.apply_events(events jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+    v_kinds text[];
+    v_events jsonb[];
+BEGIN
+    IF jsonb_typeof(events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'events must be a JSON array of {kind, event}';
+    END IF;
+    SELECT coalesce(array_agg(e.item ->> 'kind' ORDER BY e.ord), '{}'::text[]),
+           coalesce(array_agg(e.item -> 'event' ORDER BY e.ord), '{}'::jsonb[])
+      INTO v_kinds, v_events
+      FROM jsonb_array_elements(events) WITH ORDINALITY AS e(item, ord);
+    RETURN to_jsonb(els._apply_events(v_kinds, v_events));
+END
+$fn$;
+COMMENT ON FUNCTION els.apply_events(jsonb) IS
+    'A micro-batch of input events as one JSON array of {kind, event} in arrival order, '
+    'applied as els.apply_events(text[], text[]) does; one result per event.';
+
 REVOKE ALL ON FUNCTION els._rejection(text, text, text), els._plan_rows(jsonb), els._apply_items(jsonb),
     els._register_guarded(jsonb),
     els._apply_events(text[], jsonb[], jsonb[]), els._apply_one(text, jsonb),
-    els.apply_events(text[], text[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]) TO els_worker;
+    els.apply_events(text[], text[]), els.apply_events(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]), els.apply_events(jsonb) TO els_worker;
