@@ -125,8 +125,10 @@ class Item:
             self.kill_refused(rule.report_as, {k: v for k, v in diag.items() if v is not None})
             return
         detail = str(res.get("detail_text") or "{}")  # the DETAIL as the function raises it
+        diag = {"sqlstate": sqlstate, "message": res.get("message"), "detail": detail,
+                "context": res.get("context"), "severity": "ERROR"}
         self.kill(sqlstate, str(res.get("message") or ""), detail,
-                  {"sqlstate": sqlstate, "message": res.get("message"), "detail": detail})
+                  {k: v for k, v in diag.items() if v is not None})
 
 
 class UnexpectedResult(Exception):

@@ -52,7 +52,7 @@ SELECT results_eq(
              ('els._register_guarded(jsonb)', false, false),
              ('els._register_locked(jsonb)', false, false),
              ('els._reject(text,text,jsonb)', false, false),
-             ('els._rejection(text,text,text)', false, false),
+             ('els._rejection(text,text,text,text)', false, false),
              ('els._require_fields(jsonb,text[])', false, false),
              ('els._slot_assigned_spec(text,text,text,text,text,text)', false, false),
              ('els._text_array_field(jsonb,text)', false, false),

@@ -29,12 +29,14 @@
 
 -- A rejection as a per-event result (the detail of every ELV/ELC error is JSON;
 -- detail_text is the DETAIL exactly as the per-event function raises it, which the
--- worker puts in the dead letter's header).
-CREATE OR REPLACE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text)
+-- worker puts in the dead letter's header; context where it was raised, for its log).
+CREATE OR REPLACE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text,
+                                          p_context text)
 RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message,
-                          'detail', p_detail::jsonb, 'detail_text', p_detail);
+                          'detail', p_detail::jsonb, 'detail_text', p_detail,
+                          'context', p_context);
 
 -- The rows of a round's plan (built by _apply_items), as a relation: one row per
 -- content or failure, with the outcome computed for it. Inlined by the planner.
@@ -307,12 +309,13 @@ DECLARE
     v_state text;
     v_message text;
     v_detail text;
+    v_context text;
 BEGIN
     RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
 EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL;
-    RETURN els._rejection(v_state, v_message, v_detail);
+                            v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+    RETURN els._rejection(v_state, v_message, v_detail, v_context);
 END
 $fn$;
 
@@ -338,6 +341,7 @@ DECLARE
     v_state text;
     v_message text;
     v_detail text;
+    v_context text;
     v_key bigint;
     v_round integer;
     v_items jsonb;
@@ -369,8 +373,8 @@ BEGIN
         EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
                     OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL;
-            v_results[i] := els._rejection(v_state, v_message, v_detail);
+                                    v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+            v_results[i] := els._rejection(v_state, v_message, v_detail, v_context);
             CONTINUE;
         END;
         -- the round: 2 x (registrations of this batch before it), + 1 for a registration
@@ -535,7 +539,7 @@ COMMENT ON FUNCTION els.apply_events(jsonb) IS
     'A micro-batch of input events as one JSON array of {kind, event} in arrival order, '
     'applied as els.apply_events(text[], text[]) does; one result per event.';
 
-REVOKE ALL ON FUNCTION els._rejection(text, text, text), els._plan_rows(jsonb), els._apply_items(jsonb),
+REVOKE ALL ON FUNCTION els._rejection(text, text, text, text), els._plan_rows(jsonb), els._apply_items(jsonb),
     els._register_guarded(jsonb),
     els._apply_events(text[], jsonb[], jsonb[]), els._apply_one(text, jsonb),
     els.apply_events(text[], text[]), els.apply_events(jsonb) FROM PUBLIC;

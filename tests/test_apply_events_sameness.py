@@ -147,6 +147,7 @@ def _set_based(conn: psycopg.Connection, chunk: list[tuple[str, str]]) -> list[d
         if r.get("refused_value"):
             out.append({"ok": False, "refused_value": True, "sqlstate": r["sqlstate"]})
         else:
+            r.pop("context", None)  # where it was raised: not part of the error's identity
             out.append(r)
     return out
 
