@@ -8,7 +8,7 @@ process(es) to the moment the last of the expected outbox rows (10 EssaySlotAssi
 
 The ceiling applies the same message values by direct SQL calls with the worker's
 grouping (micro-batches of ELS_BATCH_MAX_MESSAGES events, one els.apply_events call per
-transaction, as the worker's fast path), one session per partition, each in its own
+transaction with the worker's JSON document), one session per partition, each in its own
 process, no Kafka and no relay. ``mode="per_event"`` gives the previous ceiling (the
 per-event functions, pipelined, one call per event); ``mode="floor"`` writes the same
 rows by plain set-based INSERT/UPDATE with no validation (FLOOR_SQL).
@@ -44,6 +44,7 @@ from bench.common import (
     fresh_database,
     registration,
 )
+from els_worker import db
 
 # The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
 # functions each run's database gets instead of the template's (bench/worker_ab.py
@@ -334,7 +335,6 @@ def _check_complete(conn: psycopg.Connection, stream: Stream) -> None:
 # ---------------------------------------------------------------- ceiling
 
 
-APPLY_EVENTS = "SELECT els.apply_events(kinds => %(kinds)s::text[], events => %(events)s::text[])"
 KIND_BY_TOPIC = {TOPIC_REGISTERED: "register_batch", TOPIC_CONTENT: "provision_content"}
 
 
@@ -433,9 +433,11 @@ def _ceiling_child(url: str, messages: list[tuple[str, str]], group: int,
                     conn.execute(statement, floor[n])
             continue
         if mode == "set":
+            # what the worker sends (els_worker.db): one JSON array of {kind, event}
+            document = db.events_document([KIND_BY_TOPIC[t] for t, _ in chunk],
+                                          [v for _, v in chunk])
             with conn.transaction():
-                conn.execute(APPLY_EVENTS, {"kinds": [KIND_BY_TOPIC[t] for t, _ in chunk],
-                                            "events": [v for _, v in chunk]}).fetchone()
+                conn.execute(db.APPLY_EVENTS_JSON, {"events": document}).fetchone()
             continue
         with conn.transaction():
             cursors = []
