@@ -71,9 +71,15 @@ $fn$;
 --   * a batch without slots keeps them pending (or excess when it was purged).
 -- Then the writes: content rows, failure rows, slot updates, tombstone and
 -- tracker stamps, outbox rows, one statement each. Returns [{"ord", "result"}].
+-- Each step of the plan is a MATERIALIZED CTE: planned on its own (inlined, the steps
+-- made one join problem whose planning cost milliseconds), and each runs once.
 CREATE OR REPLACE FUNCTION els._apply_items(p_items jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE
+-- one plan per session for its statements: the plan statement is large, and planning it
+-- for each call (custom plans) cost more than running it for one event
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
     v_plan jsonb;
     v_results jsonb;
@@ -84,13 +90,13 @@ DECLARE
     v_completes boolean;
     v_events jsonb;
 BEGIN
-    WITH item AS (
+    WITH item AS MATERIALIZED (
         SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
             ord integer, kind text, batch_id text, item_key text, file_upload_id text,
             original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
             content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
             validation_error_code text, validation_error_detail jsonb)
-    ), seen AS (
+    ), seen AS MATERIALIZED (
         -- LATERAL: one primary-key probe per item, whatever the planner guesses of
         -- the input's size (a hash join would read the whole ledger)
         SELECT i.*,
@@ -107,13 +113,13 @@ BEGIN
                  WHERE i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
                    AND f.file_upload_id = i.item_key
                  LIMIT 1) AS k ON true
-    ), fresh AS (
+    ), fresh AS MATERIALIZED (
         SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
                CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
                    row_number() OVER (PARTITION BY s.batch_id, (s.in_ledger OR s.occurrence > 1)
                                       ORDER BY s.ord) END AS take_no
           FROM seen AS s
-    ), batch AS (
+    ), batch AS MATERIALIZED (
         SELECT b.batch_id, b.new_items,
                t.batch_id IS NOT NULL AS tracked,
                coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
@@ -129,7 +135,7 @@ BEGIN
                               LIMIT 1) AS t ON true
           LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
                               WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
-    ), empty_slot AS (
+    ), empty_slot AS MATERIALIZED (
         -- the first empty slots of each batch, one more than it has new items (to
         -- tell whether the round closes them all)
         SELECT b.batch_id, e.essay_id,
@@ -140,7 +146,7 @@ BEGIN
                  WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
                  ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
          WHERE b.has_slots AND b.new_items > 0
-    ), closing AS (
+    ), closing AS MATERIALIZED (
         -- the new item that leaves its batch without an empty slot completes it
         -- (the first one when none was left: as _complete_if_done would)
         SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
@@ -150,7 +156,7 @@ BEGIN
          GROUP BY b.batch_id, b.new_items, b.expected_count
         HAVING count(e.essay_id) <= b.new_items
            AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
-    ), placed AS (
+    ), placed AS MATERIALIZED (
         SELECT f.*, b.tracked, b.was_complete, b.has_slots, b.purged,
                e.essay_id AS slot_essay_id,
                coalesce(f.take_no = cl.completing_take, false) AS completing
@@ -158,7 +164,7 @@ BEGIN
           JOIN batch AS b ON b.batch_id = f.batch_id
           LEFT JOIN empty_slot AS e ON e.batch_id = f.batch_id AND e.take_no = f.take_no
           LEFT JOIN closing AS cl ON cl.batch_id = f.batch_id
-    ), judged AS (
+    ), judged AS MATERIALIZED (
         SELECT p.*,
                max(p.ord) FILTER (WHERE p.completing) OVER (PARTITION BY p.batch_id) AS completing_ord,
                CASE WHEN p.duplicate THEN 'duplicate'
@@ -172,7 +178,7 @@ BEGIN
                     ELSE first_value(p.slot_essay_id) OVER (
                              PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord) END AS result_essay_id
           FROM placed AS p
-    ), decided AS (
+    ), decided AS MATERIALIZED (
         SELECT j.*,
                CASE WHEN j.duplicate THEN
                         j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
@@ -185,7 +191,7 @@ BEGIN
                                                               jsonb_build_array(j.batch_id, j.item_key))))
                    AS announced
           FROM judged AS j
-    ), evented AS (
+    ), evented AS MATERIALIZED (
         SELECT d.*,
                CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
                          OR d.announced THEN NULL
