@@ -29,6 +29,7 @@ DECLARE
     v_state text;
     v_message text;
     v_detail text;
+    v_context text;
     v_key bigint;
     v_round integer;
     v_items jsonb;
@@ -59,8 +60,8 @@ BEGIN
         EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
                     OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL;
-            v_results[i] := els._rejection(v_state, v_message, v_detail);
+                                    v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+            v_results[i] := els._rejection(v_state, v_message, v_detail, v_context);
             CONTINUE;
         END;
         -- the round: 2 x (registrations of this batch before it), + 1 for a registration
@@ -133,6 +134,7 @@ $$;
 ALTER FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
 CREATE FUNCTION els._apply_items(p_items jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_plan jsonb;
@@ -144,13 +146,13 @@ DECLARE
     v_completes boolean;
     v_events jsonb;
 BEGIN
-    WITH item AS (
+    WITH item AS MATERIALIZED (
         SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
             ord integer, kind text, batch_id text, item_key text, file_upload_id text,
             original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
             content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
             validation_error_code text, validation_error_detail jsonb)
-    ), seen AS (
+    ), seen AS MATERIALIZED (
         -- LATERAL: one primary-key probe per item, whatever the planner guesses of
         -- the input's size (a hash join would read the whole ledger)
         SELECT i.*,
@@ -167,13 +169,13 @@ BEGIN
                  WHERE i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
                    AND f.file_upload_id = i.item_key
                  LIMIT 1) AS k ON true
-    ), fresh AS (
+    ), fresh AS MATERIALIZED (
         SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
                CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
                    row_number() OVER (PARTITION BY s.batch_id, (s.in_ledger OR s.occurrence > 1)
                                       ORDER BY s.ord) END AS take_no
           FROM seen AS s
-    ), batch AS (
+    ), batch AS MATERIALIZED (
         SELECT b.batch_id, b.new_items,
                t.batch_id IS NOT NULL AS tracked,
                coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
@@ -189,7 +191,7 @@ BEGIN
                               LIMIT 1) AS t ON true
           LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
                               WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
-    ), empty_slot AS (
+    ), empty_slot AS MATERIALIZED (
         -- the first empty slots of each batch, one more than it has new items (to
         -- tell whether the round closes them all)
         SELECT b.batch_id, e.essay_id,
@@ -200,7 +202,7 @@ BEGIN
                  WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
                  ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
          WHERE b.has_slots AND b.new_items > 0
-    ), closing AS (
+    ), closing AS MATERIALIZED (
         -- the new item that leaves its batch without an empty slot completes it
         -- (the first one when none was left: as _complete_if_done would)
         SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
@@ -210,7 +212,7 @@ BEGIN
          GROUP BY b.batch_id, b.new_items, b.expected_count
         HAVING count(e.essay_id) <= b.new_items
            AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
-    ), placed AS (
+    ), placed AS MATERIALIZED (
         SELECT f.*, b.tracked, b.was_complete, b.has_slots, b.purged,
                e.essay_id AS slot_essay_id,
                coalesce(f.take_no = cl.completing_take, false) AS completing
@@ -218,7 +220,7 @@ BEGIN
           JOIN batch AS b ON b.batch_id = f.batch_id
           LEFT JOIN empty_slot AS e ON e.batch_id = f.batch_id AND e.take_no = f.take_no
           LEFT JOIN closing AS cl ON cl.batch_id = f.batch_id
-    ), judged AS (
+    ), judged AS MATERIALIZED (
         SELECT p.*,
                max(p.ord) FILTER (WHERE p.completing) OVER (PARTITION BY p.batch_id) AS completing_ord,
                CASE WHEN p.duplicate THEN 'duplicate'
@@ -232,7 +234,7 @@ BEGIN
                     ELSE first_value(p.slot_essay_id) OVER (
                              PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord) END AS result_essay_id
           FROM placed AS p
-    ), decided AS (
+    ), decided AS MATERIALIZED (
         SELECT j.*,
                CASE WHEN j.duplicate THEN
                         j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
@@ -245,7 +247,7 @@ BEGIN
                                                               jsonb_build_array(j.batch_id, j.item_key))))
                    AS announced
           FROM judged AS j
-    ), evented AS (
+    ), evented AS MATERIALIZED (
         SELECT d.*,
                CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
                          OR d.announced THEN NULL
@@ -958,12 +960,13 @@ DECLARE
     v_state text;
     v_message text;
     v_detail text;
+    v_context text;
 BEGIN
     RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
 EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL;
-    RETURN els._rejection(v_state, v_message, v_detail);
+                            v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
+    RETURN els._rejection(v_state, v_message, v_detail, v_context);
 END
 $$;
 ALTER FUNCTION els._register_guarded(p_reg jsonb) OWNER TO els_owner;
@@ -1070,10 +1073,10 @@ END
 $$;
 ALTER FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) IS 'Raises a structured rejection: custom SQLSTATE, one-line message, JSON detail.';
-CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) RETURNS jsonb
+CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) RETURNS jsonb
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail);
-ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) OWNER TO els_owner;
+    RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail, 'context', p_context);
+ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) OWNER TO els_owner;
 CREATE FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1234,6 +1237,26 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) OWNER TO els_owner;
+CREATE FUNCTION els.apply_events(events jsonb) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_kinds text[];
+    v_events jsonb[];
+BEGIN
+    IF jsonb_typeof(events) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'events must be a JSON array of {kind, event}';
+    END IF;
+    SELECT coalesce(array_agg(e.item ->> 'kind' ORDER BY e.ord), '{}'::text[]),
+           coalesce(array_agg(e.item -> 'event' ORDER BY e.ord), '{}'::jsonb[])
+      INTO v_kinds, v_events
+      FROM jsonb_array_elements(events) WITH ORDINALITY AS e(item, ord);
+    RETURN to_jsonb(els._apply_events(v_kinds, v_events));
+END
+$$;
+ALTER FUNCTION els.apply_events(events jsonb) OWNER TO els_owner;
+COMMENT ON FUNCTION els.apply_events(events jsonb) IS 'A micro-batch of input events as one JSON array of {kind, event} in arrival order, applied as els.apply_events(text[], text[]) does; one result per event.';
 CREATE FUNCTION els.apply_events(kinds text[], events text[]) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1918,7 +1941,7 @@ REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned inte
 REVOKE ALL ON FUNCTION els._register_guarded(p_reg jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._register_locked(p_reg jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_array_field(p_payload jsonb, p_field text) FROM PUBLIC;
@@ -1926,6 +1949,8 @@ REVOKE ALL ON FUNCTION els._text_field(p_payload jsonb, p_field text, p_max inte
 REVOKE ALL ON FUNCTION els._timestamp_field(p_payload jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els.apply_events(events jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.apply_events(events jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.apply_events(kinds text[], events text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(kinds text[], events text[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
