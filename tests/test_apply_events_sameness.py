@@ -126,8 +126,7 @@ def _error(exc: psycopg.Error) -> dict[str, Any]:
 
 def _per_event(conn: psycopg.Connection, kind: str, value: str) -> dict[str, Any]:
     try:
-        row = conn.execute(f"SELECT els.{KIND_FUNCTION[kind]}(%(event)s::jsonb)",
-                           {"event": value}).fetchone()
+        row = conn.execute(events.FUNCTION_BY_KIND[kind], {"event": value}).fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate and exc.sqlstate.startswith("22"):  # the cast refused the value
             return {"ok": False, "refused_value": True, "sqlstate": exc.sqlstate}
