@@ -171,17 +171,19 @@ def test_revoked_grant_waits_then_applies_everything(
     env = worker_env(worker_login, kafka_bootstrap, topics)
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         start_and_fault(worker, db_url, kafka_bootstrap, first, [], first_ids)
-        # the fast path's function and the careful path's
-        db.execute("REVOKE EXECUTE ON FUNCTION els.apply_events(text[], text[]),"
-                   " els.provision_content(jsonb) FROM els_worker")
+        # the fast path's functions and the careful path's
+        db.execute("REVOKE EXECUTE ON FUNCTION els.apply_events(jsonb),"
+                   " els.apply_events(text[], text[]), els.provision_content(jsonb)"
+                   " FROM els_worker")
         try:
             produce(kafka_bootstrap, rest)
             unhealthy_because(worker, "privilege", "/healthz to name the missing grant")
             time.sleep(8)
             assert dead_letters(kafka_bootstrap, topics) == []
         finally:
-            db.execute("GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]),"
-                       " els.provision_content(jsonb) TO els_worker")
+            db.execute("GRANT EXECUTE ON FUNCTION els.apply_events(jsonb),"
+                       " els.apply_events(text[], text[]), els.provision_content(jsonb)"
+                       " TO els_worker")
         assert_nothing_lost(db_url, kafka_bootstrap, topics, first_ids + rest_ids, worker)
         assert worker.terminate() == 0
 
