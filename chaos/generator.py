@@ -31,7 +31,7 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from chaos.oracle import (
@@ -92,7 +92,6 @@ class GenConfig:
     malformed: int = 220
     malformed_redeliveries: int = 6
     big_payload_bytes: int = BIG_PAYLOAD_BYTES
-    include_known_deviations: bool = False  # see KNOWN_SQL_DEVIATIONS
     batch_prefix: str = "cb"
 
 
@@ -117,7 +116,6 @@ class Generated:
     config: GenConfig
     messages: list[Message]
     prediction: Prediction
-    injection_batch_ids: list[str] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         labels = Counter(m.label.split(":")[0] for m in self.messages)
@@ -582,12 +580,6 @@ def _variants() -> list[tuple[str, str, Builder, str]]:
 
 MALFORMED_VARIANTS = _variants()
 
-# Variants on which sql/ deviates from SPEC.md today (reported; see docs/RELIABILITY.md).
-# tests/test_bad_input_corpus.py marks them xfail(strict): when the SQL is fixed they
-# XPASS, the test fails, and the entry must be deleted here. Until then the chaos
-# stream leaves them out unless GenConfig(include_known_deviations=True).
-KNOWN_SQL_DEVIATIONS: dict[str, str] = {
-}
 # variants produced at most once per stream (large values)
 _HEAVY = {"big-payload-5mb": 1, "too-many-essays:10001": 2}
 _STATEFUL = ("ELC01", "ELC02")
@@ -598,8 +590,7 @@ def build_malformed(world: World, victims: list[Victim], count: int
     """At least one message of every variant, then random ones up to ``count``:
     (victim, label, kind, value, intended SQLSTATE)."""
     rng = world.rng
-    variants = [v for v in MALFORMED_VARIANTS
-                if world.cfg.include_known_deviations or v[0] not in KNOWN_SQL_DEVIATIONS]
+    variants = list(MALFORMED_VARIANTS)
     chosen = list(variants)
     light = [v for v in variants if v[0] not in _HEAVY]
     heavy_left = {k: n - 1 for k, n in _HEAVY.items()}
@@ -642,7 +633,6 @@ def generate(cfg: GenConfig) -> Generated:
     world = World(rng, cfg)
     specs: list[_Spec] = []
     victims: list[Victim] = []
-    injection_ids: list[str] = []
     injection_batches = set(rng.sample(range(cfg.batches), min(cfg.injection_batches,
                                                                cfg.batches)))
     forced_sizes = {0: cfg.min_essays, 1: cfg.max_essays}
@@ -664,8 +654,6 @@ def generate(cfg: GenConfig) -> Generated:
         n = forced_sizes.get(b) or _essay_count(rng, cfg)
         inj = _injector(b, rng) if b in injection_batches else None
         bid = inj("batch") if inj else f"{cfg.batch_prefix}-{b:04d}"
-        if inj:
-            injection_ids.append(bid)
         essay_ids = [inj(f"essay {i}") if inj else f"{bid}-e{i:03d}" for i in range(n)]
         guest = rng.random() < 0.5
         r = rng.random()
@@ -730,7 +718,7 @@ def generate(cfg: GenConfig) -> Generated:
                                 s.batch_id or verdict.batch_id, verdict.sqlstate, s.intent))
     if disagreements:
         raise GeneratorError(f"{len(disagreements)} message(s): " + "; ".join(disagreements[:10]))
-    return Generated(cfg, messages, prediction, injection_ids)
+    return Generated(cfg, messages, prediction)
 
 
 def _semantic_copy(world: World, kind: str, env: dict[str, Any]) -> dict[str, Any]:

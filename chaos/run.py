@@ -68,7 +68,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from confluent_kafka import TopicPartition as TP
 from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
@@ -78,21 +78,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chaos.generator import GenConfig, Generated, generate  # noqa: E402
-from chaos.oracle import BatchExpectation  # noqa: E402
+from chaos.oracle import TOPIC_NAMES, BatchExpectation  # noqa: E402
+from els_worker import contract  # noqa: E402
+from testkit.kafka import read_topic  # noqa: E402
+from testkit.stack import stack_env  # noqa: E402
 
-DEFAULT_TOPICS = {
-    "register": "huleedu.batch.essays.registered.v1",
-    "content": "huleedu.file.essay.content.provisioned.v1",
-    "failure": "huleedu.file.essay.validation.failed.v1",
-    "completed": "huleedu.batch.content.provisioning.completed.v1",
-    "slot_assigned": "huleedu.els.essay.slot.assigned.v1",
-    "excess": "huleedu.els.excess.content.provisioned.v1",
+DEFAULT_TOPICS = {  # the contract's topics, under the run's short names
+    **TOPIC_NAMES,
+    "completed": contract.COMPLETED.topic,
+    "slot_assigned": contract.SLOT_ASSIGNED.topic,
+    "excess": contract.EXCESS.topic,
 }
 INPUT_KINDS = ("register", "content", "failure")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # topics and our producer: room for the 5 MB value
-DLQ_HEADERS = ("els.error.sqlstate", "els.error.message", "els.error.detail",
-               "els.source.topic", "els.source.partition", "els.source.offset",
-               "els.failed_at", "els.attempts")
+DLQ_HEADERS = contract.DLQ_HEADERS
 WORKER_ROLE = "els_chaos_worker"
 # the harness's own Kafka clients: failures surface as exceptions; no log spam while
 # the broker is down
@@ -129,7 +128,6 @@ class ChaosConfig:
     # worker takes its partitions back at once; the others are dynamic members, whose
     # restarts go through rebalances. Both kinds are exercised.
     static_members: tuple[bool, ...] = (True, False)
-    include_known_deviations: bool = False
     tamper: bool = False  # negative control: damage the final state before verifying
     out_dir: Path | None = None
 
@@ -210,14 +208,7 @@ class PrivateStack:
                                   stderr=err, text=True, stdin=subprocess.DEVNULL).stdout.strip()
 
     def env(self) -> dict[str, str]:
-        out = subprocess.run(self.argv("env"), check=True, capture_output=True,
-                             text=True).stdout
-        env: dict[str, str] = {}
-        for line in out.splitlines():
-            if line.startswith("export "):
-                key, _, value = line[len("export "):].partition("=")
-                env[key] = value.strip("'\"")
-        return env
+        return stack_env(self.script, ha=self.topology == "ha", start=False)
 
 
 # ---------------------------------------------------------------------------
@@ -820,33 +811,11 @@ class ChaosRun:
 
     # -- reading topics ----------------------------------------------------
     def read_all(self, topic: str) -> list[Message]:
-        consumer = Consumer({"bootstrap.servers": self.bootstrap,
-                             "group.id": f"chaos-reader-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "enable.partition.eof": False,
-                             **QUIET})
         try:
-            ends = {}
-            for p in range(3):
-                ends[p] = consumer.get_watermark_offsets(TP(topic, p), timeout=30)[1]
-            consumer.assign([TP(topic, p, OFFSET_BEGINNING) for p in range(3) if ends[p] > 0])
-            remaining = {p for p, end in ends.items() if end > 0}
-            out: list[Message] = []
-            deadline = time.monotonic() + 300
-            while remaining and time.monotonic() < deadline:
-                msg = consumer.poll(1.0)
-                if msg is None:
-                    continue
-                if msg.error():
-                    continue
-                out.append(msg)
-                p = msg.partition() or 0
-                if (msg.offset() or 0) + 1 >= ends[p]:
-                    remaining.discard(p)
-            if remaining:
-                self.mismatch(f"could not read {topic} to its end (partitions {remaining})")
-            return out
-        finally:
-            consumer.close()
+            return read_topic(self.bootstrap, topic, timeout=300, **QUIET)
+        except AssertionError as exc:
+            self.mismatch(f"could not read {topic} to its end: {exc}")
+            return []
 
     # -- verification ------------------------------------------------------
     def verify(self, gen: Generated) -> dict[str, Any]:
@@ -926,7 +895,7 @@ class ChaosRun:
 
     def verify_db(self, batches: dict[str, BatchExpectation], db: dict[str, Any],
                   conn: psycopg.Connection[Any]) -> dict[str, Any]:
-        from tests.invariants import check_invariants
+        from testkit.invariants import check_invariants
 
         trackers = db["trackers"]
         unknown = (set(trackers) | set(db["contents"]) | set(db["failures"])) - set(batches)
@@ -1178,8 +1147,7 @@ class ChaosRun:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         started = time.monotonic()
-        gen = generate(GenConfig(seed=cfg.seed, batches=cfg.batches, malformed=cfg.malformed,
-                                 include_known_deviations=cfg.include_known_deviations))
+        gen = generate(GenConfig(seed=cfg.seed, batches=cfg.batches, malformed=cfg.malformed))
         self.stats = gen.stats()
         log(f"stream: {self.stats['messages']} messages ({self.stats['malformed']} malformed, "
             f"{self.stats['redeliveries']} redeliveries), {self.stats['batches']} batches")
@@ -1393,8 +1361,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--produce-seconds", type=float)
     parser.add_argument("--kafka", choices=["private", "shared"])
     parser.add_argument("--kafka-bootstrap")
-    parser.add_argument("--include-known-deviations", action="store_true", default=None,
-                        help="also produce the malformed variants sql/ is known to mishandle")
     parser.add_argument("--worker-kafka-config", type=json.loads,
                         help="ELS_KAFKA_CONFIG of the workers, a JSON object (replaces the "
                              "default, a 10 s session timeout)")
@@ -1407,7 +1373,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(PROFILES[args.profile])
     for name in ("seed", "batches", "kills", "pg_restarts", "kafka_restarts", "produce_seconds",
                  "pg_failovers", "broker_kills",
-                 "kafka", "kafka_bootstrap", "include_known_deviations", "keep",
+                 "kafka", "kafka_bootstrap", "keep",
                  "worker_kafka_config", "tamper"):
         value = getattr(args, name)
         if value is not None:

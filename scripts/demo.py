@@ -31,23 +31,29 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     Message,
     Producer,
-    TopicPartition,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+from els_worker import contract  # noqa: E402
+from testkit import events  # noqa: E402
+from testkit.kafka import headers_of, read_topic  # noqa: E402
+from testkit.stack import stack_env  # noqa: E402
+from testkit.worker import http_status  # noqa: E402
+
 STACK = ROOT / ".stack"
 PID_FILE = STACK / "worker.pid"
 LOG_FILE = STACK / "worker.log"
 
-T_REGISTERED = "huleedu.batch.essays.registered.v1"
-T_CONTENT = "huleedu.file.essay.content.provisioned.v1"
-T_FAILED = "huleedu.file.essay.validation.failed.v1"
-T_COMPLETED = "huleedu.batch.content.provisioning.completed.v1"
+T_REGISTERED = contract.REGISTERED.topic
+T_CONTENT = contract.CONTENT_PROVISIONED.topic
+T_FAILED = contract.VALIDATION_FAILED.topic
+T_COMPLETED = contract.COMPLETED.topic
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 DIM = "\033[2m" if sys.stdout.isatty() else ""
@@ -66,17 +72,9 @@ def say(text: str = "") -> None:
 # ---------------------------------------------------------------------------
 
 
-def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": topic,
-        "event_timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_service": "demo",
-        "schema_version": 1,
-        "correlation_id": correlation_id or str(uuid.uuid4()),
-        "data": data,
-        "metadata": {"demo": True},
-    }
+def envelope(topic: str, data: dict[str, Any]) -> dict[str, Any]:
+    return events.envelope(topic, data, source_service="demo", metadata={"demo": True},
+                           timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def registration(
@@ -265,20 +263,10 @@ def start_worker(port: int) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"worker exited at start (code {proc.returncode}); see {LOG_FILE}")
-        if http_get(port, "/healthz")[0] == 200:
+        if http_status(port, "/healthz")[0] == 200:
             return proc.pid
         time.sleep(0.25)
     raise SystemExit(f"worker not healthy within 60 s; see {LOG_FILE}")
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 class Collect:
@@ -335,7 +323,7 @@ class LogTail:
 
 def events_handled(port: int) -> float:
     """Sum of els_events_total from the worker's /metrics (this worker's lifetime)."""
-    status, body = http_get(port, "/metrics")
+    status, body = http_status(port, "/metrics")
     if status != 200:
         return 0.0
     return sum(
@@ -350,51 +338,6 @@ def events_handled(port: int) -> float:
 # ---------------------------------------------------------------------------
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "demo-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            return []
-        tps = []
-        for p in meta.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        if not tps:
-            return []
-        consumer.assign(tps)
-        left = {tp.partition for tp in tps}
-        out: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while left and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    left.discard(msg.partition() or 0)
-                continue
-            out.append(msg)
-        return out
-    finally:
-        consumer.close()
-
-
-def headers(msg: Message) -> dict[str, str]:
-    raw = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for k, v in items}
-
-
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
@@ -402,16 +345,8 @@ def headers(msg: Message) -> dict[str, str]:
 
 def main() -> int:
     if "ELS_DATABASE_URL" not in os.environ or "ELS_KAFKA_BOOTSTRAP" not in os.environ:
-        out = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "stack.sh"), "env"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        for line in out.splitlines():
-            if line.startswith("export "):
-                name, _, val = line[len("export ") :].partition("=")
-                os.environ.setdefault(name, val.strip("'\""))
+        for name, val in stack_env(start=False).items():
+            os.environ.setdefault(name, val)
     db_url = os.environ["ELS_DATABASE_URL"]
     bootstrap = os.environ["ELS_KAFKA_BOOTSTRAP"]
     run = uuid.uuid4().hex[:6]
@@ -503,7 +438,7 @@ def main() -> int:
     say(f"\n{BOLD}Completion events read back from {T_COMPLETED}{RESET}")
     completions = [
         json.loads(m.value() or b"{}")
-        for m in read_all(bootstrap, T_COMPLETED)
+        for m in read_topic(bootstrap, T_COMPLETED, timeout=15.0)
         if (m.key() or b"").decode() in stories
     ]
     distinct = {c["event_id"]: c for c in completions}
@@ -520,11 +455,11 @@ def main() -> int:
     say(f"\n{BOLD}Dead letters{RESET}")
     n_dead = 0
     for src in (T_REGISTERED, T_CONTENT, T_FAILED):
-        for m in read_all(bootstrap, src + ".dlq"):
+        for m in read_topic(bootstrap, src + ".dlq", timeout=15.0):
             if (m.key() or b"").decode() not in stories:
                 continue
             n_dead += 1
-            h = headers(m)
+            h = headers_of(m)
             say(
                 f"  {RED}{h.get('els.error.sqlstate')}{RESET} {src}.dlq "
                 f"(from partition {h.get('els.source.partition')} "
@@ -535,7 +470,7 @@ def main() -> int:
             say(f"      {DIM}detail: {h.get('els.error.detail')}{RESET}")
     say(f"  {n_dead} dead letter(s)")
 
-    hb_status, body = http_get(port, "/health/batches")
+    hb_status, body = http_status(port, "/health/batches")
     stuck = json.loads(body).get("count", "?") if hb_status == 200 else "?"
     example = batch_ids[0]
     say(f"\n{BOLD}The stack and the worker are still running. Explore:{RESET}")

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from chaos.generator import INJECTIONS, KNOWN_SQL_DEVIATIONS, Message, corpus
-from tests.conftest import Stack
+from chaos.generator import INJECTIONS, Message, corpus
+from testkit.stack import Stack
 
 CORPUS = corpus()
 
@@ -115,13 +115,7 @@ def _call_as_worker(url: str, case: Message) -> psycopg.Error | dict[str, Any]:
     return result
 
 
-def _param(case: Message) -> Any:
-    deviation = KNOWN_SQL_DEVIATIONS.get(case.label)
-    marks = [pytest.mark.xfail(strict=True, reason=deviation)] if deviation else []
-    return pytest.param(case, id=case.label, marks=marks)
-
-
-@pytest.mark.parametrize("case", [_param(c) for c in CORPUS.cases])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.label) for c in CORPUS.cases])
 def test_malformed_event_is_rejected_and_changes_nothing(corpus_db: str, case: Message) -> None:
     verdict = CORPUS.verdicts[case.seq]  # stateful: ELC01/ELC02 need the victims
     assert verdict.sqlstate == case.expect, f"the oracle says {verdict} for {case.label}"

@@ -23,9 +23,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.generator import BIG_PAYLOAD_BYTES
 from chaos.run import MAX_MESSAGE_BYTES, PROFILES, ChaosConfig, format_report, run_chaos
-from tests import events
-from tests.conftest import Stack, Topics
-from tests.worker_harness import WorkerProcess, headers_of, query, read_topic, worker_env
+from testkit import events
+from testkit.db import query
+from testkit.kafka import Topics, headers_of, read_topic
+from testkit.stack import Stack
+from testkit.worker import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.kafka
 

@@ -24,7 +24,7 @@ from els_worker.errors import CLASSIFICATION, Action, Scope, classify, classify_
 from els_worker.health import Health
 from els_worker.messages import decode_item
 from els_worker.observability import Metrics
-from tests import events as ev
+from testkit import events as ev
 
 # --- the table, code by code --------------------------------------------------
 

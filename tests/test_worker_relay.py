@@ -17,15 +17,10 @@ from confluent_kafka import KafkaError, Producer
 from els_worker.config import Config
 from els_worker.observability import Metrics
 from els_worker.relay import Relay, relay_producer
-from tests import events as ev
-from tests.conftest import Topics
-from tests.worker_harness import (
-    headers_of,
-    outbox_unpublished,
-    read_topic,
-    wait_until,
-    worker_env,
-)
+from testkit import events as ev
+from testkit.db import outbox_unpublished
+from testkit.kafka import Topics, headers_of, read_topic
+from testkit.worker import wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 
