@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +24,8 @@ class Stack:
     admin_url: str  # superuser URL of the maintenance database `postgres`
     database_url: str  # the `els` database (make migrate / make demo)
     kafka_bootstrap: str
+    # every variable the stack exports (ELS_PROMETHEUS_URL, ports, ...), for os.environ
+    env: dict[str, str] = field(default_factory=dict, compare=False)
 
     def url_for(self, dbname: str) -> str:
         """URL of database ``dbname`` on the same server, as superuser."""
@@ -63,4 +65,4 @@ def discover() -> Stack:
     else:
         env = stack_env()
     return Stack(admin_url=env["ELS_PG_ADMIN_URL"], database_url=env["ELS_DATABASE_URL"],
-                 kafka_bootstrap=env["ELS_KAFKA_BOOTSTRAP"])
+                 kafka_bootstrap=env["ELS_KAFKA_BOOTSTRAP"], env=env)

@@ -30,9 +30,7 @@ KAFKA_TIMEOUT_S = 30.0
 def stack() -> Stack:
     """The running local stack; its URLs are also exported into os.environ."""
     found = discover()
-    os.environ.update({"ELS_PG_ADMIN_URL": found.admin_url,
-                       "ELS_DATABASE_URL": found.database_url,
-                       "ELS_KAFKA_BOOTSTRAP": found.kafka_bootstrap})
+    os.environ.update(found.env)
     return found
 
 
