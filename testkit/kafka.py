@@ -14,6 +14,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -101,6 +102,26 @@ def event_bytes(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode()
 
 
+# what a broker answers while a partition's leader is being elected (a new topic, a
+# broker restarting): ask again
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT,
+                  KafkaError._TIMED_OUT}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                tp, timeout=max(1.0, deadline - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() not in _LEADER_MOVING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,
                **client_config: Any) -> list[Message]:
     """Every message in ``topic``: all partitions, from the beginning until each reports
@@ -119,8 +140,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,
         meta = consumer.list_topics(topic, timeout=timeout)
         parts = list(meta.topics[topic].partitions) if topic in meta.topics else []
         tps = []
+        deadline = time.monotonic() + timeout
         for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+            low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
             if high > low:
                 tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
         if not tps:
@@ -128,7 +150,6 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,
         consumer.assign(tps)
         pending = {tp.partition for tp in tps}
         out: list[Message] = []
-        deadline = time.monotonic() + timeout
         while pending:
             if time.monotonic() > deadline:
                 raise AssertionError(f"reading {topic} timed out; partitions left {pending}")
