@@ -20,9 +20,8 @@ DEFAULT_TOPICS = {  # the contract's topics, under the run's short names
     "slot_assigned": contract.SLOT_ASSIGNED.topic,
     "excess": contract.EXCESS.topic,
 }
-INPUT_KINDS = ("register", "content", "failure")
+INPUT_KINDS = tuple(TOPIC_NAMES)  # register, content, failure
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # topics and our producer: room for the 5 MB value
-DLQ_HEADERS = contract.DLQ_HEADERS
 WORKER_ROLE = "els_chaos_worker"
 # the harness's own Kafka clients: failures surface as exceptions; no log spam while
 # the broker is down

@@ -80,6 +80,7 @@ from chaos.report import Reporting, format_report
 from chaos.stack import WorkerSlot
 from chaos.verify_db import DatabaseChecks, read_db
 from chaos.verify_topics import TopicChecks
+from els_worker import contract
 
 
 class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
@@ -122,7 +123,8 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         rf = 3 if self.ha else 1
         new = [NewTopic(t, num_partitions=3, replication_factor=rf, config=big)
-               for k in INPUT_KINDS for t in (self.topics[k], self.topics[k] + ".dlq")]
+               for k in INPUT_KINDS
+               for t in (self.topics[k], contract.dlq_topic(self.topics[k]))]
         new += [NewTopic(self.topics[k], num_partitions=3, replication_factor=rf)
                 for k in ("completed", "slot_assigned", "excess")]
         for name, fut in admin.create_topics(new, operation_timeout=30).items():
@@ -150,7 +152,8 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
 
     def delete_topics(self) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
-        names = [*self.topics.values(), *(self.topics[k] + ".dlq" for k in INPUT_KINDS)]
+        names = [*self.topics.values(),
+                 *(contract.dlq_topic(self.topics[k]) for k in INPUT_KINDS)]
         for fut in admin.delete_topics(names, operation_timeout=30).values():
             try:
                 fut.result(timeout=60)
@@ -196,7 +199,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         for k in INPUT_KINDS:
             for p in range(3):
                 dlq_ends[f"{k}.dlq[{p}]"] = consumer.get_watermark_offsets(
-                    TP(self.topics[k] + ".dlq", p), timeout=20)[1]
+                    TP(contract.dlq_topic(self.topics[k]), p), timeout=20)[1]
         return total, dlq_ends
 
     def unpublished(self) -> int:
@@ -274,23 +277,24 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
                          {"b": complete[0]})
             conn.execute("UPDATE els.event_outbox SET published_at = NULL WHERE id ="
                          " (SELECT min(id) FROM els.event_outbox)")
-            conn.execute("SELECT els.register_batch(%(e)s::jsonb)", {"e": json.dumps({
+            conn.execute(contract.REGISTERED.statement, {"event": json.dumps({
                 "entity_id": "ghost", "expected_essay_count": 1, "essay_ids": ["ghost-e"],
                 "course_code": "ENG5", "user_id": "nobody"})})
         producer = Producer({"bootstrap.servers": self.bootstrap, **QUIET})
         p, o = self.delivered[valid.seq]
-        producer.produce(self.topics[valid.kind] + ".dlq", key=valid.key, value=valid.value,
-                         headers=[("els.error.sqlstate", b"ELV03"),
-                                  ("els.error.message", b"tampered"),
-                                  ("els.error.detail", b"{}"),
-                                  ("els.source.topic", self.topics[valid.kind].encode()),
-                                  ("els.source.partition", str(p).encode()),
-                                  ("els.source.offset", str(o).encode()),
-                                  ("els.failed_at", b"2026-01-01T00:00:00Z"),
-                                  ("els.attempts", b"1")])
+        producer.produce(contract.dlq_topic(self.topics[valid.kind]), key=valid.key,
+                         value=valid.value,
+                         headers=[(contract.H_SQLSTATE, b"ELV03"),
+                                  (contract.H_MESSAGE, b"tampered"),
+                                  (contract.H_DETAIL, b"{}"),
+                                  (contract.H_SOURCE_TOPIC, self.topics[valid.kind].encode()),
+                                  (contract.H_SOURCE_PARTITION, str(p).encode()),
+                                  (contract.H_SOURCE_OFFSET, str(o).encode()),
+                                  (contract.H_FAILED_AT, b"2026-01-01T00:00:00Z"),
+                                  (contract.H_ATTEMPTS, b"1")])
         producer.produce(self.topics["completed"], key=incomplete[0].encode(), value=json.dumps({
             "event_id": str(uuid.uuid4()), "event_type": DEFAULT_TOPICS["completed"],
-            "source_service": "essay_lifecycle_service",
+            "source_service": contract.SOURCE_SERVICE,
             "data": {"batch_id": incomplete[0]}}).encode())
         producer.flush(30)
 

@@ -83,9 +83,3 @@ class RunState:
         except AssertionError as exc:
             self.mismatch(f"could not read {topic} to its end: {exc}")
             return []
-
-
-def as_text(value: str | bytes | None) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -10,12 +10,13 @@ from typing import Any
 
 from chaos.config import (
     DEFAULT_TOPICS,
-    DLQ_HEADERS,
     INPUT_KINDS,
 )
 from chaos.generator import Generated
 from chaos.oracle import BatchExpectation
-from chaos.state import RunState, as_text
+from chaos.state import RunState
+from els_worker import contract
+from testkit.kafka import headers_of
 
 
 class TopicChecks(RunState):
@@ -53,10 +54,10 @@ class TopicChecks(RunState):
         seen: Counter[int] = Counter()
         by_state: Counter[str] = Counter()
         for kind in INPUT_KINDS:
-            dlq = self.topics[kind] + ".dlq"
+            dlq = contract.dlq_topic(self.topics[kind])
             for msg in self.read_all(dlq):
-                headers = {str(k): as_text(v) for k, v in list(msg.headers() or [])}
-                absent = [h for h in DLQ_HEADERS if h not in headers]
+                headers = headers_of(msg)
+                absent = [h for h in contract.DLQ_HEADERS if h not in headers]
                 if absent:
                     self.mismatch(f"DLQ {dlq}@{msg.partition()}:{msg.offset()} lacks {absent}")
                 try:
@@ -80,7 +81,7 @@ class TopicChecks(RunState):
                 elif state != m.expect:
                     self.mismatch(f"#{seq} {m.label}: dead-lettered with {state}, expected "
                                   f"{m.expect}: {headers.get('els.error.message')}")
-                if source[0] + ".dlq" != dlq:
+                if contract.dlq_topic(source[0]) != dlq:
                     self.mismatch(f"#{seq}: dead-lettered to {dlq}, source {source[0]}")
                 if msg.key() != m.key or msg.value() != m.value:
                     self.mismatch(f"#{seq} {m.label}: DLQ key/value differ from the original")

@@ -455,7 +455,7 @@ def main() -> int:
     say(f"\n{BOLD}Dead letters{RESET}")
     n_dead = 0
     for src in (T_REGISTERED, T_CONTENT, T_FAILED):
-        for m in read_topic(bootstrap, src + ".dlq", timeout=15.0):
+        for m in read_topic(bootstrap, contract.dlq_topic(src), timeout=15.0):
             if (m.key() or b"").decode() not in stories:
                 continue
             n_dead += 1

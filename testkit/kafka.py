@@ -48,15 +48,15 @@ class Topics:
 
     @property
     def batch_registered_dlq(self) -> str:
-        return self.batch_registered + ".dlq"
+        return contract.dlq_topic(self.batch_registered)
 
     @property
     def content_provisioned_dlq(self) -> str:
-        return self.content_provisioned + ".dlq"
+        return contract.dlq_topic(self.content_provisioned)
 
     @property
     def validation_failed_dlq(self) -> str:
-        return self.validation_failed + ".dlq"
+        return contract.dlq_topic(self.validation_failed)
 
     def env(self) -> dict[str, str]:
         """Worker environment variables that point it at these topics."""

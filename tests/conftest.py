@@ -164,7 +164,8 @@ def unique_topics(kafka_admin: AdminClient) -> Iterator[Topics]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     names = {key: f"{prefix}.{default}" for key, default in DEFAULT_TOPICS.items()}
     dlqs = [
-        names[k] + ".dlq" for k in ("batch_registered", "content_provisioned", "validation_failed")
+        contract.dlq_topic(names[k])
+        for k in ("batch_registered", "content_provisioned", "validation_failed")
     ]
     everything = [*names.values(), *dlqs]
     _create_topics(kafka_admin, everything, partitions=3)

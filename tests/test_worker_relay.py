@@ -30,6 +30,24 @@ def _config(db_url: str, kafka_bootstrap: str, topics: Topics, **kw: str) -> Con
                                       ELS_RETRY_MAX_MS="100", ELS_RELAY_IDLE_MS="50", **kw))
 
 
+class ForwardingProducer(Producer):
+    """A Producer (the type the relay is given) whose calls go to the real relay producer;
+    a test overrides the one call it injects a fault into."""
+
+    def __init__(self, real: Producer, cfg: Config) -> None:
+        super().__init__({"bootstrap.servers": cfg.kafka_bootstrap})
+        self.real = real
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.real.produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        return self.real.poll(timeout)
+
+    def flush(self, timeout: float = -1) -> int:
+        return self.real.flush(timeout)
+
+
 class DatabaseLostAfterDelivery:
     """Makes relay producers whose first flush delivers every message and then loses the
     relay's database connection (pg_terminate_backend): the crash between produce and
@@ -41,18 +59,11 @@ class DatabaseLostAfterDelivery:
         self.crashes = 0
 
     def __call__(self, cfg: Config) -> Producer:
-        real = relay_producer(cfg)
         outer = self
 
-        class Crashing(Producer):
-            def produce(self, *args: Any, **kwargs: Any) -> None:
-                real.produce(*args, **kwargs)
-
-            def poll(self, timeout: float = 0) -> int:
-                return real.poll(timeout)
-
+        class Crashing(ForwardingProducer):
             def flush(self, timeout: float = -1) -> int:
-                remaining = real.flush(timeout)
+                remaining = self.real.flush(timeout)
                 if outer.crashes == 0 and outer.relay is not None:
                     outer.crashes += 1
                     conn = outer.relay.session.conn
@@ -62,7 +73,8 @@ class DatabaseLostAfterDelivery:
                                       {"p": conn.info.backend_pid})
                 return remaining
 
-        return Crashing({"bootstrap.servers": cfg.kafka_bootstrap})
+        return Crashing(relay_producer(cfg), cfg)
+
 
 class FatalOnFirstProducer:
     """Makes relay producers; the first one produces for real but reports every delivery
@@ -79,7 +91,7 @@ class FatalOnFirstProducer:
             self.made.append(real)
             return real
 
-        class Fatal(Producer):
+        class Fatal(ForwardingProducer):
             def produce(self, *args: Any, **kwargs: Any) -> None:
                 callback = kwargs.pop("on_delivery")
 
@@ -88,15 +100,9 @@ class FatalOnFirstProducer:
                                         "injected: sequence broken", fatal=True), msg)
 
                 kwargs["on_delivery"] = fatal
-                real.produce(*args, **kwargs)
+                self.real.produce(*args, **kwargs)
 
-            def poll(self, timeout: float = 0) -> int:
-                return real.poll(timeout)
-
-            def flush(self, timeout: float = -1) -> int:
-                return real.flush(timeout)
-
-        producer = Fatal({"bootstrap.servers": cfg.kafka_bootstrap})
+        producer = Fatal(real, cfg)
         self.made.append(producer)
         return producer
 
