@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -305,9 +306,9 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         self.stats = gen.stats()
         log(f"stream: {self.stats['messages']} messages ({self.stats['malformed']} malformed, "
             f"{self.stats['redeliveries']} redeliveries), {self.stats['batches']} batches")
-        self.setup()
         report: dict[str, Any] = {}
         try:
+            self.setup()  # inside: a failed setup still stops what it started
             self.slots = [WorkerSlot(i, self.worker_env(i), self.out / f"worker-{i}.log")
                           for i in range(cfg.workers)]
             for slot in self.slots:
@@ -342,28 +343,32 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         return report
 
     def cleanup(self) -> None:
-        if not hasattr(self, "env"):
-            return
         if self.cfg.keep:
             log(f"kept: database {self.dbname}, topics chaos.{self.run_id}.*, stack "
                 f"{self.pg.root}")
             return
+        if hasattr(self, "bootstrap"):  # setup got as far as creating the topics
+            try:
+                self.delete_topics()
+            except Exception as exc:
+                log(f"topic cleanup failed: {exc}")
+            try:
+                with psycopg.connect(self.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(self.dbname)))
+            except Exception as exc:
+                log(f"database cleanup failed: {exc}")
+        # whatever setup started, even when it failed half-way (a private cluster left
+        # running would outlive the run)
         try:
-            self.delete_topics()
-        except Exception as exc:
-            log(f"topic cleanup failed: {exc}")
-        try:
-            with psycopg.connect(self.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self.dbname)))
-        except Exception as exc:
-            log(f"database cleanup failed: {exc}")
-        if self.ha:
-            self.pg.run("down")
-        else:
-            if self.kafka_stack is not None:
-                self.kafka_stack.run("kafka-down")
-            self.pg.run("pg-down")
+            if self.ha:
+                self.pg.run("down")
+            else:
+                if self.kafka_stack is not None:
+                    self.kafka_stack.run("kafka-down")
+                self.pg.run("pg-down")
+        except subprocess.CalledProcessError as exc:
+            log(f"stack cleanup failed: {exc} (see {self.pg.log_path})")
         self.pg.remove()
 
 

@@ -11,6 +11,7 @@ See chaos/run.py and docs/RELIABILITY.md.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from chaos.run import run_chaos
 from testkit import events
 from testkit.db import query
 from testkit.kafka import Topics, headers_of, read_topic
-from testkit.stack import Stack
+from testkit.stack import ROOT, Stack
 from testkit.worker import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.kafka
@@ -165,3 +166,19 @@ def test_deeply_nested_valid_event_is_applied(
         assert registered and not dead, (
             f"registered={registered} dead_lettered={dead}\n{worker.tail(5)}")
 
+
+
+def test_a_run_whose_setup_fails_stops_what_it_started(tmp_path: Path) -> None:
+    """A setup that fails half-way (here: PostgreSQL is up, then the Kafka settings are
+    refused) stops the private cluster and removes its copy of the stack; it once left
+    pg_auto_failover keepers running for good after a Kafka format error."""
+    name = f"setupfail{uuid.uuid4().hex[:6]}"
+    cfg = ChaosConfig(name=name, batches=10, kafka="shared", kafka_bootstrap=None,
+                      out_dir=tmp_path / "chaos")
+    with pytest.raises(SystemExit, match="needs --kafka-bootstrap"):
+        run_chaos(cfg)
+    stacks = [p for p in (ROOT / ".stack").glob(f"chaos-{name}-*")]
+    assert stacks == [], "the private stack's copy was left behind"
+    left = subprocess.run(["pgrep", "-f", f".stack/chaos-{name}-"], capture_output=True,
+                          text=True).stdout.split()
+    assert left == [], f"processes of the failed run still running: {left}"
