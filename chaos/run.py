@@ -83,6 +83,8 @@ from chaos.verify_db import DatabaseChecks, read_db
 from chaos.verify_topics import TopicChecks
 from els_worker import contract
 
+STALL_LOG_LINES = 100  # of each worker's log, printed when a run does not quiesce
+
 
 class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
     """One run: setup, stream + controller, quiescence, checks, report, cleanup."""
@@ -189,6 +191,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         return env
 
     def lag(self, consumer: Consumer) -> tuple[int, dict[str, int]]:
+        self.partition_lag.clear()
         tps = [TP(self.topics[k], p) for k in INPUT_KINDS for p in range(3)]
         committed = consumer.committed(tps, timeout=20)
         total = 0
@@ -196,6 +199,8 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             _low, high = consumer.get_watermark_offsets(TP(tp.topic, tp.partition), timeout=20)
             pos = tp.offset if tp.offset is not None and tp.offset >= 0 else 0
             total += max(0, high - pos)
+            if high > pos:
+                self.partition_lag[f"{tp.topic}[{tp.partition}]"] = f"committed {pos} of {high}"
         dlq_ends = {}
         for k in INPUT_KINDS:
             for p in range(3):
@@ -241,6 +246,28 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             consumer.close()
         self.timings["quiesce_s"] = time.monotonic() - t0
         return False
+
+    def show_stall(self) -> None:
+        """What a run that did not quiesce leaves to look at (CI keeps only the output):
+        the partitions behind, and each worker's stacks (SIGUSR1) and last log lines."""
+        log(f"partitions behind: {self.partition_lag}")
+        try:
+            admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
+            group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=20)
+            log(f"group {self.group}: state {group.state}, members:")
+            for m in group.members:
+                owned = [f"{tp.topic.rsplit('.', 3)[-2]}[{tp.partition}]"
+                         for tp in (m.assignment.topic_partitions if m.assignment else [])]
+                log(f"  {m.client_id} {m.member_id} instance {m.group_instance_id}: {owned}")
+        except Exception as exc:  # diagnostics only
+            log(f"group description failed: {exc}")
+        for slot in self.slots:
+            if slot.alive() and slot.proc is not None:
+                slot.proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        for slot in self.slots:
+            lines = slot.log_path.read_text(errors="replace").splitlines()[-STALL_LOG_LINES:]
+            log(f"worker {slot.index}: last {len(lines)} log lines\n" + "\n".join(lines))
 
     def verify(self, gen: Generated) -> dict[str, Any]:
         t0 = time.monotonic()
@@ -325,6 +352,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             quiet = self.quiesce()
             if not quiet:
                 self.mismatch(f"no quiescence within {cfg.quiesce_timeout:.0f} s")
+                self.show_stall()
             exit_codes = [slot.stop() for slot in self.slots]
             for slot, code in zip(self.slots, exit_codes, strict=True):
                 if code not in (0, None):

@@ -67,6 +67,7 @@ class RunState:
         self.pause_requested = threading.Event()
         self.paused = threading.Event()
         self.stats: dict[str, Any] = {}
+        self.partition_lag: dict[str, str] = {}  # input partitions behind, at the last probe
         self.rejoin_thread: threading.Thread | None = None
 
     def mismatch(self, text: str) -> None:

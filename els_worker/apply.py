@@ -88,7 +88,7 @@ class BatchProcessor:
                 self.health.db_ok()
                 return
             except (psycopg.Error, OSError) as exc:
-                rule = classify(exc)
+                rule = classify(exc, self.session.conn)
                 if rule.action is not Action.RETRY_FOREVER:
                     raise
                 self.session.after_fault(exc)
@@ -107,14 +107,14 @@ class BatchProcessor:
             self._apply_pipelined(conn, live)
             return
         except psycopg.Error as exc:
-            if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+            if classify(exc, conn).action is Action.RETRY_FOREVER:
                 raise
         # Something in the micro-batch failed: find out what, message by message.
         try:
             with conn.transaction():
                 self._apply_in_rounds(conn, live)
         except psycopg.Error as exc:
-            if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+            if classify(exc, conn).action is Action.RETRY_FOREVER:
                 raise
             # The COMMIT itself failed (e.g. a deferred constraint): no single message
             # can be blamed inside one transaction, so each gets one of its own.
@@ -172,8 +172,8 @@ class BatchProcessor:
             it.result = row[0] if row else None
             return True
         except psycopg.Error as exc:
-            rule = classify(exc)
-            if rule.action is Action.RETRY_FOREVER or conn.broken:
+            rule = classify(exc, conn)
+            if rule.action is Action.RETRY_FOREVER:
                 raise  # the whole micro-batch is retried
             if rule.action is Action.DEAD_LETTER:
                 it.kill_from_exception(exc, rule)

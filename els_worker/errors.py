@@ -86,8 +86,15 @@ def classify_sqlstate(sqlstate: str | None, scope: Scope = Scope.BODY) -> Rule:
     return best
 
 
-def classify(exc: BaseException) -> Rule:
-    """The rule for an exception raised while talking to PostgreSQL."""
+def classify(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> Rule:
+    """The rule for an exception raised while talking to PostgreSQL over ``conn``.
+
+    A connection that broke meanwhile makes any error a lost connection: a server that
+    went away right after rejecting an event (a restart) leaves the event's verdict
+    unconfirmed, so the micro-batch is retried on a new connection, whatever the
+    SQLSTATE said."""
+    if conn is not None and conn.broken:
+        return CONNECTION_LOST
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
