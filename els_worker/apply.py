@@ -87,6 +87,11 @@ class BatchProcessor:
                 self._apply_once(items)
                 self.health.db_ok()
                 return
+            except SystemicFault:
+                # the next try runs on a new session: the session's own state (prepared
+                # statements, settings) is ruled out as the cause
+                self.session.close()
+                raise
             except (psycopg.Error, OSError) as exc:
                 rule = classify(exc, self.session.conn)
                 if rule.action is not Action.RETRY_FOREVER:

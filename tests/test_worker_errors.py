@@ -56,6 +56,7 @@ VALUE, BODY = Scope.VALUE, Scope.BODY
             "08000", "08003", "08006", "08001", "08P01", "40001", "40P01", "55P03", "57014",
             "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300",
             "25006",  # read-only transaction: a demoted primary after a failover
+            "25P02", "26000", "42P05",  # session state out of step with the client's
         )],
         (None, BODY, FOREVER),  # connection lost: no SQLSTATE at all
         # deployment: the database is not (yet) what the worker needs; retried without limit
@@ -422,3 +423,25 @@ def test_server_gone_right_after_a_rejection_retries_the_micro_batch(
     slots = db.execute("SELECT count(text_storage_id) FROM els.essay_slot"
                        " WHERE batch_id = %(b)s", {"b": batch}).fetchone()
     assert slots == (1,)
+
+
+def test_prepared_statements_lost_under_the_worker_reconnect_and_apply(
+    processor: BatchProcessor,
+) -> None:
+    """psycopg prepares the worker's fast-path statement; when the server forgets it
+    behind the client's back (as a pooler, or a slip in the client's bookkeeping, would
+    leave it) the micro-batch fails with 26000. That is the session's fault, not the
+    events': the events are applied, nothing is dead-lettered, and the session is
+    replaced (before, it was kept, and every later micro-batch failed its fast path on
+    it and fell back to one savepoint per message)."""
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    first = [_content(batch, f"t{i}", i) for i in range(8)]
+    processor.apply(first)  # enough executions for psycopg to prepare the statement
+    conn = processor.session.get()
+    # behind psycopg's back (it clears its cache when it sees DEALLOCATE go through it)
+    assert conn.pgconn.exec_(b"DEALLOCATE ALL").status == psycopg.pq.ExecStatus.COMMAND_OK
+    later = [_content(batch, f"u{i}", 10 + i) for i in range(3)]
+    processor.apply(later)
+    assert [(it.dead, (it.result or {}).get("outcome")) for it in later] == [
+        (False, "pending")] * 3
+    assert processor.session.conn is not conn, "the forgetful session was replaced"
