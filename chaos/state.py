@@ -22,6 +22,8 @@ from chaos.config import (
 from chaos.stack import PrivateStack, WorkerSlot
 from testkit.kafka import read_topic
 
+OFFSET_UNKNOWN = -1  # a delivery acknowledged without its offset (see Stream.produce)
+
 
 @dataclass
 class Action:

@@ -8,12 +8,9 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from chaos.config import (
-    MAX_MESSAGE_BYTES,
-    QUIET,
-)
+from chaos.config import INPUT_KINDS, MAX_MESSAGE_BYTES, QUIET, log
 from chaos.generator import Generated
-from chaos.state import RunState
+from chaos.state import OFFSET_UNKNOWN, RunState
 
 
 class Stream(RunState):
@@ -38,6 +35,7 @@ class Stream(RunState):
         because librdkafka's idempotent producer may hold messages whose fate a broker
         restart left unknown until message.timeout.ms, which would stall the stream."""
         producer = self.new_producer()
+        self.wait_known(producer)
         messages = gen.messages
         interval = self.cfg.produce_seconds / max(1, len(messages))
 
@@ -45,8 +43,14 @@ class Stream(RunState):
             def cb(err: KafkaError | None, msg: Message) -> None:
                 if err is not None:
                     self.produce_errors.append(f"#{seq}: {err}")
-                else:
-                    self.delivered[seq] = (msg.partition() or 0, msg.offset() or 0)
+                    return
+                offset = msg.offset()
+                if offset is None or offset < 0:
+                    # librdkafka's idempotent producer reports a batch the broker called a
+                    # duplicate sequence as delivered, offset unknown: verify_input finds it
+                    offset = OFFSET_UNKNOWN
+                    log(f"message #{seq} acknowledged without an offset")
+                self.delivered[seq] = (msg.partition() or 0, offset)
             return cb
 
         start = time.monotonic()
@@ -83,6 +87,21 @@ class Stream(RunState):
         self.timings["stream_s"] = time.monotonic() - start
         self.timings["stream_paused_s"] = paused_for
         self.stream_done.set()
+
+    def wait_known(self, producer: Producer) -> None:
+        """Until the producer's own metadata has every input partition with a leader, so
+        its first messages are not queued for a topic it still thinks unknown."""
+        deadline = time.monotonic() + 30
+        for kind in INPUT_KINDS:
+            while True:
+                topic = producer.list_topics(self.topics[kind], timeout=10).topics.get(
+                    self.topics[kind])
+                if (topic is not None and topic.error is None and len(topic.partitions) == 3
+                        and all(p.leader >= 0 for p in topic.partitions.values())):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the producer does not see {self.topics[kind]}")
+                time.sleep(0.2)
 
     def pause_stream(self) -> bool:
         """Asks the stream to pause with everything delivered; False if it has ended."""

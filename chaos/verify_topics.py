@@ -14,7 +14,7 @@ from chaos.config import (
 )
 from chaos.generator import Generated
 from chaos.oracle import BatchExpectation
-from chaos.state import RunState
+from chaos.state import OFFSET_UNKNOWN, RunState
 from els_worker import contract
 from testkit.kafka import headers_of
 
@@ -31,17 +31,37 @@ class TopicChecks(RunState):
         for kind in INPUT_KINDS:
             for msg in self.read_all(self.topics[kind]):
                 landed[(kind, msg.partition() or 0, msg.offset() or 0)] = msg.value()
+        self.place_unknown_offsets(gen, landed)
         lost = [m for m in gen.messages if m.seq in self.delivered
                 and landed.get((m.kind, *self.delivered[m.seq]), b"\0absent") != m.value]
         for m in lost[:5]:
             p, off = self.delivered[m.seq]
             self.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}, batch "
-                          f"{m.batch_id!r}) acknowledged at partition {p} offset {off}, "
+                          f"{m.batch_id!r}) acknowledged at partition {p} offset "
+                          f"{off if off != OFFSET_UNKNOWN else 'unknown'}, "
                           "which holds other bytes or nothing: lost upstream of the worker")
         if len(lost) > 5:
             self.mismatch(f"stream: {len(lost) - 5} more acknowledged message(s) lost")
         return {"acknowledged": len(self.delivered), "in_topics": len(landed),
                 "lost": len(lost)}
+
+    def place_unknown_offsets(self, gen: Generated,
+                              landed: dict[tuple[str, int, int], bytes | None]) -> None:
+        """A delivery acknowledged without an offset is looked for in its partition: at
+        an offset no other delivery claims, holding its bytes. Not found, it stays
+        unknown and verify_input reports it lost."""
+        claimed = {(m.kind, *self.delivered[m.seq]) for m in gen.messages
+                   if m.seq in self.delivered}
+        for m in gen.messages:
+            where = self.delivered.get(m.seq)
+            if where is None or where[1] != OFFSET_UNKNOWN:
+                continue
+            for (kind, p, off), value in sorted(landed.items(), key=lambda kv: kv[0]):
+                if (kind, p) == (m.kind, where[0]) and value == m.value \
+                        and (kind, p, off) not in claimed:
+                    self.delivered[m.seq] = (p, off)
+                    claimed.add((kind, p, off))
+                    break
 
     def verify_dlq(self, gen: Generated) -> dict[str, Any]:
         by_source: dict[tuple[str, int, int], int] = {}
