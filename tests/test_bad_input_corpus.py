@@ -1,6 +1,6 @@
 """The bad-input corpus against the SQL functions directly (SPEC sections 2-4).
 
-Every malformed variant of ``chaos.generator.MALFORMED_VARIANTS`` (invalid JSON,
+Every malformed variant of ``chaos.malformed.MALFORMED_VARIANTS`` (invalid JSON,
 non-objects, broken envelopes, each required field missing, wrong types, lengths,
 ranges, enums, misrouted event types, a 5 MB value, 10001 essays, conflicting
 re-registrations, stolen essay ids, ...) is sent, as the role ``els_worker``, to
@@ -27,7 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from chaos.generator import INJECTIONS, Message, corpus
+from chaos.generator import Message, corpus
+from chaos.world import INJECTIONS
 from testkit.stack import Stack
 
 CORPUS = corpus()

@@ -23,9 +23,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from chaos.config import MAX_MESSAGE_BYTES, PROFILES, ChaosConfig
-from chaos.generator import BIG_PAYLOAD_BYTES
 from chaos.report import format_report
 from chaos.run import run_chaos
+from chaos.world import BIG_PAYLOAD_BYTES
 from testkit import events
 from testkit.db import query
 from testkit.kafka import Topics, headers_of, read_topic
