@@ -11,7 +11,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := scripts/stack.sh
 # Python paths that lint looks at; missing ones are skipped.
-LINT_PATHS := worker.py els_worker els_migrate.py tests bench chaos scripts/demo.py monitoring
+LINT_PATHS := worker.py els_worker els_migrate.py testkit tests bench chaos scripts/demo.py monitoring
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
         lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos \

@@ -12,21 +12,21 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from testkit.events import TOPIC_CONTENT, TOPIC_FAILED, TOPIC_REGISTERED, envelope
+
 # the envelope and topic names are the tests' (tests/events.py); the payloads differ
-from tests.events import TOPIC_CONTENT, TOPIC_FAILED, TOPIC_REGISTERED, envelope
+from testkit.stack import Stack, discover
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -37,30 +37,13 @@ DB_PREFIX = "els_bench_"
 SEED_BATCHES = 1000
 SEED_ESSAYS = 20
 
-@dataclass(frozen=True)
-class Stack:
-    admin_url: str
-    kafka_bootstrap: str
-
-    def url_for(self, dbname: str) -> str:
-        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
-
-
 def stack_from_env() -> Stack:
     """The local stack of scripts/stack.sh (started if needed), or ELS_PG_ADMIN_URL +
     ELS_KAFKA_BOOTSTRAP from the environment when both are set."""
-    if os.environ.get("ELS_PG_ADMIN_URL") and os.environ.get("ELS_KAFKA_BOOTSTRAP"):
-        return Stack(os.environ["ELS_PG_ADMIN_URL"], os.environ["ELS_KAFKA_BOOTSTRAP"])
-    stack_sh = str(ROOT / "scripts" / "stack.sh")
-    if subprocess.run(["bash", stack_sh, "status"], capture_output=True).returncode != 0:
-        subprocess.run(["bash", stack_sh, "up"], check=True)
-    out = subprocess.run(["bash", stack_sh, "env"], check=True, capture_output=True, text=True)
-    env: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            env[key] = value.strip("'\"")
-    return Stack(env["ELS_PG_ADMIN_URL"], env["ELS_KAFKA_BOOTSTRAP"])
+    admin, kafka = os.environ.get("ELS_PG_ADMIN_URL"), os.environ.get("ELS_KAFKA_BOOTSTRAP")
+    if admin and kafka:
+        return Stack(admin, admin.rsplit("/", 1)[0] + "/els", kafka)
+    return discover()
 
 
 # ---------------------------------------------------------------- events

@@ -44,7 +44,7 @@ from bench.common import (
     fresh_database,
     registration,
 )
-from els_worker import db
+from els_worker import contract, db
 
 # The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
 # functions each run's database gets instead of the template's (bench/worker_ab.py
@@ -68,15 +68,8 @@ def load_sql(url: str, sql_dir: Path) -> None:
 
 ESSAYS = 10
 GROUP = 500  # the worker's default ELS_BATCH_MAX_MESSAGES
-OUTPUTS = {
-    "ELS_TOPIC_OUT_COMPLETED": "huleedu.batch.content.provisioning.completed.v1",
-    "ELS_TOPIC_OUT_SLOT_ASSIGNED": "huleedu.els.essay.slot.assigned.v1",
-    "ELS_TOPIC_OUT_EXCESS": "huleedu.els.excess.content.provisioned.v1",
-}
-SQL_BY_TOPIC = {
-    TOPIC_REGISTERED: "SELECT els.register_batch(%(event)s::jsonb)",
-    TOPIC_CONTENT: "SELECT els.provision_content(%(event)s::jsonb)",
-}
+OUTPUTS = {event.env_var: event.topic for event in contract.OUTPUTS}
+SQL_BY_TOPIC = {event.topic: event.statement for event in contract.INPUTS}
 RUN_TIMEOUT_S = 240.0
 
 

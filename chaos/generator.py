@@ -24,76 +24,17 @@ verdict is independent of how the worker interleaves partitions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
-import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from chaos.oracle import (
-    COURSE_CODES,
-    SHORT_NAMES,
-    TOPIC_NAMES,
-    VALIDATION_ERROR_CODES,
-    Prediction,
-    Verdict,
-    predict,
-)
-
-BIG_PAYLOAD_BYTES = 5 * 1024 * 1024
-
-# Strings that would do damage if any layer built SQL by pasting text. Valid
-# events carry them in every text field; the database must store them verbatim.
-INJECTIONS: tuple[str, ...] = (
-    "'; DROP TABLE els.essay_slot; --",
-    "Robert'); DROP TABLE els.batch_tracker;--",
-    "\" OR \"1\"=\"1",
-    "' OR '1'='1' --",
-    "1; SELECT pg_sleep(10); --",
-    "$$; DELETE FROM els.event_outbox; $$",
-    "$fn$ BEGIN RAISE EXCEPTION 'pwned'; END $fn$",
-    "%s %(event)s {0} {event} %%",
-    "\\'; TRUNCATE els.essay_content; --",
-    "'||(SELECT current_user)||'",
-    "E'\\x41'::text",
-    "x'); COPY els.batch_tracker TO '/tmp/els-leak'; --",
-    "\\\\\\\" ; \\x00 \\u0000",
-    "<script>alert('x')</script>",
-    "${jndi:ldap://evil/a}",
-    "ünïcødé ✓ \U0001d518\U0001d52b\U0001d526 漢字 — 'quoted' \"double\"",
-    "-- comment",
-    "/* open comment",
-    "; ROLLBACK; SET ROLE postgres; --",
-    "\t\r\n tab newline",
-)
-
-
-@dataclass(frozen=True)
-class GenConfig:
-    seed: int = 20261128
-    batches: int = 500
-    min_essays: int = 1
-    max_essays: int = 200
-    size_skew: float = 1.25  # > 1: more small batches (about 33 essays on average)
-    duplicate_share: float = 0.20  # share of valid deliveries that are redeliveries
-    semantic_duplicate_share: float = 0.15  # of those: same event in a new envelope
-    failure_rate: float = 0.03  # per slot: a validation failure instead of content
-    excess_batches: float = 0.08  # share of batches that receive more content than slots
-    excess_max: int = 8  # at most this many extra contents per such batch
-    late_registration: float = 0.35  # share of batches whose registration is not first
-    unregistered: float = 0.03  # batches that are never registered (content stays pending)
-    incomplete: float = 0.06  # registered batches that never get all their items
-    bare_payloads: float = 0.05  # events sent without envelope
-    injection_batches: int = 12
-    malformed: int = 220
-    malformed_redeliveries: int = 6
-    big_payload_bytes: int = BIG_PAYLOAD_BYTES
-    include_known_deviations: bool = False  # see KNOWN_SQL_DEVIATIONS
-    batch_prefix: str = "cb"
+from chaos.malformed import MALFORMED_VARIANTS, STATEFUL, Victim, build_malformed
+from chaos.oracle import Prediction, Verdict, predict
+from chaos.world import BIG_PAYLOAD_BYTES, INJECTIONS, GenConfig, World
 
 
 @dataclass(frozen=True)
@@ -117,7 +58,6 @@ class Generated:
     config: GenConfig
     messages: list[Message]
     prediction: Prediction
-    injection_batch_ids: list[str] = field(default_factory=list)
 
     def stats(self) -> dict[str, Any]:
         labels = Counter(m.label.split(":")[0] for m in self.messages)
@@ -142,139 +82,6 @@ class GeneratorError(Exception):
     """The oracle disagrees with what the generator meant to produce."""
 
 
-# ---------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------
-
-
-class World:
-    """Seeded factory of event payloads and envelopes."""
-
-    def __init__(self, rng: random.Random, cfg: GenConfig) -> None:
-        self.rng = rng
-        self.cfg = cfg
-        self.counter = 0
-
-    def uuid(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-
-    def next_id(self) -> int:
-        self.counter += 1
-        return self.counter
-
-    def timestamp(self) -> str:
-        day = self.rng.randint(1, 28)
-        frac = self.rng.choice(["", ".123", ".123456"])
-        zone = self.rng.choice(["Z", "+00:00", "+01:00", "-05:30"])
-        return f"2026-11-{day:02d}T{self.rng.randint(0, 23):02d}:{self.rng.randint(0, 59):02d}:" \
-               f"{self.rng.randint(0, 59):02d}{frac}{zone}"
-
-    def registration(self, bid: str, essay_ids: list[str], *, guest: bool,
-                     inj: Callable[[str], str] | None = None) -> dict[str, Any]:
-        rng = self.rng
-        def text(default: str) -> str:
-            return inj(default) if inj else default
-        payload: dict[str, Any] = {
-            "entity_id": bid,
-            "expected_essay_count": len(essay_ids),
-            "essay_ids": essay_ids,
-            "course_code": rng.choice(COURSE_CODES),
-            "user_id": text(f"user-{rng.randint(1, 60)}"),
-            "org_id": text(f"org-{rng.randint(1, 5)}") if rng.random() < 0.7 else None,
-            "class_id": None if guest else text(f"class-{rng.randint(1, 40)}"),
-            "student_prompt_ref": ({"storage_id": text(f"prompt-{rng.randint(1, 9)}")}
-                                   if rng.random() < 0.5 else None),
-            "metadata": {"origin": text("chaos"), "n": rng.randint(0, 10**6)},
-        }
-        if inj:
-            payload["metadata"][inj("key")] = inj("value")
-        return payload
-
-    def content(self, bid: str, tsid: str, *, inj: Callable[[str], str] | None = None
-                ) -> dict[str, Any]:
-        rng = self.rng
-        def text(default: str) -> str:
-            return inj(default) if inj else default
-        payload: dict[str, Any] = {
-            "entity_id": bid,
-            "text_storage_id": tsid,
-            "file_upload_id": text(f"upload-{self.next_id()}"),
-            "original_file_name": text(f"essay {rng.randint(1, 999)}.docx"),
-        }
-        if rng.random() < 0.9:
-            payload["raw_file_storage_id"] = text(f"raw-{self.next_id()}")
-        if rng.random() < 0.9:
-            payload["file_size_bytes"] = rng.randint(0, 5_000_000)
-        if rng.random() < 0.8:
-            payload["content_md5_hash"] = (inj("md5") if inj else
-                                           hashlib.md5(tsid.encode()).hexdigest())
-        if rng.random() < 0.5:
-            payload["timestamp"] = self.timestamp()
-        if inj:
-            payload["correlation_id"] = inj("corr")
-        return payload
-
-    def failure(self, bid: str, fuid: str, *, inj: Callable[[str], str] | None = None
-                ) -> dict[str, Any]:
-        rng = self.rng
-        def text(default: str) -> str:
-            return inj(default) if inj else default
-        payload: dict[str, Any] = {
-            "entity_id": bid,
-            "file_upload_id": fuid,
-            "original_file_name": text(f"scan {rng.randint(1, 999)}.pdf"),
-            "validation_error_code": rng.choice(VALIDATION_ERROR_CODES),
-        }
-        if rng.random() < 0.7:
-            payload["validation_error_detail"] = {"message": text("could not extract"),
-                                                  "page": rng.randint(1, 30)}
-        if rng.random() < 0.5:
-            payload["raw_file_storage_id"] = text(f"raw-{self.next_id()}")
-        if rng.random() < 0.5:
-            payload["file_size_bytes"] = rng.randint(0, 5_000_000)
-        if rng.random() < 0.3:
-            payload["timestamp"] = self.timestamp()
-        return payload
-
-    def envelope(self, kind: str, payload: dict[str, Any], *, style: str | None = None,
-                 correlation_id: str | None = None) -> dict[str, Any]:
-        """style: topic | short | untyped | bare (None: drawn)."""
-        if style is None:
-            r = self.rng.random()
-            bare = self.cfg.bare_payloads
-            style = ("bare" if r < bare else "short" if r < bare + 0.15
-                     else "untyped" if r < bare + 0.2 else "topic")
-        if style == "bare":
-            return dict(payload)
-        env: dict[str, Any] = {
-            "event_id": self.uuid(),
-            "event_type": TOPIC_NAMES[kind] if style == "topic" else SHORT_NAMES[kind],
-            "event_timestamp": self.timestamp(),
-            "source_service": {"register": "batch_orchestrator", "content": "file_service",
-                               "failure": "file_service"}[kind],
-            "schema_version": 1,
-            "correlation_id": correlation_id or self.uuid(),
-            "data": payload,
-            "metadata": {"trace": self.uuid()[:8]} if self.rng.random() < 0.5 else {},
-        }
-        if style == "untyped":
-            del env["event_type"]
-        return env
-
-    def encode(self, obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=self.rng.random() < 0.3).encode("utf-8")
-
-
-@dataclass
-class Victim:
-    """A registered batch that malformed messages can aim at."""
-
-    bid: str
-    essay_ids: list[str]
-    payload: dict[str, Any]
-    reg_time: float
-
-
 @dataclass
 class _Spec:
     time: float
@@ -284,339 +91,6 @@ class _Spec:
     label: str
     batch_id: str | None
     intent: str | None
-
-
-# ---------------------------------------------------------------------------
-# Malformed variants: (label, topic kind, builder(world, victim) -> value bytes, intent)
-# ---------------------------------------------------------------------------
-
-Builder = Callable[[World, Victim], "bytes | None"]
-
-
-def _fresh(world: World, kind: str, v: Victim) -> dict[str, Any]:
-    n = world.next_id()
-    if kind == "register":
-        bid = f"{v.bid}-mal{n}"
-        return world.registration(bid, [f"{bid}-e{i}" for i in range(3)], guest=True)
-    if kind == "content":
-        return world.content(v.bid, f"{v.bid}-mal-t{n}")
-    return world.failure(v.bid, f"{v.bid}-mal-u{n}")
-
-
-def _env(world: World, kind: str, v: Victim, mutate: Callable[[dict[str, Any]], None],
-         *, style: str = "topic") -> bytes:
-    payload = _fresh(world, kind, v)
-    mutate(payload)
-    return json.dumps(world.envelope(kind, payload, style=style)).encode()
-
-
-def _set(name: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def mutate(p: dict[str, Any]) -> None:
-        p[name] = value
-    return mutate
-
-
-def _drop(name: str) -> Callable[[dict[str, Any]], None]:
-    def mutate(p: dict[str, Any]) -> None:
-        p.pop(name, None)
-    return mutate
-
-
-def _raw_envelope(world: World, kind: str, v: Victim,
-                  mutate: Callable[[dict[str, Any]], None]) -> bytes:
-    env = world.envelope(kind, _fresh(world, kind, v), style="topic")
-    mutate(env)
-    return json.dumps(env).encode()
-
-
-def _splice(value: bytes, marker: bytes, insert: bytes) -> bytes:
-    i = value.index(marker) + len(marker)
-    return value[:i] + insert + value[i:]
-
-
-def _valid_bytes(world: World, kind: str, v: Victim) -> bytes:
-    return json.dumps(world.envelope(kind, _fresh(world, kind, v), style="topic")).encode()
-
-
-def _conflict(change: str) -> Builder:
-    def build(world: World, v: Victim) -> bytes:
-        p = json.loads(json.dumps(v.payload))
-        if change == "user_id":
-            p["user_id"] = p["user_id"] + "-other"
-        elif change == "course_code":
-            p["course_code"] = next(c for c in COURSE_CODES if c != p["course_code"])
-        elif change == "class_id":
-            p["class_id"] = None if p.get("class_id") else "class-conflict"
-        elif change == "org_id":
-            p["org_id"] = "org-conflict" if p.get("org_id") != "org-conflict" else None
-        elif change == "essay_order":
-            if len(p["essay_ids"]) < 2:
-                p["essay_ids"] = [*p["essay_ids"], p["essay_ids"][0] + "-more"]
-                p["expected_essay_count"] = 2
-            else:
-                p["essay_ids"] = list(reversed(p["essay_ids"]))
-        elif change == "one_more_essay":
-            p["essay_ids"] = [*p["essay_ids"], f"{v.bid}-extra-{world.next_id()}"]
-            p["expected_essay_count"] = len(p["essay_ids"])
-        return json.dumps(world.envelope("register", p, style="topic")).encode()
-    return build
-
-
-def _steal(world: World, v: Victim) -> bytes:
-    bid = f"thief-{world.next_id()}-of-{v.bid}"[:255]
-    ids = [f"{bid}-e{i}" for i in range(world.rng.randint(1, 4))]
-    ids.insert(world.rng.randint(0, len(ids)), world.rng.choice(v.essay_ids))
-    p = world.registration(bid, ids, guest=world.rng.random() < 0.5)
-    return json.dumps(world.envelope("register", p, style="topic")).encode()
-
-
-def _too_many(world: World, v: Victim) -> bytes:
-    bid = f"{v.bid}-huge{world.next_id()}"
-    ids = [f"{bid}-{i}" for i in range(10001)]
-    return json.dumps(world.envelope("register", world.registration(bid, ids, guest=True),
-                                     style="topic")).encode()
-
-
-def _big(world: World, v: Victim) -> bytes:
-    p = _fresh(world, "content", v)
-    p["original_file_name"] = "A" * world.cfg.big_payload_bytes
-    return json.dumps(world.envelope("content", p, style="topic")).encode()
-
-
-def _count(mutation: str) -> Callable[[dict[str, Any]], None]:
-    def mutate(p: dict[str, Any]) -> None:
-        if mutation == "more":
-            p["expected_essay_count"] = len(p["essay_ids"]) + 1
-        elif mutation == "less":
-            p["expected_essay_count"] = len(p["essay_ids"]) - 1
-        elif mutation == "dup":
-            p["essay_ids"] = [*p["essay_ids"][:-1], p["essay_ids"][0]]
-    return mutate
-
-
-def _pv(kind: str, mutate: Callable[[dict[str, Any]], None], style: str = "topic") -> Builder:
-    """A valid event of ``kind`` whose payload is then broken by ``mutate``."""
-    def build(world: World, victim: Victim) -> bytes:
-        return _env(world, kind, victim, mutate, style=style)
-    return build
-
-
-def _ev(kind: str, mutate: Callable[[dict[str, Any]], None]) -> Builder:
-    """A valid envelope of ``kind``, then broken by ``mutate``."""
-    def build(world: World, victim: Victim) -> bytes:
-        return _raw_envelope(world, kind, victim, mutate)
-    return build
-
-
-def _raw(value: bytes | None) -> Builder:
-    def build(world: World, victim: Victim) -> bytes | None:
-        return value
-    return build
-
-
-def _spliced(kind: str, marker: bytes, insert: bytes, *, prefix: bytes = b"",
-             suffix: bytes = b"", half: bool = False) -> Builder:
-    """Valid bytes of ``kind`` with ``insert`` after ``marker`` (or cut, or wrapped)."""
-    def build(world: World, victim: Victim) -> bytes:
-        value = _valid_bytes(world, kind, victim)
-        if marker:
-            value = _splice(value, marker, insert)
-        if half:
-            value = value[: len(value) // 2]
-        return prefix + value + suffix
-    return build
-
-
-def _single_quoted(world: World, victim: Victim) -> bytes:
-    return f"{{'entity_id': '{victim.bid}'}}".encode()
-
-
-def _variants() -> list[tuple[str, str, Builder, str]]:
-    out: list[tuple[str, str, Builder, str]] = []
-
-    def add(label: str, kind: str, build: Builder, intent: str) -> None:
-        out.append((label, kind, build, intent))
-
-    # ELV01: not UTF-8 JSON that jsonb can hold, not an object, malformed envelope
-    add("invalid-json:truncated", "content", _spliced("content", b"", b"", half=True), "ELV01")
-    add("invalid-json:trailing-garbage", "register", _spliced("register", b"", b"", suffix=b"}"),
-        "ELV01")
-    add("invalid-json:single-quotes", "failure", _single_quoted, "ELV01")
-    add("invalid-json:nan", "content",
-        _spliced("content", b'"data": {', b'"file_size_bytes": NaN, '), "ELV01")
-    add("invalid-json:utf8-bom", "register",
-        _spliced("register", b"", b"", prefix=b"\xef\xbb\xbf"), "ELV01")
-    add("invalid-utf8", "content",
-        _spliced("content", b'"original_file_name": "', b"\xff\xfe\xc3("), "ELV01")
-    add("empty-value", "failure", _raw(b""), "ELV01")
-    add("tombstone", "content", _raw(None), "ELV01")
-    add("not-object:array", "register", _raw(b'[{"entity_id": "x"}]'), "ELV01")
-    add("not-object:string", "content", _raw(b'"just a string"'), "ELV01")
-    add("not-object:number", "failure", _raw(b"42"), "ELV01")
-    add("not-object:null", "register", _raw(b"null"), "ELV01")
-    add("not-object:true", "content", _raw(b"true"), "ELV01")
-    not_objects: list[Any] = [[], "data", 7, None]
-    for data in not_objects:
-        add(f"envelope:data-not-object:{json.dumps(data)}", "content",
-            _ev("content", _set("data", data)), "ELV01")
-    envelope_fields: list[tuple[str, Any]] = [
-        ("event_id", 42), ("source_service", {"x": 1}), ("metadata", []),
-        ("schema_version", "1"), ("event_timestamp", 5), ("event_type", 7),
-        ("correlation_id", 12345)]
-    for name, value in envelope_fields:
-        add(f"envelope:wrong-type:{name}", "failure", _ev("failure", _set(name, value)), "ELV01")
-    add("envelope:empty-correlation-id", "register", _ev("register", _set("correlation_id", "")),
-        "ELV01")
-    add("envelope:long-correlation-id", "content",
-        _ev("content", _set("correlation_id", "c" * 256)), "ELV01")
-
-    def misrouted_and_bad_envelope(env: dict[str, Any]) -> None:
-        env["event_type"] = TOPIC_NAMES["register"]
-        env["correlation_id"] = ""
-
-    add("envelope:misrouted-and-empty-correlation-id", "content",
-        _ev("content", misrouted_and_bad_envelope), "ELV01")
-    add("nul-escape", "content", _pv("content", _set("original_file_name", "essay\u0000.docx")),
-        "ELV01")
-    add("nul-escape:in-key", "register", _pv("register", _set("metadata", {"k\u0000": 1})),
-        "ELV01")
-    add("lone-surrogate", "failure",
-        _spliced("failure", b'"original_file_name": "', b"\\ud800"), "ELV01")
-
-    # ELV02: each required field missing, or null
-    for kind, fields in (("register", ("entity_id", "expected_essay_count", "essay_ids",
-                                       "course_code", "user_id")),
-                         ("content", ("entity_id", "text_storage_id", "file_upload_id",
-                                      "original_file_name")),
-                         ("failure", ("entity_id", "file_upload_id", "original_file_name",
-                                      "validation_error_code"))):
-        for name in fields:
-            add(f"missing:{kind}.{name}", kind, _pv(kind, _drop(name)), "ELV02")
-            add(f"null:{kind}.{name}", kind, _pv(kind, _set(name, None)), "ELV02")
-    add("missing:bare-payload.entity_id", "content",
-        _pv("content", _drop("entity_id"), style="bare"), "ELV02")
-
-    # ELV03: misrouted event_type, wrong types, lengths, ranges, enums, formats
-    add("misrouted:register-on-content-topic", "content",
-        _ev("content", _set("event_type", TOPIC_NAMES["register"])), "ELV03")
-    add("misrouted:short-name-of-content-on-failure-topic", "failure",
-        _ev("failure", _set("event_type", SHORT_NAMES["content"])), "ELV03")
-    add("misrouted:unknown-event-type", "register",
-        _ev("register", _set("event_type", "huleedu.other.v9")), "ELV03")
-    add("misrouted:bare-payload", "content",
-        _pv("content", _set("event_type", SHORT_NAMES["failure"]), style="bare"), "ELV03")
-    add("injection:event-type", "failure", _ev("failure", _set("event_type", INJECTIONS[0])),
-        "ELV03")
-    wrong_types: list[tuple[str, str, Any]] = [
-        ("register", "entity_id", 123), ("register", "expected_essay_count", "3"),
-        ("register", "expected_essay_count", True), ("register", "essay_ids", "a,b,c"),
-        ("register", "essay_ids", [1, 2, 3]), ("register", "course_code", 5),
-        ("register", "user_id", {"id": 1}), ("register", "org_id", 7),
-        ("register", "class_id", True), ("register", "student_prompt_ref", ["p"]),
-        ("register", "metadata", "m"), ("content", "entity_id", ["b"]),
-        ("content", "text_storage_id", 99), ("content", "file_upload_id", []),
-        ("content", "original_file_name", {}), ("content", "file_size_bytes", "12"),
-        ("content", "content_md5_hash", 1), ("content", "raw_file_storage_id", False),
-        ("content", "timestamp", 1700000000), ("failure", "validation_error_detail", "x"),
-        ("failure", "validation_error_code", 3), ("failure", "file_size_bytes", 1.5),
-        ("failure", "raw_file_storage_id", {"a": 1}),
-    ]
-    for kind, name, value in wrong_types:
-        add(f"wrong-type:{kind}.{name}={json.dumps(value)}", kind, _pv(kind, _set(name, value)),
-            "ELV03")
-
-    def long_essay_id(p: dict[str, Any]) -> None:
-        p["essay_ids"] = [*p["essay_ids"][:-1], "e" * 256]
-
-    def empty_essay_id(p: dict[str, Any]) -> None:
-        p["essay_ids"] = [*p["essay_ids"][:-1], ""]
-
-    for kind, name, length in (("register", "entity_id", 256), ("register", "user_id", 256),
-                               ("register", "class_id", 256), ("register", "org_id", 300),
-                               ("content", "original_file_name", 1025),
-                               ("content", "text_storage_id", 256),
-                               ("content", "content_md5_hash", 256),
-                               ("failure", "file_upload_id", 256),
-                               ("failure", "original_file_name", 2000)):
-        add(f"too-long:{kind}.{name}", kind, _pv(kind, _set(name, "x" * length)), "ELV03")
-    add("too-long:register.essay_ids[item]", "register", _pv("register", long_essay_id), "ELV03")
-    for kind, name in (("register", "user_id"), ("content", "text_storage_id"),
-                       ("failure", "original_file_name"), ("content", "entity_id")):
-        add(f"empty-string:{kind}.{name}", kind, _pv(kind, _set(name, "")), "ELV03")
-    add("empty-string:register.essay_ids[item]", "register", _pv("register", empty_essay_id),
-        "ELV03")
-    add("non-integer-count", "register", _pv("register", _set("expected_essay_count", 2.5)),
-        "ELV03")
-    add("negative-count", "register", _pv("register", _set("expected_essay_count", -1)), "ELV03")
-    add("zero-count", "register", _pv("register", _set("expected_essay_count", 0)), "ELV03")
-    add("negative-file-size", "content", _pv("content", _set("file_size_bytes", -5)), "ELV03")
-    add("fractional-file-size", "content", _pv("content", _set("file_size_bytes", 10.5)),
-        "ELV03")
-    for code in ("ENG9", "eng5", "ENG5 ", INJECTIONS[1]):
-        add(f"unknown-course-code:{code}", "register", _pv("register", _set("course_code", code)),
-            "ELV03")
-    for code in ("SOMETHING_ELSE", INJECTIONS[3]):
-        add(f"unknown-validation-error-code:{code}", "failure",
-            _pv("failure", _set("validation_error_code", code)), "ELV03")
-    for stamp in ("yesterday", "28/11/2026", "2026-11-28 at noon"):
-        add(f"bad-timestamp:{stamp}", "content", _pv("content", _set("timestamp", stamp)),
-            "ELV03")
-    add("big-payload-5mb", "content", _big, "ELV03")
-    for kind in ("content", "failure"):
-        add(f"data-correlation-id-wrong-type:{kind}", kind,
-            _pv(kind, _set("correlation_id", 42)), "ELV03")
-
-    # ELV04..ELV06
-    add("count-mismatch:more", "register", _pv("register", _count("more")), "ELV04")
-    add("count-mismatch:less", "register", _pv("register", _count("less")), "ELV04")
-    add("duplicate-essay-ids", "register", _pv("register", _count("dup")), "ELV05")
-    add("too-many-essays:10001", "register", _too_many, "ELV06")
-
-    # ELC01, ELC02: stateful, produced after (and keyed like) the registration they hit
-    for change in ("user_id", "course_code", "class_id", "org_id", "essay_order",
-                   "one_more_essay"):
-        add(f"conflicting-reregistration:{change}", "register", _conflict(change), "ELC01")
-    add("stolen-essay-id", "register", _steal, "ELC02")
-    return out
-
-
-MALFORMED_VARIANTS = _variants()
-
-# Variants on which sql/ deviates from SPEC.md today (reported; see docs/RELIABILITY.md).
-# tests/test_bad_input_corpus.py marks them xfail(strict): when the SQL is fixed they
-# XPASS, the test fails, and the entry must be deleted here. Until then the chaos
-# stream leaves them out unless GenConfig(include_known_deviations=True).
-KNOWN_SQL_DEVIATIONS: dict[str, str] = {
-}
-# variants produced at most once per stream (large values)
-_HEAVY = {"big-payload-5mb": 1, "too-many-essays:10001": 2}
-_STATEFUL = ("ELC01", "ELC02")
-
-
-def build_malformed(world: World, victims: list[Victim], count: int
-                    ) -> list[tuple[Victim, str, str, bytes | None, str]]:
-    """At least one message of every variant, then random ones up to ``count``:
-    (victim, label, kind, value, intended SQLSTATE)."""
-    rng = world.rng
-    variants = [v for v in MALFORMED_VARIANTS
-                if world.cfg.include_known_deviations or v[0] not in KNOWN_SQL_DEVIATIONS]
-    chosen = list(variants)
-    light = [v for v in variants if v[0] not in _HEAVY]
-    heavy_left = {k: n - 1 for k, n in _HEAVY.items()}
-    stateful = [v for v in variants if v[3] in _STATEFUL]
-    while len(chosen) < count:
-        pick = rng.choice(stateful if rng.random() < 0.1 else variants)
-        if pick[0] in heavy_left:
-            if heavy_left[pick[0]] <= 0:
-                pick = rng.choice(light)
-            else:
-                heavy_left[pick[0]] -= 1
-        chosen.append(pick)
-    out = []
-    for label, kind, build, intent in chosen:
-        victim = rng.choice(victims)
-        out.append((victim, label, kind, build(world, victim), intent))
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -642,7 +116,6 @@ def generate(cfg: GenConfig) -> Generated:
     world = World(rng, cfg)
     specs: list[_Spec] = []
     victims: list[Victim] = []
-    injection_ids: list[str] = []
     injection_batches = set(rng.sample(range(cfg.batches), min(cfg.injection_batches,
                                                                cfg.batches)))
     forced_sizes = {0: cfg.min_essays, 1: cfg.max_essays}
@@ -664,8 +137,6 @@ def generate(cfg: GenConfig) -> Generated:
         n = forced_sizes.get(b) or _essay_count(rng, cfg)
         inj = _injector(b, rng) if b in injection_batches else None
         bid = inj("batch") if inj else f"{cfg.batch_prefix}-{b:04d}"
-        if inj:
-            injection_ids.append(bid)
         essay_ids = [inj(f"essay {i}") if inj else f"{bid}-e{i:03d}" for i in range(n)]
         guest = rng.random() < 0.5
         r = rng.random()
@@ -705,7 +176,7 @@ def generate(cfg: GenConfig) -> Generated:
 
     malformed = build_malformed(world, victims, cfg.malformed)
     for victim, label, kind, value, intent in malformed:
-        if intent in _STATEFUL:
+        if intent in STATEFUL:
             t = victim.reg_time + rng.uniform(0.0005, 0.1)
         else:
             t = rng.uniform(0.0, 1.0)
@@ -730,7 +201,7 @@ def generate(cfg: GenConfig) -> Generated:
                                 s.batch_id or verdict.batch_id, verdict.sqlstate, s.intent))
     if disagreements:
         raise GeneratorError(f"{len(disagreements)} message(s): " + "; ".join(disagreements[:10]))
-    return Generated(cfg, messages, prediction, injection_ids)
+    return Generated(cfg, messages, prediction)
 
 
 def _semantic_copy(world: World, kind: str, env: dict[str, Any]) -> dict[str, Any]:

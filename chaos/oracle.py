@@ -26,22 +26,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("register", "content", "failure")
+from els_worker import contract
 
-TOPIC_NAMES = {
-    "register": "huleedu.batch.essays.registered.v1",
-    "content": "huleedu.file.essay.content.provisioned.v1",
-    "failure": "huleedu.file.essay.validation.failed.v1",
+# the chaos run's short names of the contract's input events
+INPUT_BY_KIND = {
+    "register": contract.REGISTERED,
+    "content": contract.CONTENT_PROVISIONED,
+    "failure": contract.VALIDATION_FAILED,
 }
-SHORT_NAMES = {
-    "register": "batch.essays.registered",
-    "content": "essay.content.provisioned",
-    "failure": "essay.validation.failed",
-}
+TOPIC_NAMES = {kind: event.topic for kind, event in INPUT_BY_KIND.items()}
+SHORT_NAMES = {kind: event.short_name for kind, event in INPUT_BY_KIND.items()}
 
 COURSE_CODES = ("ENG5", "ENG6", "ENG7", "SV1", "SV2", "SV3")
 VALIDATION_ERROR_CODES = (
@@ -314,7 +312,6 @@ class Item:
 class BatchExpectation:
     batch_id: str
     registration: Accepted | None = None
-    registration_seq: int | None = None
     contents: dict[str, Item] = field(default_factory=dict)
     failures: dict[str, Item] = field(default_factory=dict)
 
@@ -444,7 +441,7 @@ def predict(messages: Iterable[tuple[int, str, bytes | None, bytes | None]]) -> 
             for essay_id in verdict.payload["essay_ids"]:
                 owner[essay_id] = (bid, stream)
             batch = batches.setdefault(bid, BatchExpectation(bid))
-            batch.registration, batch.registration_seq = verdict, seq
+            batch.registration = verdict
             verdicts.append(Verdict(seq, kind, None, batch_id=bid))
             continue
         batch = batches.setdefault(bid, BatchExpectation(bid))
@@ -461,8 +458,3 @@ def predict(messages: Iterable[tuple[int, str, bytes | None, bytes | None]]) -> 
         verdicts.append(Verdict(seq, kind, None, batch_id=bid))
     return Prediction(verdicts, batches)
 
-
-def expected_sqlstates(messages: Sequence[tuple[int, str, bytes | None, bytes | None]]
-                       ) -> dict[int, str | None]:
-    """seq -> SQLSTATE the message must be dead-lettered with (None: applied)."""
-    return {v.seq: v.sqlstate for v in predict(messages).verdicts}

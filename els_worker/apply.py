@@ -92,8 +92,13 @@ class BatchProcessor:
                 self._apply_once(items)
                 self.health.db_ok()
                 return
+            except SystemicFault:
+                # the next try runs on a new session: the session's own state (prepared
+                # statements, settings) is ruled out as the cause
+                self.session.close()
+                raise
             except (psycopg.Error, OSError) as exc:
-                rule = classify(exc)
+                rule = classify(exc, self.session.conn)
                 if rule.action is not Action.RETRY_FOREVER:
                     raise
                 self.session.after_fault(exc)
@@ -112,7 +117,7 @@ class BatchProcessor:
             self._apply_set_based(conn, live)
             return
         except psycopg.Error as exc:
-            if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+            if classify(exc, conn).action is Action.RETRY_FOREVER:
                 raise
             log(logging.WARNING, "micro-batch call failed: one message at a time",
                 messages=len(live), **pg_diagnostics(exc))
@@ -130,7 +135,7 @@ class BatchProcessor:
             with conn.transaction():
                 self._apply_in_rounds(conn, live)
         except psycopg.Error as exc:
-            if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+            if classify(exc, conn).action is Action.RETRY_FOREVER:
                 raise
             # The COMMIT itself failed (e.g. a deferred constraint): no single message
             # can be blamed inside one transaction, so each gets one of its own.
@@ -163,7 +168,7 @@ class BatchProcessor:
                             row = conn.execute(db.APPLY_EVENTS_JSON, {
                                 "events": db.events_document(kinds, texts)}).fetchone()
                     except psycopg.Error as exc:
-                        if classify(exc).action is Action.RETRY_FOREVER or conn.broken:
+                        if classify(exc, conn).action is Action.RETRY_FOREVER:
                             raise
                         if scope_of(exc) is not Scope.VALUE:
                             raise
@@ -222,8 +227,8 @@ class BatchProcessor:
             it.result = row[0] if row else None
             return True
         except psycopg.Error as exc:
-            rule = classify(exc)
-            if rule.action is Action.RETRY_FOREVER or conn.broken:
+            rule = classify(exc, conn)
+            if rule.action is Action.RETRY_FOREVER:
                 raise  # the whole micro-batch is retried
             if rule.action is Action.DEAD_LETTER:
                 it.kill_from_exception(exc, rule)

@@ -82,6 +82,8 @@ H_SOURCE_PARTITION = "els.source.partition"
 H_SOURCE_OFFSET = "els.source.offset"
 H_FAILED_AT = "els.failed_at"
 H_ATTEMPTS = "els.attempts"
+DLQ_HEADERS: tuple[str, ...] = (H_SQLSTATE, H_MESSAGE, H_DETAIL, H_SOURCE_TOPIC,
+                                H_SOURCE_PARTITION, H_SOURCE_OFFSET, H_FAILED_AT, H_ATTEMPTS)
 # Headers of a published outbox row, and of a replayed dead letter.
 H_EVENT_ID = "event_id"
 H_EVENT_TYPE = "event_type"

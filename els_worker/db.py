@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from els_worker.config import Config
+from els_worker.errors import classify
 from els_worker.observability import log
 
 # -- the ingest path --------------------------------------------------------------
@@ -119,10 +120,9 @@ class Session:
         return self.conn
 
     def after_fault(self, exc: BaseException) -> None:
-        """Drops the connection when it cannot serve the next attempt: broken, or
-        read-only (a demoted primary; a new connection finds the new one)."""
-        read_only = isinstance(exc, psycopg.Error) and exc.sqlstate == "25006"
-        if self.conn is not None and (self.conn.broken or self.conn.closed or read_only):
+        """Drops the connection when it cannot serve the next attempt: broken, closed,
+        or a rule says reconnect (a demoted primary: a new connection finds the new one)."""
+        if self.conn is not None and (self.conn.closed or classify(exc, self.conn).reconnect):
             self.close()
 
     def close(self) -> None:

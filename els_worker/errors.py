@@ -40,6 +40,9 @@ class Rule:
     # SQLSTATE reported in the dead letter instead of the original, when PostgreSQL
     # refused the value as jsonb; the original SQLSTATE and message go into the detail.
     report_as: str | None = None
+    # the connection cannot serve the retry (its server is a demoted primary, or its
+    # session state is out of step with the client's): open a new one first
+    reconnect: bool = False
 
 
 _DEAD, _FOREVER, _BOUNDED = Action.DEAD_LETTER, Action.RETRY_FOREVER, Action.RETRY_BOUNDED
@@ -52,7 +55,14 @@ CLASSIFICATION: tuple[Rule, ...] = (
     Rule("54", _DEAD, "rejected", "value too deeply nested for PostgreSQL's JSON parser",
          Scope.VALUE, MALFORMED),
     Rule("08", _FOREVER, "operational", "connection exception"),
-    Rule("25006", _FOREVER, "operational", "read-only transaction (a demoted primary): reconnect"),
+    Rule("25006", _FOREVER, "operational", "read-only transaction (a demoted primary): reconnect",
+         reconnect=True),
+    Rule("25P02", _FOREVER, "operational", "transaction already aborted: reconnect",
+         reconnect=True),
+    Rule("26000", _FOREVER, "operational", "prepared statement missing: reconnect",
+         reconnect=True),
+    Rule("42P05", _FOREVER, "operational", "prepared statement exists: reconnect",
+         reconnect=True),
     Rule("40001", _FOREVER, "operational", "serialization failure"),
     Rule("40P01", _FOREVER, "operational", "deadlock detected"),
     Rule("55P03", _FOREVER, "operational", "lock not available (lock_timeout)"),
@@ -69,7 +79,8 @@ CLASSIFICATION: tuple[Rule, ...] = (
     Rule("", _BOUNDED, "unexpected", "anything else: a bug; retried, dead-lettered if poison"),
 )
 
-CONNECTION_LOST = Rule("", _FOREVER, "operational", "connection lost (no SQLSTATE)")
+CONNECTION_LOST = Rule("", _FOREVER, "operational", "connection lost (no SQLSTATE)",
+                       reconnect=True)
 CLIENT_REFUSED = Rule("", _DEAD, "rejected", "value psycopg cannot send", Scope.VALUE, MALFORMED)
 
 
@@ -86,8 +97,15 @@ def classify_sqlstate(sqlstate: str | None, scope: Scope = Scope.BODY) -> Rule:
     return best
 
 
-def classify(exc: BaseException) -> Rule:
-    """The rule for an exception raised while talking to PostgreSQL."""
+def classify(exc: BaseException, conn: psycopg.Connection[Any] | None = None) -> Rule:
+    """The rule for an exception raised while talking to PostgreSQL over ``conn``.
+
+    A connection that broke meanwhile makes any error a lost connection: a server that
+    went away right after rejecting an event (a restart) leaves the event's verdict
+    unconfirmed, so the micro-batch is retried on a new connection, whatever the
+    SQLSTATE said."""
+    if conn is not None and conn.broken:
+        return CONNECTION_LOST
     if isinstance(exc, psycopg.Error):
         if exc.sqlstate is None:
             if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):

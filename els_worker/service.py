@@ -4,8 +4,10 @@ commit, leave the group)."""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -45,6 +47,8 @@ class Worker:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        # `kill -USR1 <pid>`: every thread's stack to stderr, for a worker that looks stuck
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
 
     def run(self) -> int:
         cfg = self.cfg

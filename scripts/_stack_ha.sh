@@ -688,7 +688,7 @@ ha_kafka_format() { # all three nodes, one cluster id, once
     if [[ -f "$HAK/cluster.id" ]]; then
         cid="$(cat "$HAK/cluster.id")"
     else
-        cid="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+        cid="$(kafka_cluster_id)"
     fi
     for n in "${HA_KAFKA_NODES[@]}"; do
         [[ -f "$HAK/node$n/data/meta.properties" ]] && continue

@@ -29,6 +29,9 @@ missing=()
 [[ -f "$PGEXT/pgtap.control" ]] || missing+=("postgresql-${PGVER}-pgtap")
 [[ -f "$PGEXT/plpgsql_check.control" ]] || missing+=("postgresql-${PGVER}-plpgsql-check")
 [[ -f "$PGEXT/pg_cron.control" ]] || missing+=("postgresql-${PGVER}-cron")
+# the HA topology (scripts/stack.sh --ha, docs/HA.md): pg_auto_failover's monitor + keepers
+[[ -x /usr/bin/pg_autoctl && -f "$PGEXT/pgautofailover.control" ]] ||
+    missing+=("postgresql-${PGVER}-auto-failover")
 command -v pg_prove >/dev/null 2>&1 || missing+=("libtap-parser-sourcehandler-pgtap-perl")
 command -v java >/dev/null 2>&1 || missing+=("openjdk-17-jre-headless")
 command -v mvn >/dev/null 2>&1 || missing+=("maven")

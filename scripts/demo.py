@@ -31,23 +31,29 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
     KafkaError,
     Message,
     Producer,
-    TopicPartition,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: the checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+from els_worker import contract  # noqa: E402
+from testkit import events  # noqa: E402
+from testkit.kafka import headers_of, read_topic  # noqa: E402
+from testkit.stack import stack_env  # noqa: E402
+from testkit.worker import http_status  # noqa: E402
+
 STACK = ROOT / ".stack"
 PID_FILE = STACK / "worker.pid"
 LOG_FILE = STACK / "worker.log"
 
-T_REGISTERED = "huleedu.batch.essays.registered.v1"
-T_CONTENT = "huleedu.file.essay.content.provisioned.v1"
-T_FAILED = "huleedu.file.essay.validation.failed.v1"
-T_COMPLETED = "huleedu.batch.content.provisioning.completed.v1"
+T_REGISTERED = contract.REGISTERED.topic
+T_CONTENT = contract.CONTENT_PROVISIONED.topic
+T_FAILED = contract.VALIDATION_FAILED.topic
+T_COMPLETED = contract.COMPLETED.topic
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
 DIM = "\033[2m" if sys.stdout.isatty() else ""
@@ -66,17 +72,9 @@ def say(text: str = "") -> None:
 # ---------------------------------------------------------------------------
 
 
-def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "event_type": topic,
-        "event_timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source_service": "demo",
-        "schema_version": 1,
-        "correlation_id": correlation_id or str(uuid.uuid4()),
-        "data": data,
-        "metadata": {"demo": True},
-    }
+def envelope(topic: str, data: dict[str, Any]) -> dict[str, Any]:
+    return events.envelope(topic, data, source_service="demo", metadata={"demo": True},
+                           timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def registration(
@@ -265,20 +263,10 @@ def start_worker(port: int) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"worker exited at start (code {proc.returncode}); see {LOG_FILE}")
-        if http_get(port, "/healthz")[0] == 200:
+        if http_status(port, "/healthz")[0] == 200:
             return proc.pid
         time.sleep(0.25)
     raise SystemExit(f"worker not healthy within 60 s; see {LOG_FILE}")
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
 
 
 class Collect:
@@ -335,7 +323,7 @@ class LogTail:
 
 def events_handled(port: int) -> float:
     """Sum of els_events_total from the worker's /metrics (this worker's lifetime)."""
-    status, body = http_get(port, "/metrics")
+    status, body = http_status(port, "/metrics")
     if status != 200:
         return 0.0
     return sum(
@@ -350,74 +338,14 @@ def events_handled(port: int) -> float:
 # ---------------------------------------------------------------------------
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "demo-reader",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            return []
-        tps = []
-        for p in meta.topics[topic].partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        if not tps:
-            return []
-        consumer.assign(tps)
-        left = {tp.partition for tp in tps}
-        out: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while left and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    left.discard(msg.partition() or 0)
-                continue
-            out.append(msg)
-        return out
-    finally:
-        consumer.close()
-
-
-def headers(msg: Message) -> dict[str, str]:
-    raw = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)) for k, v in items}
-
-
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
 
 
-def main() -> int:
-    if "ELS_DATABASE_URL" not in os.environ or "ELS_KAFKA_BOOTSTRAP" not in os.environ:
-        out = subprocess.run(
-            ["bash", str(ROOT / "scripts" / "stack.sh"), "env"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        for line in out.splitlines():
-            if line.startswith("export "):
-                name, _, val = line[len("export ") :].partition("=")
-                os.environ.setdefault(name, val.strip("'\""))
-    db_url = os.environ["ELS_DATABASE_URL"]
-    bootstrap = os.environ["ELS_KAFKA_BOOTSTRAP"]
-    run = uuid.uuid4().hex[:6]
-    STACK.mkdir(exist_ok=True)
-
-    say(f"{BOLD}== Essay Lifecycle Service demo (run {run}) =={RESET}")
+def launch_worker() -> tuple[int, int]:
+    """Starts the demo worker on a free port, scraped by the stack's Prometheus as
+    target "demo": (pid, port)."""
     stop_previous_worker()
     port = int(os.environ.get("ELS_METRICS_PORT", "9095"))
     if not port_free(port):
@@ -429,17 +357,18 @@ def main() -> int:
         f"worker started: pid {pid}, http://127.0.0.1:{port}/metrics, "
         f"log {LOG_FILE.relative_to(ROOT)}"
     )
-    # the local stack's Prometheus scrapes it from now on (target "demo")
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "stack.sh"), "prom-target", "add", "demo",
          f"127.0.0.1:{port}"],
         check=False,
     )
+    return pid, port
 
-    steps, stories = stream(run)
+
+def send(steps: list[Step], bootstrap: str) -> None:
+    """Produces each event and prints what the worker did with it (from its log)."""
     say(f"\n{BOLD}-- sending {len(steps)} events --{RESET}")
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
-    base = events_handled(port)
     log_tail = LogTail(LOG_FILE)
     for i, (label, topic, key, value) in enumerate(steps, 1):
         delivered: list[Message] = []
@@ -455,24 +384,26 @@ def main() -> int:
             f"{key.split('-', 2)[2]:<10}{RESET} -> {colour}{outcome}{RESET}"
         )
 
+
+def wait_handled(port: int, base: float, expected: int, db_url: str) -> bool:
+    """Until the worker has handled ``expected`` events and published its outbox."""
     say(f"\n{BOLD}-- waiting for the worker --{RESET}")
     deadline = time.monotonic() + 60
-    done = 0.0
     while time.monotonic() < deadline:
         done = events_handled(port) - base
         with psycopg.connect(db_url, autocommit=True) as conn:
             row = conn.execute("SELECT unpublished FROM els.outbox_backlog()").fetchone()
         backlog = int(row[0]) if row else 0
-        say(f"  handled {int(done)}/{len(steps)} events, outbox backlog {backlog}")
-        if done >= len(steps) and backlog == 0:
-            break
+        say(f"  handled {int(done)}/{expected} events, outbox backlog {backlog}")
+        if done >= expected and backlog == 0:
+            time.sleep(0.5)  # let the last relay round's messages settle on the broker
+            return True
         time.sleep(0.5)
-    else:
-        say(f"{RED}the worker did not handle every event within 60 s; see {LOG_FILE}{RESET}")
-        return 1
-    time.sleep(0.5)  # let the last relay round's messages settle on the broker
+    say(f"{RED}the worker did not handle every event within 60 s; see {LOG_FILE}{RESET}")
+    return False
 
-    batch_ids = list(stories)
+
+def show_batches(db_url: str, stories: dict[str, str]) -> None:
     say(f"\n{BOLD}== Summary =={RESET}\n")
     say(f"{BOLD}Batches{RESET}")
     say(
@@ -480,7 +411,7 @@ def main() -> int:
         f"{'empty':>5} {'excess':>6} {'pending':>7}"
     )
     with psycopg.connect(db_url, autocommit=True) as conn:
-        for bid in batch_ids:
+        for bid in stories:
             row = conn.execute("SELECT els.batch_report(%(b)s::text)", {"b": bid}).fetchone()
             rep: dict[str, Any] = row[0] if row else {}
             counts = rep.get("slot_counts") or {}
@@ -500,10 +431,12 @@ def main() -> int:
             )
             say(f"  {DIM}  {stories[bid]}{RESET}")
 
+
+def show_completions(bootstrap: str, stories: dict[str, str]) -> None:
     say(f"\n{BOLD}Completion events read back from {T_COMPLETED}{RESET}")
     completions = [
         json.loads(m.value() or b"{}")
-        for m in read_all(bootstrap, T_COMPLETED)
+        for m in read_topic(bootstrap, T_COMPLETED, timeout=15.0)
         if (m.key() or b"").decode() in stories
     ]
     distinct = {c["event_id"]: c for c in completions}
@@ -517,14 +450,16 @@ def main() -> int:
         )
     say(f"  {len(completions)} message(s), {len(distinct)} distinct event id(s)")
 
+
+def show_dead_letters(bootstrap: str, stories: dict[str, str]) -> None:
     say(f"\n{BOLD}Dead letters{RESET}")
     n_dead = 0
     for src in (T_REGISTERED, T_CONTENT, T_FAILED):
-        for m in read_all(bootstrap, src + ".dlq"):
+        for m in read_topic(bootstrap, contract.dlq_topic(src), timeout=15.0):
             if (m.key() or b"").decode() not in stories:
                 continue
             n_dead += 1
-            h = headers(m)
+            h = headers_of(m)
             say(
                 f"  {RED}{h.get('els.error.sqlstate')}{RESET} {src}.dlq "
                 f"(from partition {h.get('els.source.partition')} "
@@ -535,9 +470,22 @@ def main() -> int:
             say(f"      {DIM}detail: {h.get('els.error.detail')}{RESET}")
     say(f"  {n_dead} dead letter(s)")
 
-    hb_status, body = http_get(port, "/health/batches")
+
+def prometheus_up(prom: str) -> str:
+    try:
+        q = urllib.parse.quote('up{worker="demo"}')
+        with urllib.request.urlopen(f"{prom}/api/v1/query?query={q}", timeout=5) as resp:
+            found = json.loads(resp.read())["data"]["result"]
+    except (OSError, ValueError, KeyError):
+        return "not answering"
+    if not found:
+        return "not scraped yet"
+    return "up" if found[0]["value"][1] == "1" else "down"
+
+
+def show_next_steps(pid: int, port: int, example: str) -> None:
+    hb_status, body = http_status(port, "/health/batches")
     stuck = json.loads(body).get("count", "?") if hb_status == 200 else "?"
-    example = batch_ids[0]
     say(f"\n{BOLD}The stack and the worker are still running. Explore:{RESET}")
     say('  eval "$(scripts/stack.sh env)"')
     say('  psql "$ELS_DATABASE_URL"    # or: make psql; then SELECT * FROM els.stuck_batches;')
@@ -552,16 +500,7 @@ def main() -> int:
     say(f"  tail -f {LOG_FILE.relative_to(ROOT)}    # one JSON line per event")
     prom = os.environ.get("ELS_PROMETHEUS_URL")
     if prom:
-        up = "not scraped yet"
-        try:
-            q = urllib.parse.quote('up{worker="demo"}')
-            with urllib.request.urlopen(f"{prom}/api/v1/query?query={q}", timeout=5) as resp:
-                found = json.loads(resp.read())["data"]["result"]
-            if found:
-                up = "up" if found[0]["value"][1] == "1" else "down"
-        except (OSError, ValueError, KeyError):
-            up = "not answering"
-        say(f"{BOLD}Prometheus{RESET} {prom}  (this worker, target demo: {up}; "
+        say(f"{BOLD}Prometheus{RESET} {prom}  (this worker, target demo: {prometheus_up(prom)}; "
             f"alerts: {prom}/alerts; docs/monitoring.md)")
         for expr in ('sum by (topic, outcome) (els_events_total{worker="demo"})',
                      'sum by (sqlstate) (els_dead_letters_total{worker="demo"})'):
@@ -572,6 +511,28 @@ def main() -> int:
     say(f"{BOLD}Stop:{RESET}")
     say(f"  kill {pid}        # the worker (SIGTERM: finishes, commits, leaves the group)")
     say("  make stack-down   # the demo worker (if still running), PostgreSQL and Kafka")
+
+
+def main() -> int:
+    if "ELS_DATABASE_URL" not in os.environ or "ELS_KAFKA_BOOTSTRAP" not in os.environ:
+        for name, val in stack_env(start=False).items():
+            os.environ.setdefault(name, val)
+    db_url = os.environ["ELS_DATABASE_URL"]
+    bootstrap = os.environ["ELS_KAFKA_BOOTSTRAP"]
+    run = uuid.uuid4().hex[:6]
+    STACK.mkdir(exist_ok=True)
+
+    say(f"{BOLD}== Essay Lifecycle Service demo (run {run}) =={RESET}")
+    pid, port = launch_worker()
+    steps, stories = stream(run)
+    base = events_handled(port)
+    send(steps, bootstrap)
+    if not wait_handled(port, base, len(steps), db_url):
+        return 1
+    show_batches(db_url, stories)
+    show_completions(bootstrap, stories)
+    show_dead_letters(bootstrap, stories)
+    show_next_steps(pid, port, next(iter(stories)))
     return 0
 
 

@@ -433,6 +433,19 @@ pg_kill() {
 # Kafka
 # ---------------------------------------------------------------------------
 # pids of JVMs started from *this* checkout's server.properties (exact path match)
+# A KRaft cluster id (N of them with an argument): a random UUID in URL-safe base64,
+# never starting with "-" (the storage tool would read it as an option; Kafka's own
+# Uuid.randomUuid avoids it too).
+kafka_cluster_id() {
+    python3 - "${1:-1}" <<'PY'
+import base64, sys, uuid
+for _ in range(int(sys.argv[1])):
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    print(cid)
+PY
+}
+
 kafka_pids() {
     local p cmd
     for p in /proc/[0-9]*; do
@@ -548,7 +561,7 @@ kafka_up() {
     kafka_write_props
     if [[ ! -f "$KDIR/data/meta.properties" ]]; then
         local cid
-        cid="$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')"
+        cid="$(kafka_cluster_id)"
         log "formatting KRaft storage (cluster id $cid)"
         java -cp "$KLIBS/*" -Dlog4j2.configurationFile="$KLOG4J" -Dkafka.logs.dir="$KDIR/logs" \
             kafka.tools.StorageTool format -t "$cid" -c "$KPROPS" --standalone \

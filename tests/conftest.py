@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,65 +19,19 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 
 from els_worker import contract
+from testkit.kafka import DEFAULT_TOPICS, Topics
+from testkit.stack import STACK_SH, Stack, discover
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-STACK_SH = ROOT / "scripts" / "stack.sh"
 TEMPLATE_DB = "els_template"
 KAFKA_TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class Stack:
-    """Connection details of the running stack."""
-
-    admin_url: str  # superuser URL of the maintenance database `postgres`
-    database_url: str  # the `els` database (make migrate / make demo)
-    kafka_bootstrap: str
-
-    def url_for(self, dbname: str) -> str:
-        """URL of database ``dbname`` on the same server, as superuser."""
-        return self.admin_url.rsplit("/", 1)[0] + "/" + dbname
-
-
-def _parse_env(text: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("export "):
-            key, _, value = line[len("export ") :].partition("=")
-            env[key] = value.strip("'\"")
-    return env
-
-
-def _stack_env() -> dict[str, str]:
-    if os.environ.get("ELS_TEST_EXTERNAL_STACK") == "1":
-        return {
-            "ELS_PG_ADMIN_URL": os.environ["ELS_PG_ADMIN_URL"],
-            "ELS_DATABASE_URL": os.environ.get(
-                "ELS_DATABASE_URL", os.environ["ELS_PG_ADMIN_URL"].rsplit("/", 1)[0] + "/els"
-            ),
-            "ELS_KAFKA_BOOTSTRAP": os.environ["ELS_KAFKA_BOOTSTRAP"],
-        }
-    status = subprocess.run([str(STACK_SH), "status"], capture_output=True, text=True)
-    if status.returncode != 0:
-        subprocess.run([str(STACK_SH), "up"], check=True)
-    out = subprocess.run([str(STACK_SH), "env"], check=True, capture_output=True, text=True)
-    return _parse_env(out.stdout)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     """The running local stack; its URLs are also exported into os.environ."""
-    env = _stack_env()
-    os.environ.update(env)
-    return Stack(
-        admin_url=env["ELS_PG_ADMIN_URL"],
-        database_url=env["ELS_DATABASE_URL"],
-        kafka_bootstrap=env["ELS_KAFKA_BOOTSTRAP"],
-    )
+    found = discover()
+    os.environ.update(found.env)
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -206,52 +157,6 @@ def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
                 pass
 
 
-@dataclass(frozen=True)
-class Topics:
-    """One test's private copy of every topic the service uses (SPEC sections 2 and 5),
-    each ``t<hex>.<default name>``; the ``*_dlq`` ones are ``<input>.dlq``."""
-
-    batch_registered: str
-    content_provisioned: str
-    validation_failed: str
-    completed: str
-    slot_assigned: str
-    excess: str
-    group_id: str
-    all: tuple[str, ...] = field(default=())
-
-    @property
-    def batch_registered_dlq(self) -> str:
-        return self.batch_registered + ".dlq"
-
-    @property
-    def content_provisioned_dlq(self) -> str:
-        return self.content_provisioned + ".dlq"
-
-    @property
-    def validation_failed_dlq(self) -> str:
-        return self.validation_failed + ".dlq"
-
-    def env(self) -> dict[str, str]:
-        """Worker environment variables that point it at these topics."""
-        return {
-            "ELS_TOPIC_BATCH_REGISTERED": self.batch_registered,
-            "ELS_TOPIC_CONTENT_PROVISIONED": self.content_provisioned,
-            "ELS_TOPIC_VALIDATION_FAILED": self.validation_failed,
-            "ELS_GROUP_ID": self.group_id,
-        }
-
-
-DEFAULT_TOPICS = {  # the contract's names (els_worker.contract), keyed as Topics' fields
-    "batch_registered": contract.REGISTERED.topic,
-    "content_provisioned": contract.CONTENT_PROVISIONED.topic,
-    "validation_failed": contract.VALIDATION_FAILED.topic,
-    "completed": contract.COMPLETED.topic,
-    "slot_assigned": contract.SLOT_ASSIGNED.topic,
-    "excess": contract.EXCESS.topic,
-}
-
-
 @pytest.fixture
 def unique_topics(kafka_admin: AdminClient) -> Iterator[Topics]:
     """Creates (3 partitions each) the input, DLQ and output topics under a prefix
@@ -259,7 +164,8 @@ def unique_topics(kafka_admin: AdminClient) -> Iterator[Topics]:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     names = {key: f"{prefix}.{default}" for key, default in DEFAULT_TOPICS.items()}
     dlqs = [
-        names[k] + ".dlq" for k in ("batch_registered", "content_provisioned", "validation_failed")
+        contract.dlq_topic(names[k])
+        for k in ("batch_registered", "content_provisioned", "validation_failed")
     ]
     everything = [*names.values(), *dlqs]
     _create_topics(kafka_admin, everything, partitions=3)

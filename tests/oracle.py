@@ -7,6 +7,10 @@ may come at any point: it times out every empty slot of a registered, incomplete
 batch and completes it ('deadline'); before the registration the batch is unknown;
 after completion it is already complete. It shares no code with the PL/pgSQL
 functions: it is written from the SPEC's rules only.
+
+``chaos/oracle.py`` answers the other question: which final states are possible when
+only the order within each partition is known (counts as ranges), and what every
+message's verdict must be. This one is exact for one order; that one covers all.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from tests import events
-from tests.conftest import Stack
+from testkit import events
+from testkit.stack import Stack
 
 EXAMPLES = int(os.environ.get("ELS_SAMENESS_EXAMPLES", "150"))
 
@@ -126,7 +126,7 @@ def _error(exc: psycopg.Error) -> dict[str, Any]:
 
 def _per_event(conn: psycopg.Connection, kind: str, value: str) -> dict[str, Any]:
     try:
-        row = conn.execute(events.FUNCTION_BY_KIND[kind], {"event": value}).fetchone()
+        row = conn.execute(events.INPUT_BY_KIND[kind].statement, {"event": value}).fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate and exc.sqlstate.startswith("22"):  # the cast refused the value
             return {"ok": False, "refused_value": True, "sqlstate": exc.sqlstate}

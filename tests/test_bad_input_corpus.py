@@ -1,6 +1,6 @@
 """The bad-input corpus against the SQL functions directly (SPEC sections 2-4).
 
-Every malformed variant of ``chaos.generator.MALFORMED_VARIANTS`` (invalid JSON,
+Every malformed variant of ``chaos.malformed.MALFORMED_VARIANTS`` (invalid JSON,
 non-objects, broken envelopes, each required field missing, wrong types, lengths,
 ranges, enums, misrouted event types, a 5 MB value, 10001 essays, conflicting
 re-registrations, stolen essay ids, ...) is sent, as the role ``els_worker``, to
@@ -27,8 +27,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from chaos.generator import INJECTIONS, KNOWN_SQL_DEVIATIONS, Message, corpus
-from tests.conftest import Stack
+from chaos.generator import Message, corpus
+from chaos.world import INJECTIONS
+from testkit.stack import Stack
 
 CORPUS = corpus()
 
@@ -115,13 +116,7 @@ def _call_as_worker(url: str, case: Message) -> psycopg.Error | dict[str, Any]:
     return result
 
 
-def _param(case: Message) -> Any:
-    deviation = KNOWN_SQL_DEVIATIONS.get(case.label)
-    marks = [pytest.mark.xfail(strict=True, reason=deviation)] if deviation else []
-    return pytest.param(case, id=case.label, marks=marks)
-
-
-@pytest.mark.parametrize("case", [_param(c) for c in CORPUS.cases])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.label) for c in CORPUS.cases])
 def test_malformed_event_is_rejected_and_changes_nothing(corpus_db: str, case: Message) -> None:
     verdict = CORPUS.verdicts[case.seq]  # stateful: ELC01/ELC02 need the victims
     assert verdict.sqlstate == case.expect, f"the oracle says {verdict} for {case.label}"

@@ -17,9 +17,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from els_worker import contract
-from tests import events as ev
-from tests.conftest import ROOT, Topics
-from tests.worker_harness import event_bytes, headers_of, read_topic, worker_env
+from testkit import events as ev
+from testkit.kafka import Topics, event_bytes, headers_of, read_topic
+from testkit.stack import ROOT
+from testkit.worker import worker_env
 
 pytestmark = pytest.mark.kafka
 

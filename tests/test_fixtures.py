@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from tests.conftest import Stack
+from testkit.stack import Stack
 
 _seen: list[str] = []
 

@@ -35,12 +35,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
-from confluent_kafka import TopicPartition as TP
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from psycopg import sql
 
-from tests.events import apply, registration
+from testkit.events import apply, registration
+from testkit.kafka import read_topic
 
 pytestmark = pytest.mark.ha
 
@@ -217,27 +217,9 @@ def produce_all(bootstrap: str, topic: str, values: list[str]) -> None:
     assert errors == []
 
 
-def read_all(bootstrap: str, topic: str, partitions: int) -> list[str]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ha-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "log_level": 0})
-    try:
-        ends = {p: consumer.get_watermark_offsets(TP(topic, p), timeout=30)[1]
-                for p in range(partitions)}
-        consumer.assign([TP(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        left = {p for p, end in ends.items() if end > 0}
-        out: list[str] = []
-        deadline = time.monotonic() + 120
-        while left and time.monotonic() < deadline:
-            msg = consumer.poll(1.0)
-            if msg is None or msg.error():
-                continue
-            out.append((msg.value() or b"").decode())
-            if (msg.offset() or 0) + 1 >= ends[msg.partition() or 0]:
-                left.discard(msg.partition() or 0)
-        assert not left, f"partitions {left} not read to their end"
-        return out
-    finally:
-        consumer.close()
+def read_all(bootstrap: str, topic: str) -> list[str]:
+    return [(m.value() or b"").decode()
+            for m in read_topic(bootstrap, topic, timeout=120, log_level=0)]
 
 
 def test_broker_loss_keeps_every_message(ha: HA) -> None:
@@ -266,12 +248,12 @@ def test_broker_loss_keeps_every_message(ha: HA) -> None:
                                      "kill_to_after_batch_confirmed_s":
                                          round(time.monotonic() - t_kill, 1)})
         assert stack("kafka-leader", topic, "0") != leader
-        got = read_all(ha.bootstrap, topic, 3)
+        got = read_all(ha.bootstrap, topic)
         assert sorted(got) == sorted(before + after)
     finally:
         stack("kafka-start", leader)
     # the restarted broker catches up: everything still readable with all three up
-    assert sorted(read_all(ha.bootstrap, topic, 3)) == sorted(before + after)
+    assert sorted(read_all(ha.bootstrap, topic)) == sorted(before + after)
     for fut in admin.delete_topics([topic], operation_timeout=30).values():
         try:
             fut.result(timeout=60)

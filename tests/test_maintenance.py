@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests import events as ev
-from tests.conftest import Topics
-from tests.worker_harness import (
-    WorkerProcess,
-    all_complete,
-    event_bytes,
-    outbox_unpublished,
-    produce,
-    query,
-    read_topic,
-    wait_until,
-    worker_env,
-)
+from testkit import events as ev
+from testkit.db import all_complete, outbox_unpublished, query
+from testkit.kafka import Topics, event_bytes, produce, read_topic
+from testkit.worker import WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 

@@ -18,9 +18,9 @@ import pytest
 from psycopg import sql
 
 import els_migrate
-from tests import events
-from tests.conftest import ROOT
-from tests.invariants import check_invariants
+from testkit import events
+from testkit.invariants import check_invariants
+from testkit.stack import ROOT
 
 # every migration of this release, in order (a new one must be added here on purpose)
 MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",

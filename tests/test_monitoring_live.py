@@ -37,16 +37,12 @@ import yaml
 from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from tests import events
+from testkit import events
+from testkit.kafka import DEFAULT_TOPICS, Topics, event_bytes, produce
+from testkit.stack import Stack
+from testkit.worker import WorkerProcess, wait_until, worker_env
 from tests import monitoring_contract as contract
-from tests.conftest import DEFAULT_TOPICS, Stack, Topics, _create_topics
-from tests.worker_harness import (
-    WorkerProcess,
-    event_bytes,
-    produce,
-    wait_until,
-    worker_env,
-)
+from tests.conftest import _create_topics
 
 pytestmark = pytest.mark.kafka
 

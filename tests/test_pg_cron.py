@@ -25,8 +25,8 @@ import psycopg
 import pytest
 
 import els_migrate
-from tests import events
-from tests.conftest import Stack
+from testkit import events
+from testkit.stack import Stack
 
 COMMAND = "SELECT els.close_overdue_batches('1 second')"
 WAIT_S = 150.0

@@ -21,19 +21,10 @@ import pytest
 from psycopg import sql
 
 import els_migrate
-from tests import events as ev
-from tests.conftest import Topics
-from tests.worker_harness import (
-    WorkerProcess,
-    all_complete,
-    event_bytes,
-    headers_of,
-    outbox_unpublished,
-    produce,
-    read_topic,
-    wait_until,
-    worker_env,
-)
+from testkit import events as ev
+from testkit.db import all_complete, outbox_unpublished
+from testkit.kafka import Topics, event_bytes, headers_of, produce, read_topic
+from testkit.worker import WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 

@@ -27,8 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests import events
-from tests.conftest import Stack
+from testkit import events
+from testkit.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 TRUSTED_SCHEMAS = {"pg_catalog", "pg_temp", "els"}

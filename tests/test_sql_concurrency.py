@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from tests import events
-from tests.invariants import check_invariants
+from testkit import events
+from testkit.invariants import check_invariants
 
 SESSIONS = 8
 

@@ -24,8 +24,8 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import events
-from tests.invariants import check_invariants
+from testkit import events
+from testkit.invariants import check_invariants
 from tests.oracle import BatchModel
 
 EXAMPLES = int(os.environ.get("ELS_PROPERTY_EXAMPLES", "200"))

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests import events
-from tests.invariants import check_invariants
+from testkit import events
+from testkit.invariants import check_invariants
 
 COMPLETED = "BatchContentProvisioningCompleted"
 

@@ -22,24 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import events as ev
-from tests.conftest import DEFAULT_TOPICS as DEFAULT_TOPIC_NAMES
-from tests.conftest import ROOT, STACK_SH, Topics
-from tests.worker_harness import (
-    WORKER,
-    WorkerProcess,
-    all_complete,
-    batch_report,
-    event_bytes,
-    free_port,
-    headers_of,
-    outbox_unpublished,
-    produce,
-    query,
-    read_topic,
-    wait_until,
-    worker_env,
-)
+from testkit import events as ev
+from testkit.db import all_complete, batch_report, outbox_unpublished, query
+from testkit.kafka import DEFAULT_TOPICS as DEFAULT_TOPIC_NAMES
+from testkit.kafka import Topics, event_bytes, headers_of, produce, read_topic
+from testkit.stack import ROOT, STACK_SH
+from testkit.worker import WORKER, WorkerProcess, free_port, wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 

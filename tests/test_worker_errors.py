@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from confluent_kafka import Message
 
+from els_worker import db
 from els_worker.apply import BatchProcessor, SystemicFault
 from els_worker.cli import main
 from els_worker.config import Config, settings_table
@@ -24,7 +25,7 @@ from els_worker.errors import CLASSIFICATION, Action, Scope, classify, classify_
 from els_worker.health import Health
 from els_worker.messages import decode_item
 from els_worker.observability import Metrics
-from tests import events as ev
+from testkit import events as ev
 
 # --- the table, code by code --------------------------------------------------
 
@@ -55,6 +56,7 @@ VALUE, BODY = Scope.VALUE, Scope.BODY
             "08000", "08003", "08006", "08001", "08P01", "40001", "40P01", "55P03", "57014",
             "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300",
             "25006",  # read-only transaction: a demoted primary after a failover
+            "25P02", "26000", "42P05",  # session state out of step with the client's
         )],
         (None, BODY, FOREVER),  # connection lost: no SQLSTATE at all
         # deployment: the database is not (yet) what the worker needs; retried without limit
@@ -357,3 +359,91 @@ def test_commit_failure_falls_back_to_one_transaction_per_message(
     rows = db.execute("SELECT text_storage_id FROM els.essay_content WHERE batch_id = %(b)s"
                       " ORDER BY 1", {"b": batch}).fetchall()
     assert rows == [("t1",), ("t2",)]
+
+
+class _ServerGoneAfterRejection(psycopg.Connection[Any]):
+    """A real connection whose server goes away right after it rejects an event, once
+    per process run: the rollback of the event's savepoint then meets a closed
+    connection, as when PostgreSQL restarts while the careful path runs."""
+
+    admin_dsn = ""
+    struck = 0
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        try:
+            return super().execute(query, params, **kwargs)
+        except psycopg.Error as exc:
+            if (exc.sqlstate or "").startswith("ELV") and not type(self).struck:
+                type(self).struck += 1
+                with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%(pid)s::integer, 5000)",
+                                  {"pid": self.info.backend_pid})
+            raise
+
+
+class _SessionOf(db.Session):
+    def __init__(self, cfg: Config, factory: type[psycopg.Connection[Any]]) -> None:
+        super().__init__(cfg, "els-worker")
+        self.factory = factory
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            self.close()
+            self.conn = self.factory.connect(self.cfg.database_url, autocommit=True)
+        return self.conn
+
+
+def test_server_gone_right_after_a_rejection_retries_the_micro_batch(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The verdict of an event whose connection broke right after it (a PostgreSQL
+    restart mid micro-batch) is not trusted: the micro-batch is retried on a new
+    connection and the event dead-lettered there, its neighbours applied. Before the
+    fix the rejection's SQLSTATE escaped ``apply`` and the worker exited."""
+    cfg = Config(database_url=db_url, kafka_bootstrap="unused:1", group_id="g",
+                 retry_base_ms=1, retry_max_ms=5)
+    _ServerGoneAfterRejection.admin_dsn = db.info.dsn
+    _ServerGoneAfterRejection.struck = 0
+    metrics = Metrics()
+    proc = BatchProcessor(cfg, metrics, threading.Event(), Health(metrics, 30),
+                          session=_SessionOf(cfg, _ServerGoneAfterRejection))
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    bad = ev.content(batch, "t-bad")
+    del bad["data"]["text_storage_id"]
+    items = [decode_item(_msg(ev.TOPIC_REGISTERED, 0,
+                              json.dumps(ev.registration(batch, ["e1", "e2"])).encode())),
+             decode_item(_msg(ev.TOPIC_CONTENT, 1, json.dumps(bad).encode())),
+             _content(batch, "t1", 2)]
+    try:
+        proc.apply(items)
+    finally:
+        proc.close()
+    assert _ServerGoneAfterRejection.struck == 1
+    assert [(it.dead, it.sqlstate, (it.result or {}).get("outcome")) for it in items] == [
+        (False, None, "registered"), (True, "ELV02", None), (False, None, "assigned")]
+    assert metrics.retries.labels(kind="operational")._value.get() >= 1
+    slots = db.execute("SELECT count(text_storage_id) FROM els.essay_slot"
+                       " WHERE batch_id = %(b)s", {"b": batch}).fetchone()
+    assert slots == (1,)
+
+
+def test_prepared_statements_lost_under_the_worker_reconnect_and_apply(
+    processor: BatchProcessor,
+) -> None:
+    """psycopg prepares the worker's fast-path statement; when the server forgets it
+    behind the client's back (as a pooler, or a slip in the client's bookkeeping, would
+    leave it) the micro-batch fails with 26000. That is the session's fault, not the
+    events': the events are applied, nothing is dead-lettered, and the session is
+    replaced (before, it was kept, and every later micro-batch failed its fast path on
+    it and fell back to one savepoint per message)."""
+    batch = f"b-{uuid.uuid4().hex[:6]}"
+    first = [_content(batch, f"t{i}", i) for i in range(8)]
+    processor.apply(first)  # enough executions for psycopg to prepare the statement
+    conn = processor.session.get()
+    # behind psycopg's back (it clears its cache when it sees DEALLOCATE go through it)
+    assert conn.pgconn.exec_(b"DEALLOCATE ALL").status == psycopg.pq.ExecStatus.COMMAND_OK
+    later = [_content(batch, f"u{i}", 10 + i) for i in range(3)]
+    processor.apply(later)
+    assert [(it.dead, (it.result or {}).get("outcome")) for it in later] == [
+        (False, "pending")] * 3
+    assert processor.session.conn is not conn, "the forgetful session was replaced"

@@ -6,27 +6,21 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections import Counter
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
 from els_worker.config import Config
 from els_worker.observability import Metrics
 from els_worker.relay import Relay, relay_producer
-from tests import events as ev
-from tests.conftest import Topics
-from tests.worker_harness import (
-    headers_of,
-    outbox_unpublished,
-    read_topic,
-    wait_until,
-    worker_env,
-)
+from testkit import events as ev
+from testkit.db import outbox_unpublished
+from testkit.kafka import Topics, headers_of, read_topic
+from testkit.worker import wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -34,6 +28,24 @@ pytestmark = pytest.mark.kafka
 def _config(db_url: str, kafka_bootstrap: str, topics: Topics, **kw: str) -> Config:
     return Config.from_env(worker_env(db_url, kafka_bootstrap, topics, ELS_RETRY_BASE_MS="10",
                                       ELS_RETRY_MAX_MS="100", ELS_RELAY_IDLE_MS="50", **kw))
+
+
+class ForwardingProducer(Producer):
+    """A Producer (the type the relay is given) whose calls go to the real relay producer;
+    a test overrides the one call it injects a fault into."""
+
+    def __init__(self, real: Producer, cfg: Config) -> None:
+        super().__init__({"bootstrap.servers": cfg.kafka_bootstrap})
+        self.real = real
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.real.produce(*args, **kwargs)
+
+    def poll(self, timeout: float = 0) -> int:
+        return self.real.poll(timeout)
+
+    def flush(self, timeout: float = -1) -> int:
+        return self.real.flush(timeout)
 
 
 class DatabaseLostAfterDelivery:
@@ -47,18 +59,11 @@ class DatabaseLostAfterDelivery:
         self.crashes = 0
 
     def __call__(self, cfg: Config) -> Producer:
-        real = relay_producer(cfg)
         outer = self
 
-        class Crashing(Producer):
-            def produce(self, *args: Any, **kwargs: Any) -> None:
-                real.produce(*args, **kwargs)
-
-            def poll(self, timeout: float = 0) -> int:
-                return real.poll(timeout)
-
+        class Crashing(ForwardingProducer):
             def flush(self, timeout: float = -1) -> int:
-                remaining = real.flush(timeout)
+                remaining = self.real.flush(timeout)
                 if outer.crashes == 0 and outer.relay is not None:
                     outer.crashes += 1
                     conn = outer.relay.session.conn
@@ -68,7 +73,39 @@ class DatabaseLostAfterDelivery:
                                       {"p": conn.info.backend_pid})
                 return remaining
 
-        return Crashing({"bootstrap.servers": cfg.kafka_bootstrap})
+        return Crashing(relay_producer(cfg), cfg)
+
+
+class FatalOnFirstProducer:
+    """Makes relay producers; the first one produces for real but reports every delivery
+    as librdkafka's fatal idempotence error (out-of-order sequence), which happens when a
+    leader change breaks the producer's sequence: the producer is unusable and some of its
+    messages may be written. Later producers are the real relay producer."""
+
+    def __init__(self) -> None:
+        self.made: list[Producer] = []
+
+    def __call__(self, cfg: Config) -> Producer:
+        real = relay_producer(cfg)
+        if self.made:
+            self.made.append(real)
+            return real
+
+        class Fatal(ForwardingProducer):
+            def produce(self, *args: Any, **kwargs: Any) -> None:
+                callback = kwargs.pop("on_delivery")
+
+                def fatal(_err: KafkaError | None, msg: Any) -> None:
+                    callback(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                        "injected: sequence broken", fatal=True), msg)
+
+                kwargs["on_delivery"] = fatal
+                self.real.produce(*args, **kwargs)
+
+        producer = Fatal(real, cfg)
+        self.made.append(producer)
+        return producer
+
 
 def _fill_outbox(db: psycopg.Connection[Any], batches: int = 3, essays: int = 3) -> set[str]:
     """Applies events with the SQL API directly; returns the outbox's event ids."""
@@ -162,11 +199,9 @@ def test_relay_thread_survives_crash_and_drains(
     relay.start()
     try:
         wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "relay thread to drain")
-        started = time.monotonic()
-        # rows written later are picked up within the idle poll interval
+        # rows written later are picked up by the idle poll, without a wake-up
         _fill_outbox(db, batches=1)
         wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "relay to pick up new rows")
-        assert time.monotonic() - started < 10
     finally:
         stop.set()
         relay.join(30)
@@ -175,3 +210,27 @@ def test_relay_thread_survives_crash_and_drains(
     seen = _published(kafka_bootstrap, unique_topics)
     assert expected <= set(seen)
     assert all(seen[e] == 2 for e in expected)  # crashed once: each published twice
+
+
+def test_fatal_producer_error_replaces_the_producer_and_republishes_same_event_ids(
+    db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str, unique_topics: Topics
+) -> None:
+    """SPEC 9 / issue 13: a fatal producer error marks nothing published, replaces the
+    producer, and the next round republishes the same rows with the same event ids."""
+    expected = _fill_outbox(db, batches=2)
+    cfg = _config(db_url, kafka_bootstrap, unique_topics)
+    factory = FatalOnFirstProducer()
+    relay = Relay(cfg, Metrics(), threading.Event(), make_producer=factory)
+    try:
+        with pytest.raises(Exception, match="fatal producer error"):
+            relay.run_once()
+        assert outbox_unpublished(db_url) == len(expected), "nothing marked published"
+        assert len(factory.made) == 2 and relay.producer is factory.made[1]
+        assert relay.run_once() == len(expected)
+        assert relay.run_once() == 0
+    finally:
+        relay.close()
+    assert outbox_unpublished(db_url) == 0
+    seen = _published(kafka_bootstrap, unique_topics)
+    assert set(seen) == expected, "a republish must not mint new event ids"
+    assert set(seen.values()) == {2}  # the broken producer's copies were written too

@@ -1,5 +1,6 @@
-"""Helpers for the worker's end-to-end tests: run `worker.py` as a subprocess against
-the real broker and database, produce events, read topics back, wait with deadlines.
+"""`worker.py run` as a subprocess against the real broker and database: its
+environment, its start (healthy or dead), its HTTP endpoints, its JSON log, its stop
+(SIGTERM, bounded) or SIGKILL, and its registration as a Prometheus scrape target.
 
 Everything here is bounded in time and fails loudly (with the worker's log tail)."""
 
@@ -14,24 +15,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psycopg
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from testkit.kafka import Topics
+from testkit.stack import ROOT
 
-from els_worker import contract
-from tests.conftest import Topics
-
-ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "worker.py"
 # the local stack's Prometheus discovers scrape targets here (scripts/stack.sh prom-target)
 PROM_TARGETS = ROOT / ".stack" / "prometheus" / "targets"
@@ -48,6 +38,17 @@ def prometheus_target(name: str, address: str | None) -> None:
     tmp = PROM_TARGETS / f"{name}.json.tmp"
     tmp.write_text(json.dumps(body) + "\n", encoding="utf-8")
     tmp.replace(PROM_TARGETS / f"{name}.json")
+
+
+def http_status(port: int, path: str) -> tuple[int, str]:
+    """(status, body) of GET ``path`` on a worker's HTTP port; (0, "") if unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def free_port() -> int:
@@ -111,13 +112,7 @@ class WorkerProcess:
         return self.http_status("/healthz")[0] == 200
 
     def http_status(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
-                return resp.status, resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            return 0, ""
+        return http_status(self.port, path)
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM; returns the exit code (fails if the worker does not stop in time)."""
@@ -180,117 +175,3 @@ def wait_until(
             extra = f"\n{diagnostics()}" if diagnostics else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
-
-
-def produce(
-    bootstrap: str,
-    messages: Iterable[tuple[str, bytes | None, bytes | None]],
-    timeout: float = 30,
-    pause_every: int = 0,
-    pause: float = 0.0,
-) -> None:
-    """Produces (topic, key, value) in order and waits for every delivery report;
-    with ``pause_every``, flushes and sleeps ``pause`` seconds after every that many."""
-    errors: list[KafkaError] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2,
-         "compression.type": "zstd", "message.max.bytes": contract.MAX_MESSAGE_BYTES}
-    )
-    for n, (topic, key, value) in enumerate(messages, 1):
-        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-        producer.poll(0)
-        if pause_every and n % pause_every == 0:
-            producer.flush(timeout)
-            time.sleep(pause)
-    remaining = producer.flush(timeout)
-    assert remaining == 0, f"{remaining} message(s) not delivered within {timeout}s"
-    assert not errors, f"delivery failed: {errors[:3]}"
-
-
-def event_bytes(event: dict[str, Any]) -> bytes:
-    return json.dumps(event).encode()
-
-
-def read_topic(bootstrap: str, topic: str, timeout: float = 10.0) -> list[Message]:
-    """Every message currently in ``topic`` (all partitions, from the beginning)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "reader-unused",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        parts = list(meta.topics[topic].partitions) if topic in meta.topics else []
-        tps = []
-        for p in parts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
-            if high > low:
-                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        if not tps:
-            return []
-        consumer.assign(tps)
-        pending = {tp.partition for tp in tps}
-        out: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while pending:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"reading {topic} timed out; partitions left {pending}")
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition() or 0)
-                    continue
-                raise AssertionError(f"consumer error on {topic}: {err}")
-            out.append(msg)
-        return out
-    finally:
-        consumer.close()
-
-
-def headers_of(msg: Message) -> dict[str, str]:
-    raw = msg.headers() or []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return {k: (v.decode() if isinstance(v, bytes) else str(v)) for k, v in items}
-
-
-def batch_report(db_url: str, batch_id: str) -> dict[str, Any]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute("SELECT els.batch_report(%(b)s::text)", {"b": batch_id}).fetchone()
-    assert row is not None
-    report: dict[str, Any] = row[0]
-    return report
-
-
-def query(db_url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(db_url, autocommit=True, connect_timeout=3) as conn:
-        return conn.execute(sql, params or {}).fetchall()
-
-
-def all_complete(db_url: str, batch_ids: Iterable[str]) -> bool:
-    ids = list(batch_ids)
-    try:
-        rows = query(
-            db_url,
-            "SELECT count(*) FROM els.batch_tracker WHERE batch_id = ANY(%(ids)s::text[])"
-            " AND completed_at IS NOT NULL",
-            {"ids": ids},
-        )
-    except psycopg.OperationalError:
-        return False
-    return bool(rows[0][0] == len(ids))
-
-
-def outbox_unpublished(db_url: str) -> int:
-    rows = query(db_url, "SELECT unpublished FROM els.outbox_backlog()")
-    return int(rows[0][0])

@@ -14,17 +14,18 @@ TOPIC_FAILED = contract.VALIDATION_FAILED.topic
 
 
 def envelope(topic: str, data: dict[str, Any], correlation_id: str | None = None, *,
-             source_service: str = "tests") -> dict[str, Any]:
-    """The standard event envelope around ``data`` (also used by bench/common.py)."""
+             source_service: str = "tests", timestamp: str = "2026-11-28T12:00:00Z",
+             metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The standard event envelope around ``data`` (tests, bench, chaos and the demo)."""
     return {
         "event_id": str(uuid.uuid4()),
         "event_type": topic,
-        "event_timestamp": "2026-11-28T12:00:00Z",
+        "event_timestamp": timestamp,
         "source_service": source_service,
         "schema_version": 1,
         "correlation_id": correlation_id or str(uuid.uuid4()),
         "data": data,
-        "metadata": {},
+        "metadata": metadata or {},
     }
 
 
@@ -65,16 +66,16 @@ def failure(batch_id: str, file_upload_id: str) -> dict[str, Any]:
     })
 
 
-FUNCTION_BY_KIND = {
-    "register": "SELECT els.register_batch(%(event)s::jsonb)",
-    "content": "SELECT els.provision_content(%(event)s::jsonb)",
-    "failure": "SELECT els.record_validation_failure(%(event)s::jsonb)",
+INPUT_BY_KIND = {  # the tests' short names of the contract's input events
+    "register": contract.REGISTERED,
+    "content": contract.CONTENT_PROVISIONED,
+    "failure": contract.VALIDATION_FAILED,
 }
 
 
 def apply(conn: Any, kind: str, event: dict[str, Any]) -> dict[str, Any]:
     """Calls the SQL function for one event in its own transaction; returns its result."""
-    row = conn.execute(FUNCTION_BY_KIND[kind], {"event": json.dumps(event)}).fetchone()
+    row = conn.execute(INPUT_BY_KIND[kind].statement, {"event": json.dumps(event)}).fetchone()
     assert row is not None
     result: dict[str, Any] = row[0]
     return result

@@ -1,0 +1,113 @@
+"""The stream: the generated messages produced in order at a steady pace, as the
+upstream services would, with every delivery recorded; paused while a broker restarts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from chaos.config import INPUT_KINDS, MAX_MESSAGE_BYTES, QUIET, log
+from chaos.generator import Generated
+from chaos.state import OFFSET_UNKNOWN, RunState
+
+
+class Stream(RunState):
+    """Produces the stream and records where each message landed."""
+
+    def new_producer(self) -> Producer:
+        return Producer({
+            "bootstrap.servers": self.bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+            "message.timeout.ms": 300000,
+            "client.id": "chaos-producer",
+            **QUIET,
+        })
+
+    def produce(self, gen: Generated) -> None:
+        """Produces the stream in order at a steady pace. The stream stands in for the
+        upstream services, which are not under test: while the broker restarts it pauses
+        with everything delivered (``pause_stream``) and resumes with a new producer,
+        because librdkafka's idempotent producer may hold messages whose fate a broker
+        restart left unknown until message.timeout.ms, which would stall the stream."""
+        producer = self.new_producer()
+        self.wait_known(producer)
+        messages = gen.messages
+        interval = self.cfg.produce_seconds / max(1, len(messages))
+
+        def on_delivery(seq: int) -> Callable[[KafkaError | None, Message], None]:
+            def cb(err: KafkaError | None, msg: Message) -> None:
+                if err is not None:
+                    self.produce_errors.append(f"#{seq}: {err}")
+                    return
+                offset = msg.offset()
+                if offset is None or offset < 0:
+                    # librdkafka's idempotent producer reports a batch the broker called a
+                    # duplicate sequence as delivered, offset unknown: verify_input finds it
+                    offset = OFFSET_UNKNOWN
+                    log(f"message #{seq} acknowledged without an offset")
+                self.delivered[seq] = (msg.partition() or 0, offset)
+            return cb
+
+        start = time.monotonic()
+        paused_for = 0.0
+        for m in messages:
+            if self.pause_requested.is_set():
+                t0 = time.monotonic()
+                left = producer.flush(300)
+                if left:
+                    self.produce_errors.append(f"{left} message(s) not delivered before a pause")
+                self.paused.set()
+                while self.pause_requested.is_set():
+                    time.sleep(0.05)
+                producer = self.new_producer()
+                self.paused.clear()
+                paused_for += time.monotonic() - t0
+            due = start + paused_for + m.seq * interval
+            while True:
+                now = time.monotonic()
+                if now >= due:
+                    break
+                producer.poll(min(0.05, due - now))
+            while True:
+                try:
+                    producer.produce(self.topics[m.kind], key=m.key, value=m.value,
+                                     on_delivery=on_delivery(m.seq))
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        left = producer.flush(600)
+        if left:
+            self.produce_errors.append(f"{left} message(s) not delivered after 600 s")
+        self.timings["stream_s"] = time.monotonic() - start
+        self.timings["stream_paused_s"] = paused_for
+        self.stream_done.set()
+
+    def wait_known(self, producer: Producer) -> None:
+        """Until the producer's own metadata has every input partition with a leader, so
+        its first messages are not queued for a topic it still thinks unknown."""
+        deadline = time.monotonic() + 30
+        for kind in INPUT_KINDS:
+            while True:
+                topic = producer.list_topics(self.topics[kind], timeout=10).topics.get(
+                    self.topics[kind])
+                if (topic is not None and topic.error is None and len(topic.partitions) == 3
+                        and all(p.leader >= 0 for p in topic.partitions.values())):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the producer does not see {self.topics[kind]}")
+                time.sleep(0.2)
+
+    def pause_stream(self) -> bool:
+        """Asks the stream to pause with everything delivered; False if it has ended."""
+        self.pause_requested.set()
+        while not self.paused.wait(0.2):
+            if self.stream_done.is_set():
+                self.pause_requested.clear()
+                return False
+        return True

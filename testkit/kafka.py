@@ -1,0 +1,177 @@
+"""Kafka helpers shared by the tests, the chaos run, the benchmark and the demo: the
+private topic set a test or run uses, producing a sequence of messages with every
+delivery confirmed, reading a topic to its end, headers as a dict."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from els_worker import contract
+
+DEFAULT_TOPICS = {  # the contract's names (els_worker.contract), keyed as Topics' fields
+    "batch_registered": contract.REGISTERED.topic,
+    "content_provisioned": contract.CONTENT_PROVISIONED.topic,
+    "validation_failed": contract.VALIDATION_FAILED.topic,
+    "completed": contract.COMPLETED.topic,
+    "slot_assigned": contract.SLOT_ASSIGNED.topic,
+    "excess": contract.EXCESS.topic,
+}
+
+
+@dataclass(frozen=True)
+class Topics:
+    """One test's private copy of every topic the service uses (SPEC sections 2 and 5),
+    each ``t<hex>.<default name>``; the ``*_dlq`` ones are ``<input>.dlq``."""
+
+    batch_registered: str
+    content_provisioned: str
+    validation_failed: str
+    completed: str
+    slot_assigned: str
+    excess: str
+    group_id: str
+    all: tuple[str, ...] = field(default=())
+
+    @property
+    def batch_registered_dlq(self) -> str:
+        return contract.dlq_topic(self.batch_registered)
+
+    @property
+    def content_provisioned_dlq(self) -> str:
+        return contract.dlq_topic(self.content_provisioned)
+
+    @property
+    def validation_failed_dlq(self) -> str:
+        return contract.dlq_topic(self.validation_failed)
+
+    def env(self) -> dict[str, str]:
+        """Worker environment variables that point it at these topics."""
+        return {
+            "ELS_TOPIC_BATCH_REGISTERED": self.batch_registered,
+            "ELS_TOPIC_CONTENT_PROVISIONED": self.content_provisioned,
+            "ELS_TOPIC_VALIDATION_FAILED": self.validation_failed,
+            "ELS_GROUP_ID": self.group_id,
+        }
+
+
+def produce(
+    bootstrap: str,
+    messages: Iterable[tuple[str, bytes | None, bytes | None]],
+    timeout: float = 30,
+    pause_every: int = 0,
+    pause: float = 0.0,
+) -> None:
+    """Produces (topic, key, value) in order and waits for every delivery report;
+    with ``pause_every``, flushes and sleeps ``pause`` seconds after every that many."""
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 2,
+         "compression.type": "zstd", "message.max.bytes": contract.MAX_MESSAGE_BYTES}
+    )
+    for n, (topic, key, value) in enumerate(messages, 1):
+        producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        producer.poll(0)
+        if pause_every and n % pause_every == 0:
+            producer.flush(timeout)
+            time.sleep(pause)
+    remaining = producer.flush(timeout)
+    assert remaining == 0, f"{remaining} message(s) not delivered within {timeout}s"
+    assert not errors, f"delivery failed: {errors[:3]}"
+
+
+def event_bytes(event: dict[str, Any]) -> bytes:
+    return json.dumps(event).encode()
+
+
+# what a broker answers while a partition's leader is being elected (a new topic, a
+# broker restarting): ask again
+_LEADER_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT,
+                  KafkaError._TIMED_OUT}
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                tp, timeout=max(1.0, deadline - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() not in _LEADER_MOVING or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 10.0,
+               **client_config: Any) -> list[Message]:
+    """Every message in ``topic``: all partitions, from the beginning until each reports
+    its end (partition EOF); a missing topic reads as empty. Raises
+    AssertionError when the end is not reached within ``timeout`` seconds."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "reader-unused",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **client_config,
+        }
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout)
+        parts = list(meta.topics[topic].partitions) if topic in meta.topics else []
+        tps = []
+        deadline = time.monotonic() + timeout
+        for p in parts:
+            low, high = _watermarks(consumer, TopicPartition(topic, p), deadline)
+            if high > low:
+                tps.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        if not tps:
+            return []
+        consumer.assign(tps)
+        pending = {tp.partition for tp in tps}
+        out: list[Message] = []
+        while pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"reading {topic} timed out; partitions left {pending}")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+                    continue
+                if err.fatal():
+                    raise AssertionError(f"consumer error on {topic}: {err}")
+                continue  # transient (a broker restarting): librdkafka retries
+            out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def headers_of(msg: Message) -> dict[str, str]:
+    raw = msg.headers() or []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+            for k, v in items}
