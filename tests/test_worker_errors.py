@@ -437,8 +437,11 @@ def test_prepared_statements_lost_under_the_worker_reconnect_and_apply(
     replaced (before, it was kept, and every later micro-batch failed its fast path on
     it and fell back to one savepoint per message)."""
     batch = f"b-{uuid.uuid4().hex[:6]}"
-    first = [_content(batch, f"t{i}", i) for i in range(8)]
-    processor.apply(first)  # enough executions for psycopg to prepare the statement
+    for i in range(8):  # enough executions for psycopg to prepare the statement
+        processor.apply([_content(batch, f"t{i}", i)])
+    prepared = processor.session.get().execute(
+        "SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert prepared is not None and prepared[0] >= 1
     conn = processor.session.get()
     # behind psycopg's back (it clears its cache when it sees DEALLOCATE go through it)
     assert conn.pgconn.exec_(b"DEALLOCATE ALL").status == psycopg.pq.ExecStatus.COMMAND_OK
