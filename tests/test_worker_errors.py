@@ -362,23 +362,32 @@ def test_commit_failure_falls_back_to_one_transaction_per_message(
 
 
 class _ServerGoneAfterRejection(psycopg.Connection[Any]):
-    """A real connection whose server goes away right after it rejects an event, once
-    per process run: the rollback of the event's savepoint then meets a closed
-    connection, as when PostgreSQL restarts while the careful path runs."""
+    """A real connection whose server goes away, once per test, right after it answered
+    with a rejection: raised by a per-event call (the rollback of its savepoint then
+    meets a closed connection) or carried in a micro-batch call's results (the commit
+    then does), as when PostgreSQL restarts in the middle of a micro-batch."""
 
     admin_dsn = ""
     struck = 0
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         try:
-            return super().execute(query, params, **kwargs)
+            cur = super().execute(query, params, **kwargs)
         except psycopg.Error as exc:
-            if (exc.sqlstate or "").startswith("ELV") and not type(self).struck:
-                type(self).struck += 1
-                with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
-                    admin.execute("SELECT pg_terminate_backend(%(pid)s::integer, 5000)",
-                                  {"pid": self.info.backend_pid})
+            if (exc.sqlstate or "").startswith("ELV"):
+                self._strike()
             raise
+        if "apply_events" in str(query):  # the micro-batch in one call, results in hand
+            self._strike()
+        return cur
+
+    def _strike(self) -> None:
+        if type(self).struck:
+            return
+        type(self).struck += 1
+        with psycopg.connect(self.admin_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%(pid)s::integer, 5000)",
+                          {"pid": self.info.backend_pid})
 
 
 class _SessionOf(db.Session):
