@@ -180,7 +180,7 @@ BEGIN
                t.batch_id IS NOT NULL AS tracked,
                coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
                t.expected_count,
-               EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) AS has_slots,
+               sl.batch_id IS NOT NULL AS has_slots,
                bt.batch_id IS NOT NULL AS purged
           FROM (SELECT f.batch_id, count(*) FILTER (WHERE NOT f.duplicate) AS new_items
                   FROM fresh AS f GROUP BY f.batch_id) AS b
@@ -191,6 +191,10 @@ BEGIN
                               LIMIT 1) AS t ON true
           LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
                               WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
+          -- a probe of essay_slot_batch_slot_no_key per batch: as EXISTS, the planner
+          -- hashed every slot of the table (a SubPlan), and each call grew with it
+          LEFT JOIN LATERAL (SELECT s.batch_id FROM els.essay_slot AS s
+                              WHERE s.batch_id = b.batch_id LIMIT 1) AS sl ON true
     ), empty_slot AS MATERIALIZED (
         -- the first empty slots of each batch, one more than it has new items (to
         -- tell whether the round closes them all)
