@@ -105,6 +105,12 @@ def drop_database(conn: psycopg.Connection, name: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def template_exists(stack: Stack) -> bool:
+    with _admin(stack) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %(name)s",
+                            {"name": TEMPLATE}).fetchone() is not None
+
+
 def build_template(stack: Stack, log: Callable[[str], None]) -> None:
     """(Re)creates the migrated, seeded template database."""
     import els_migrate

@@ -33,7 +33,7 @@ DECLARE
     v_key bigint;
     v_round integer;
     v_items jsonb;
-    v_done jsonb;
+    v_done jsonb := '[]'::jsonb;   -- [{"ord", "done"}] of the rounds' content and failures
     v_sequential boolean := false;
 BEGIN
     IF coalesce(cardinality(p_events), 0) <> v_n
@@ -84,8 +84,7 @@ BEGIN
         PERFORM els._lock_batch(v_row ->> 'batch_id');
         v_results[(v_row ->> 'ord')::integer] := CASE
             WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_guarded(v_row)
-            ELSE jsonb_build_object('ok', true,
-                     'result', els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'result')
+            ELSE els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'done'
         END;
         RETURN v_results;
     END IF;
@@ -116,9 +115,7 @@ BEGIN
            AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
                     ELSE (r.j ->> 'round')::integer END = v_round;
         IF v_items IS NOT NULL THEN
-            FOR v_done IN SELECT d.value FROM jsonb_array_elements(els._apply_items(v_items)) AS d LOOP
-                v_results[(v_done ->> 'ord')::integer] := jsonb_build_object('ok', true, 'result', v_done -> 'result');
-            END LOOP;
+            v_done := v_done || els._apply_items(v_items);
         END IF;
         FOR v_row IN SELECT r.j FROM unnest(v_rows) AS r(j)
                       WHERE r.j ->> 'kind' = 'register_batch'
@@ -128,6 +125,12 @@ BEGIN
             v_results[(v_row ->> 'ord')::integer] := els._register_guarded(v_row);
         END LOOP;
     END LOOP;
+    -- the rounds' results of content and failures, in place, in one pass
+    IF jsonb_array_length(v_done) > 0 THEN
+        SELECT array_agg(coalesce(d.done, v_results[g.i]) ORDER BY g.i) INTO v_results
+          FROM generate_series(1, v_n) AS g(i)
+          LEFT JOIN jsonb_to_recordset(v_done) AS d(ord integer, done jsonb) ON d.ord = g.i;
+    END IF;
     RETURN v_results;
 END
 $$;
@@ -137,14 +140,33 @@ CREATE FUNCTION els._apply_items(p_items jsonb) RETURNS jsonb
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
-    v_plan jsonb;
+    -- the plan, a column each (the new items: duplicates change nothing)
+    p_ord integer[];
+    p_kind text[];
+    p_batch text[];
+    p_key text[];
+    p_upload text[];
+    p_name text[];
+    p_raw text[];
+    p_size bigint[];
+    p_md5 text[];
+    p_corr text[];
+    p_source text[];
+    p_stamp text[];
+    p_code text[];
+    p_detail jsonb[];
+    p_outcome text[];
+    p_slot text[];
+    p_purged boolean[];
+    p_announced boolean[];
+    p_completing boolean[];
+    p_event uuid[];
     v_results jsonb;
     v_content boolean;
     v_failures boolean;
     v_fills boolean;
     v_purged boolean;
     v_completes boolean;
-    v_events jsonb;
 BEGIN
     WITH item AS MATERIALIZED (
         SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
@@ -262,19 +284,27 @@ BEGIN
                END AS own_event_id
           FROM decided AS d
     )
-    SELECT jsonb_agg(jsonb_build_object(
-               'ord', e.ord, 'kind', e.kind, 'batch_id', e.batch_id, 'item_key', e.item_key,
-               'file_upload_id', e.file_upload_id, 'original_file_name', e.original_file_name,
-               'raw_file_storage_id', e.raw_file_storage_id, 'file_size_bytes', e.file_size_bytes,
-               'content_md5_hash', e.content_md5_hash, 'correlation_id', e.correlation_id,
-               'source_event_id', e.source_event_id, 'event_timestamp', e.event_timestamp,
-               'validation_error_code', e.validation_error_code,
-               'validation_error_detail', e.validation_error_detail,
-               'outcome', e.outcome, 'slot_essay_id', e.slot_essay_id, 'purged', e.purged,
-               'announced', e.announced, 'completing', e.completing,
-               'own_event_id', e.own_event_id) ORDER BY e.ord)
-               FILTER (WHERE NOT e.duplicate),
-           jsonb_agg(jsonb_build_object('ord', e.ord, 'result', jsonb_build_object(
+    SELECT array_agg(e.ord ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.kind ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.batch_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.item_key ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.file_upload_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.original_file_name ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.raw_file_storage_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.file_size_bytes ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.content_md5_hash ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.correlation_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.source_event_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.event_timestamp ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.validation_error_code ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.validation_error_detail ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.outcome ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.slot_essay_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.purged ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.announced ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.completing ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.own_event_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+           jsonb_agg(jsonb_build_object('ord', e.ord, 'done', jsonb_build_object('ok', true, 'result', jsonb_build_object(
                'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
                'complete', e.complete,
                -- as the per-event functions always reported: content that is excess
@@ -283,13 +313,14 @@ BEGIN
                    e.own_event_id,
                    CASE WHEN e.completing AND NOT (e.kind = 'provision_content' AND e.outcome = 'excess')
                         THEN els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(e.batch_id))
-                   END], NULL))))),
+                   END], NULL)))))),
            coalesce(bool_or(e.kind = 'provision_content' AND NOT e.duplicate), false),
            coalesce(bool_or(e.kind = 'record_validation_failure' AND NOT e.duplicate), false),
            coalesce(bool_or(e.outcome IN ('assigned', 'recorded')), false),
            coalesce(bool_or(NOT e.duplicate AND e.purged AND NOT e.has_slots), false),
            coalesce(bool_or(e.completing), false)
-      INTO v_plan, v_results, v_content, v_failures, v_fills, v_purged, v_completes
+      INTO p_ord, p_kind, p_batch, p_key, p_upload, p_name, p_raw, p_size, p_md5, p_corr, p_source, p_stamp, p_code, p_detail, p_outcome, p_slot, p_purged, p_announced, p_completing, p_event,
+           v_results, v_content, v_failures, v_fills, v_purged, v_completes
       FROM evented AS e;
     IF v_content THEN
         INSERT INTO els.essay_content (
@@ -300,7 +331,11 @@ BEGIN
                p.file_upload_id, p.original_file_name, p.raw_file_storage_id, p.file_size_bytes,
                p.content_md5_hash, p.correlation_id, p.source_event_id, p.event_timestamp,
                CASE WHEN p.outcome <> 'pending' THEN now() END
-          FROM els._plan_rows(v_plan) AS p
+          FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_upload, p_name, p_raw,
+                      p_size, p_md5, p_corr, p_source, p_stamp)
+                AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, file_upload_id,
+                     original_file_name, raw_file_storage_id, file_size_bytes, content_md5_hash,
+                     correlation_id, source_event_id, event_timestamp)
          WHERE p.kind = 'provision_content'
          ORDER BY p.ord;
     END IF;
@@ -315,7 +350,11 @@ BEGIN
                p.validation_error_detail, p.raw_file_storage_id, p.file_size_bytes,
                p.correlation_id, p.source_event_id, p.event_timestamp,
                CASE WHEN p.outcome <> 'pending' THEN now() END
-          FROM els._plan_rows(v_plan) AS p
+          FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_name, p_code, p_detail,
+                      p_raw, p_size, p_corr, p_source, p_stamp)
+                AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, original_file_name,
+                     validation_error_code, validation_error_detail, raw_file_storage_id,
+                     file_size_bytes, correlation_id, source_event_id, event_timestamp)
          WHERE p.kind = 'record_validation_failure'
          ORDER BY p.ord;
     END IF;
@@ -326,39 +365,50 @@ BEGIN
                text_storage_id = CASE WHEN p.kind = 'provision_content' THEN p.item_key END,
                failed_file_upload_id = CASE WHEN p.kind = 'record_validation_failure' THEN p.item_key END,
                filled_at = now()
-          FROM els._plan_rows(v_plan) AS p
+          FROM unnest(p_kind, p_key, p_outcome, p_slot) AS p(kind, item_key, outcome, slot_essay_id)
          WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
     END IF;
     IF v_purged THEN
         -- the next purge deletes these late rows again (SPEC 10)
         UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
-         WHERE b.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.purged);
+         WHERE b.batch_id IN (SELECT p.batch_id FROM unnest(p_batch, p_purged) AS p(batch_id, purged)
+                               WHERE p.purged);
     END IF;
     IF v_completes THEN
         UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
-         WHERE t.batch_id IN (SELECT p.batch_id FROM els._plan_rows(v_plan) AS p WHERE p.completing);
+         WHERE t.batch_id IN (SELECT p.batch_id FROM unnest(p_batch, p_completing) AS p(batch_id, completing)
+                               WHERE p.completing);
     END IF;
     IF v_content OR v_completes THEN
-        -- in arrival order, each completion right after the event of the item that completed it
-        SELECT jsonb_agg(x.spec ORDER BY x.ord, x.sub) INTO v_events
-          FROM (SELECT p.ord, 0 AS sub,
-                       -- with the id the plan computed for the results
-                       jsonb_build_object('event_id', p.own_event_id) ||
+        -- The round's outbox rows, as els._emit_events writes them (the same envelope,
+        -- id and topic functions) but in one statement with the plan's columns: built
+        -- as a JSON list for _emit_events, they cost twice as much. In arrival order,
+        -- each completion right after the event of the item that completed it; a
+        -- completion's data is read after the slot updates above.
+        INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+        SELECT x.event_id, x.spec ->> 'event_type', els.output_topic(x.spec ->> 'event_type'),
+               x.spec ->> 'key',
+               els._envelope(x.event_id, x.spec ->> 'event_type', x.spec ->> 'correlation_id',
+                             x.spec -> 'data', els._event_timestamp())
+          FROM (SELECT p.ord, 0 AS sub, p.own_event_id AS event_id,
                        CASE WHEN p.outcome = 'assigned' THEN
                                 els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
                                                         p.item_key, p.original_file_name, p.correlation_id)
                             ELSE els._excess_spec(p.batch_id, p.original_file_name, p.item_key,
                                                   p.correlation_id) END AS spec
-                  FROM els._plan_rows(v_plan) AS p
+                  FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_upload, p_name,
+                              p_corr, p_announced, p_event)
+                        AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, file_upload_id,
+                             original_file_name, correlation_id, announced, own_event_id)
                  WHERE p.kind = 'provision_content' AND p.outcome IN ('assigned', 'excess')
                    AND NOT p.announced
                 UNION ALL
-                SELECT p.ord, 1, els._completion_spec(p.batch_id, 'all_slots_closed')
-                  FROM els._plan_rows(v_plan) AS p
-                 WHERE p.completing) AS x;
-        IF v_events IS NOT NULL THEN
-            PERFORM els._emit_events(v_events);
-        END IF;
+                SELECT p.ord, 1,
+                       els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(p.batch_id)),
+                       els._completion_spec(p.batch_id, 'all_slots_closed')
+                  FROM unnest(p_ord, p_batch, p_completing) AS p(ord, batch_id, completing)
+                 WHERE p.completing) AS x
+         ORDER BY x.ord, x.sub;
     END IF;
     RETURN v_results;
 END
@@ -582,7 +632,7 @@ CREATE FUNCTION els._emit_events(p_events jsonb) RETURNS uuid[]
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_timestamp text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+    v_timestamp text := els._event_timestamp();
     v_ids uuid[];
     v_item jsonb;
     v_id uuid;
@@ -651,6 +701,10 @@ CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
     RETURN (encode(set_byte(set_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6) & 15) | 48)), 8, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 8) & 63) | 128)), 'hex'::text))::uuid;
 ALTER FUNCTION els._event_id(p_event_type text, p_identity jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) IS 'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text form is unambiguous even when ids contain separators).';
+CREATE FUNCTION els._event_timestamp() RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN to_char((now() AT TIME ZONE 'UTC'::text), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'::text);
+ALTER FUNCTION els._event_timestamp() OWNER TO els_owner;
 CREATE FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'ExcessContentProvisioned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'original_file_name', p_original_file_name, 'text_storage_id', p_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'));
@@ -708,18 +762,6 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._object_field(p_payload jsonb, p_field text) OWNER TO els_owner;
-CREATE FUNCTION els._plan_rows(p_plan jsonb) RETURNS TABLE(ord integer, kind text, batch_id text, item_key text, file_upload_id text, original_file_name text, raw_file_storage_id text, file_size_bytes bigint, content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text, validation_error_code text, validation_error_detail jsonb, outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean, own_event_id uuid)
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$
-    SELECT * FROM jsonb_to_recordset(p_plan) AS x(
-        ord integer, kind text, batch_id text, item_key text, file_upload_id text,
-        original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
-        content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
-        validation_error_code text, validation_error_detail jsonb,
-        outcome text, slot_essay_id text, purged boolean, announced boolean, completing boolean,
-        own_event_id uuid)
-$$;
-ALTER FUNCTION els._plan_rows(p_plan jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
@@ -1933,11 +1975,11 @@ REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_corre
 REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;
+REVOKE ALL ON FUNCTION els._event_timestamp() FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._object_field(p_payload jsonb, p_field text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._plan_rows(p_plan jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._read_content(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._read_failure(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._read_registration(p_event jsonb) FROM PUBLIC;

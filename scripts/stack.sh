@@ -286,9 +286,11 @@ pg_prepare_dir() {
 # ELS_DATABASE_URL names), as background workers (no connection, no password).
 PG_CRON_LIB="/usr/lib/postgresql/${PGVER}/lib/pg_cron.so"
 pg_preload_libraries() {
+    # pg_stat_statements: per-statement figures, nested ones too (bench/profile.py)
     if [[ -f "$PG_CRON_LIB" ]]; then
-        printf 'pg_cron'
+        printf 'pg_cron,'
     fi
+    printf 'pg_stat_statements'
 }
 
 pg_write_conf() {

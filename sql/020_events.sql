@@ -68,18 +68,27 @@ RETURN jsonb_build_object(
                                          'timestamp', p_timestamp),
     'metadata', '{}'::jsonb);
 
+-- The timestamp of the events a transaction emits (its start, UTC, ISO-8601 with
+-- microseconds): the same for every event of the transaction.
+CREATE OR REPLACE FUNCTION els._event_timestamp()
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+
 -- Appends events to the outbox, set-based: one row of p_events per event, each
 -- {"event_type", "key" (message key = batch id), "identity", "correlation_id",
 -- "data"}. "identity" is a JSON array of the ids that name the logical event
 -- (its text form is unambiguous even when ids contain separators). An item may
 -- carry its "event_id" already (els._event_id of the same type and identity,
 -- computed by a caller that needs it anyway): then it is not computed again.
--- Returns the new event ids in input order.
+-- Returns the new event ids in input order. (The other writer of outbox rows is
+-- els._apply_items, which builds them with the same _envelope, _event_id and
+-- output_topic from its plan's columns.)
 CREATE OR REPLACE FUNCTION els._emit_events(p_events jsonb)
 RETURNS uuid[]
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
-    v_timestamp text := to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+    v_timestamp text := els._event_timestamp();
     v_ids uuid[];
     v_item jsonb;
     v_id uuid;
@@ -121,7 +130,7 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]),
-    els.output_topic(text), els._envelope(uuid, text, text, jsonb, text),
+    els.output_topic(text), els._envelope(uuid, text, text, jsonb, text), els._event_timestamp(),
     els._emit_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els._event_id(text, jsonb), els.stable_event_id(text, text[]), els.output_topic(text)
     TO els_worker, els_readonly;
