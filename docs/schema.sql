@@ -273,37 +273,46 @@ BEGIN
                                                               jsonb_build_array(j.batch_id, j.item_key))))
                    AS announced
           FROM judged AS j
-    ), evented AS MATERIALIZED (
+    ), digested AS MATERIALIZED (
+        -- the digest of the item's own event, computed once (its own step: els._event_id
+        -- inlined would compute it three times)
         SELECT d.*,
                CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
                          OR d.announced THEN NULL
                     WHEN d.outcome = 'assigned' THEN
-                        els._event_id('EssaySlotAssigned',
-                                      jsonb_build_array(d.batch_id, d.slot_essay_id, d.item_key))
-                    ELSE els._event_id('ExcessContentProvisioned', jsonb_build_array(d.batch_id, d.item_key))
-               END AS own_event_id
+                        els._event_digest('EssaySlotAssigned',
+                                          jsonb_build_array(d.batch_id, d.slot_essay_id, d.item_key))
+                    ELSE els._event_digest('ExcessContentProvisioned',
+                                           jsonb_build_array(d.batch_id, d.item_key))
+               END AS own_digest
           FROM decided AS d
+    ), evented AS MATERIALIZED (
+        SELECT d.*, els._uuid_v3(d.own_digest) AS own_event_id
+          FROM digested AS d
     )
-    SELECT array_agg(e.ord ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.kind ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.batch_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.item_key ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.file_upload_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.original_file_name ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.raw_file_storage_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.file_size_bytes ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.content_md5_hash ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.correlation_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.source_event_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.event_timestamp ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.validation_error_code ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.validation_error_detail ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.outcome ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.slot_essay_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.purged ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.announced ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.completing ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.own_event_id ORDER BY e.ord) FILTER (WHERE NOT e.duplicate),
+    -- the plan's columns: no ORDER BY, each would sort on its own; the arrays of one
+    -- aggregate node are aligned (the same rows in the same order), and every write
+    -- statement orders by ord where the order matters
+    SELECT array_agg(e.ord) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.kind) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.batch_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.item_key) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.file_upload_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.original_file_name) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.raw_file_storage_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.file_size_bytes) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.content_md5_hash) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.correlation_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.source_event_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.event_timestamp) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.validation_error_code) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.validation_error_detail) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.outcome) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.slot_essay_id) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.purged) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.announced) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.completing) FILTER (WHERE NOT e.duplicate),
+           array_agg(e.own_event_id) FILTER (WHERE NOT e.duplicate),
            jsonb_agg(jsonb_build_object('ord', e.ord, 'done', jsonb_build_object('ok', true, 'result', jsonb_build_object(
                'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
                'complete', e.complete,
@@ -696,9 +705,17 @@ CREATE FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_id', p_event_id, 'event_type', els.output_topic(p_event_type), 'event_timestamp', p_timestamp, 'source_service', 'essay_lifecycle_service', 'schema_version', 1, 'correlation_id', p_correlation_id, 'data', (p_data || jsonb_build_object('correlation_id', p_correlation_id, 'timestamp', p_timestamp)), 'metadata', '{}'::jsonb);
 ALTER FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) OWNER TO els_owner;
+CREATE FUNCTION els._event_digest(p_event_type text, p_identity jsonb) RETURNS bytea
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text);
+ALTER FUNCTION els._event_digest(p_event_type text, p_identity jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._uuid_v3(p_digest bytea) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (encode(set_byte(set_byte(p_digest, 6, ((get_byte(p_digest, 6) & 15) | 48)), 8, ((get_byte(p_digest, 8) & 63) | 128)), 'hex'::text))::uuid;
+ALTER FUNCTION els._uuid_v3(p_digest bytea) OWNER TO els_owner;
 CREATE FUNCTION els._event_id(p_event_type text, p_identity jsonb) RETURNS uuid
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN (encode(set_byte(set_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 6) & 15) | 48)), 8, ((get_byte(decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text), 8) & 63) | 128)), 'hex'::text))::uuid;
+    RETURN els._uuid_v3(els._event_digest(p_event_type, p_identity));
 ALTER FUNCTION els._event_id(p_event_type text, p_identity jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) IS 'Name-based UUID v3 of an event type and its identity (a JSON array of ids, whose text form is unambiguous even when ids contain separators).';
 CREATE FUNCTION els._event_timestamp() RETURNS text
@@ -1972,6 +1989,12 @@ REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_worker;
 GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_readonly;
 REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_worker;
+GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_readonly;
+REVOKE ALL ON FUNCTION els._uuid_v3(p_digest bytea) FROM PUBLIC;
+GRANT ALL ON FUNCTION els._uuid_v3(p_digest bytea) TO els_worker;
+GRANT ALL ON FUNCTION els._uuid_v3(p_digest bytea) TO els_readonly;
 REVOKE ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;

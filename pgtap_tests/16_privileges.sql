@@ -39,6 +39,7 @@ SELECT results_eq(
              ('els._emit_events(jsonb)', false, false),
              ('els._enum_field(jsonb,text,text[])', false, false),
              ('els._envelope(uuid,text,text,jsonb,text)', false, false),
+             ('els._event_digest(text,jsonb)', true, true),
              ('els._event_id(text,jsonb)', true, true),
              ('els._event_timestamp()', false, false),
              ('els._excess_spec(text,text,text,text)', false, false),
@@ -60,6 +61,7 @@ SELECT results_eq(
              ('els._timestamp_field(jsonb,text)', false, false),
              ('els._try_lock_batch(text)', false, false),
              ('els._unwrap_event(jsonb,text,text)', false, false),
+             ('els._uuid_v3(bytea)', true, true),
              ('els.apply_events(jsonb)', true, false),
              ('els.apply_events(text[],text[])', true, false),
              ('els.batch_health(interval)', true, true),
@@ -79,7 +81,7 @@ SELECT results_eq(
              ('els.set_aside_outbox(bigint,text)', true, false),
              ('els.stable_event_id(text,text[])', true, true),
              ('els.stuck_batch_list(interval,integer)', true, true)$$,
-    'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody, but _event_id behind stable_event_id)');
+    'EXECUTE matrix of every els function for els_worker and els_readonly (internal helpers: nobody, but _event_id and its parts behind stable_event_id)');
 
 -- function_privs_are for the public API
 SELECT function_privs_are('els', f, ARRAY['jsonb'], 'els_worker', ARRAY['EXECUTE'],

@@ -1,0 +1,103 @@
+"""The direct-SQL A/B: a git revision's functions against the working tree's, side by
+side, on the e2e stream, with no Kafka and no worker in between.
+
+    .venv/bin/python -m bench.sql_ab [--base REV] [--reps N] [--batches N] [--modes set,...]
+
+Each repetition applies the same stream (registrations of 10-essay batches, each
+followed by its 10 contents) once per variant, in micro-batches of the worker's size,
+in one session on a fresh clone of the seeded template; the order of the variants
+alternates between repetitions, so the machine's drift falls on all of them alike. A
+variant is a revision (``base``: its sql/ loaded into the database, or the working
+tree's) and a mode (``set``: one ``els.apply_events`` call per micro-batch, as the
+worker calls it; ``per_event``: one pipelined call per event, as the worker before the
+set-based core did; ``floor``: the same rows by plain INSERT/UPDATE, no rules). The
+first quarter of the stream warms the session up (generic plans); then the rest is
+timed: wall time and the server process's CPU time (from /proc: the stack runs on
+this machine), per event, medians over the repetitions, and each variant's ratio to
+the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from bench import common, e2e
+from bench.profile import _apply
+
+TICKS = 100.0  # USER_HZ: /proc's unit of CPU time
+
+
+def _backend_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def _run(stack: common.Stack, sql_dir: Path | None, mode: str,
+         chunks: list[list[tuple[str, str]]], warm: int) -> tuple[float, float]:
+    """Seconds of wall time and of server CPU for the measured part of the stream."""
+    slots: dict[str, list[str]] = {}
+    with common.fresh_database(stack, "sqlab") as url:
+        if sql_dir is not None:
+            e2e.load_sql(url, sql_dir)
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            pid = row[0]
+            for chunk in chunks[:warm]:
+                _apply(conn, chunk, mode, slots)
+            cpu0, t0 = _backend_cpu(pid), time.perf_counter()
+            for chunk in chunks[warm:]:
+                _apply(conn, chunk, mode, slots)
+            return time.perf_counter() - t0, _backend_cpu(pid) - cpu0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default="main", help="git revision to compare against")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=1200)
+    ap.add_argument("--modes", default="base:per_event,base:set,tree:set",
+                    help="variants, each REVISION:MODE with REVISION base or tree")
+    args = ap.parse_args()
+
+    stack = common.stack_from_env()
+    common.build_template(stack, print)
+    stream = e2e.build_stream(args.batches)
+    messages = [(t, v) for t, _, v in stream.messages]
+    chunks = [messages[s:s + e2e.GROUP] for s in range(0, len(messages), e2e.GROUP)]
+    warm = max(1, len(chunks) // 4)
+    measured = sum(len(c) for c in chunks[warm:])
+    variants = args.modes.split(",")
+    results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="els-sqlab-") as tmp:
+        archive = subprocess.run(["git", "archive", args.base, "sql"], cwd=common.ROOT,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        dirs = {"base": Path(tmp) / "sql", "tree": None}
+        for rep in range(args.reps):
+            for variant in (variants if rep % 2 == 0 else variants[::-1]):
+                revision, mode = variant.split(":")
+                results[variant].append(_run(stack, dirs[revision], mode, chunks, warm))
+                wall, cpu = results[variant][-1]
+                print(f"rep {rep + 1} {variant}: {wall * 1e6 / measured:.0f} µs/event wall, "
+                      f"{cpu * 1e6 / measured:.0f} µs/event server CPU", flush=True)
+    print(f"\n{measured} events measured per run ({args.batches} batches, micro-batches of "
+          f"{e2e.GROUP}, {warm} warm-up), medians of {args.reps}; base = {args.base}")
+    print(f"{'variant':<16} {'wall µs/event':>14} {'server CPU µs/event':>20} {'ratio (CPU)':>12}")
+    first = None
+    for variant in variants:
+        wall = statistics.median(w for w, _ in results[variant]) * 1e6 / measured
+        cpu = statistics.median(c for _, c in results[variant]) * 1e6 / measured
+        first = first or cpu
+        print(f"{variant:<16} {wall:14.0f} {cpu:20.0f} {cpu / first:11.2f}x")
+
+
+if __name__ == "__main__":
+    main()
