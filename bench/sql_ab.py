@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("--base", default="main", help="git revision to compare against")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batches", type=int, default=1200)
+    ap.add_argument("--order", choices=("registration_first", "content_first"),
+                    default="registration_first",
+                    help="each batch's registration before its contents, as produced, or "
+                         "contents first, as a worker mostly meets them (e2e.content_first)")
     ap.add_argument("--modes", default="base:per_event,base:set,tree:set",
                     help="variants, each REVISION:MODE with REVISION base or tree")
     args = ap.parse_args()
@@ -71,6 +75,8 @@ def main() -> None:
     common.build_template(stack, print)
     stream = e2e.build_stream(args.batches)
     messages = [(t, v) for t, _, v in stream.messages]
+    if args.order == "content_first":
+        messages = e2e.content_first(messages)
     chunks = [messages[s:s + e2e.GROUP] for s in range(0, len(messages), e2e.GROUP)]
     warm = max(1, len(chunks) // 4)
     measured = sum(len(c) for c in chunks[warm:])

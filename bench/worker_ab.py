@@ -77,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([v, w, f"{median([r.rate for r in rs]):,.0f}/s",
                      f"{median([r.steady_rate for r in rs]):,.0f}/s",
                      per_event("worker processes"), per_event("their PG backends"),
+                     per_event("PG: apply"), per_event("PG: relay"),
                      per_event("Kafka broker"), f"{busy * 100:.0f}%"])
     print(f"{events:,} events, medians of {args.reps}, worker logs in {logs}\n")
     print(common.table(["variant", "worker", "events/s", "steady", "worker CPU µs/event",
-                        "PG CPU µs/event", "broker CPU µs/event", "machine busy"], rows))
+                        "PG CPU µs/event", "of which apply", "of which relay",
+                        "broker CPU µs/event", "machine busy"], rows))
     return 0
 
 
