@@ -184,7 +184,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             "ELS_TOPIC_OUT_EXCESS": self.topics["excess"],
             "ELS_METRICS_PORT": "0",
             "ELS_METRICS_HOST": "127.0.0.1",
-            "ELS_KAFKA_CONFIG": json.dumps(self.kafka_config(index)),
+            "ELS_KAFKA_CONSUMER_CONFIG": json.dumps(self.kafka_config(index)),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.cfg.worker_env)
@@ -419,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", choices=["private", "shared"])
     parser.add_argument("--kafka-bootstrap")
     parser.add_argument("--worker-kafka-config", type=json.loads,
-                        help="ELS_KAFKA_CONFIG of the workers, a JSON object (replaces the "
-                             "default, a 10 s session timeout)")
+                        help="ELS_KAFKA_CONSUMER_CONFIG of the workers, a JSON object "
+                             "(replaces the default, a 10 s session timeout)")
     parser.add_argument("--tamper", action="store_true", default=None,
                         help="negative control: damage the final state in five ways before "
                              "verifying; the run must FAIL and list each")

@@ -165,6 +165,12 @@ class Config:
         {},
         "Extra librdkafka settings for every client, as a JSON object (e.g. security).",
     )
+    kafka_consumer_extra: dict[str, Any] = _setting(
+        "ELS_KAFKA_CONSUMER_CONFIG",
+        {},
+        "Extra librdkafka settings for the input consumer only, as a JSON object (e.g. "
+        "session.timeout.ms, group.instance.id); over ELS_KAFKA_CONFIG.",
+    )
     log_level: str = _setting("ELS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")
     log_events: bool = _setting("ELS_LOG_EVENTS", True, "One JSON log line per event (true/false).")
 
@@ -205,10 +211,17 @@ class Config:
         return [self.output_topic(o.name, o.topic) for o in contract.OUTPUTS]
 
     def kafka(self, **settings: Any) -> dict[str, Any]:
+        """A client's librdkafka settings: bootstrap, ELS_KAFKA_CONFIG, then ``settings``."""
         conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
         conf.update(self.kafka_extra)
         conf.update(settings)
         return conf
+
+    def kafka_consumer(self, **settings: Any) -> dict[str, Any]:
+        """The input consumer's: as ``kafka``, with ELS_KAFKA_CONSUMER_CONFIG over
+        ELS_KAFKA_CONFIG (consumer properties given to a producer only draw warnings).
+        ``settings`` still win: the offset and commit semantics are not configurable."""
+        return self.kafka(**{**self.kafka_consumer_extra, **settings})
 
 
 def _default(f: Any) -> Any:
