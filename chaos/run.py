@@ -255,8 +255,9 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
             group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=20)
             log(f"group {self.group}: state {group.state}, members:")
+            kinds = {topic: kind for kind, topic in self.topics.items()}
             for m in group.members:
-                owned = [f"{tp.topic.rsplit('.', 3)[-2]}[{tp.partition}]"
+                owned = [f"{kinds.get(tp.topic, tp.topic)}[{tp.partition}]"
                          for tp in (m.assignment.topic_partitions if m.assignment else [])]
                 log(f"  {m.client_id} {m.member_id} instance {m.group_instance_id}: {owned}")
         except Exception as exc:  # diagnostics only

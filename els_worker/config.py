@@ -168,8 +168,8 @@ class Config:
     kafka_consumer_extra: dict[str, Any] = _setting(
         "ELS_KAFKA_CONSUMER_CONFIG",
         {},
-        "Extra librdkafka settings for the input consumer only, as a JSON object (e.g. "
-        "session.timeout.ms, group.instance.id); over ELS_KAFKA_CONFIG.",
+        "Extra librdkafka settings for the consumers only (the input consumer, dlq-replay's),"
+        " as a JSON object (e.g. session.timeout.ms, group.instance.id); over ELS_KAFKA_CONFIG.",
     )
     log_level: str = _setting("ELS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")
     log_events: bool = _setting("ELS_LOG_EVENTS", True, "One JSON log line per event (true/false).")
@@ -218,7 +218,7 @@ class Config:
         return conf
 
     def kafka_consumer(self, **settings: Any) -> dict[str, Any]:
-        """The input consumer's: as ``kafka``, with ELS_KAFKA_CONSUMER_CONFIG over
+        """A consumer's: as ``kafka``, with ELS_KAFKA_CONSUMER_CONFIG over
         ELS_KAFKA_CONFIG (consumer properties given to a producer only draw warnings).
         ``settings`` still win: the offset and commit semantics are not configurable."""
         return self.kafka(**{**self.kafka_consumer_extra, **settings})

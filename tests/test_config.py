@@ -13,8 +13,8 @@ ENV = {
 }
 
 
-def test_consumer_settings_reach_the_consumer_only() -> None:
-    """ELS_KAFKA_CONSUMER_CONFIG goes to the input consumer, over ELS_KAFKA_CONFIG; the
+def test_consumer_settings_reach_the_consumers_only() -> None:
+    """ELS_KAFKA_CONSUMER_CONFIG goes to the consumers, over ELS_KAFKA_CONFIG; the
     producers and the admin client get ELS_KAFKA_CONFIG alone (consumer properties make
     librdkafka warn on every producer start). The worker's own settings win over both:
     offsets are committed only after the database transaction, whatever is configured."""
