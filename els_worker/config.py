@@ -117,6 +117,14 @@ class Config:
         "/healthz fails when the consumer loop or the last good database contact is older.",
         1,
     )
+    partition_stall_seconds: int = _setting(
+        "ELS_PARTITION_STALL_SECONDS",
+        30,
+        "A partition of ours with messages beyond our position but none delivered this long "
+        "(while the loop polls) is stalled: logged, counted, /healthz 503, and a seek to "
+        "its next unprocessed offset restarts its fetch; 0: off.",
+        0,
+    )
     batch_deadline_seconds: int = _setting(
         "ELS_BATCH_DEADLINE_SECONDS",
         0,
