@@ -137,6 +137,9 @@ class Watchdog:
         now = time.monotonic()
         for tp in partitions:
             self._parts[(tp.topic, tp.partition)] = _Partition(quiet_since=now)
+            # the series exists at 0 from the assignment on, so increase() sees the first
+            # stall and the alert's metric is there for a healthy worker too
+            self.metrics.partition_stall_counter(tp.topic, str(tp.partition))
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Revoked or lost: forget them (a later assignment starts afresh)."""
@@ -154,7 +157,7 @@ class Watchdog:
             if part is None:  # delivered before the assignment reached us: ours anyway
                 part = self._parts[key] = _Partition(quiet_since=now)
             part.quiet_since = now
-            part.next_offset = max(nxt, part.next_offset or 0)
+            part.next_offset = nxt  # the latest, even below an earlier one (a truncated log)
             if part.stalls:
                 log(logging.INFO, "stalled partition delivers again", topic=key[0],
                     partition=key[1], next_offset=part.next_offset, stalls=part.stalls)
