@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from els_worker.apply import BatchProcessor
 from els_worker.config import Config
@@ -26,7 +26,7 @@ from els_worker.observability import Metrics
 from els_worker.watchdog import PartitionStats, Verdict, assess, parse_stats
 from testkit import events as ev
 from testkit.db import query
-from testkit.kafka import Topics, event_bytes, produce, read_topic
+from testkit.kafka import Topics, event_bytes, read_topic
 from testkit.worker import wait_until, worker_env
 
 # --- the decision ------------------------------------------------------------------
@@ -110,6 +110,8 @@ class StickingConsumer(Consumer):
         self.recovery_seeks: list[int] = []
         self.health_at_seek: dict[str, Any] | None = None
         self.health: Health | None = None
+        # per partition, the watchdog's looks at it (end-offset queries) since the recovery
+        self.looks_since_recovery: dict[int, int] = defaultdict(int)
 
     def _withhold(self, msgs: list[Message]) -> list[Message]:
         kept = []
@@ -137,6 +139,12 @@ class StickingConsumer(Consumer):
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         return self._withhold(super().consume(num_messages, timeout))
 
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = -1,
+                              cached: bool = False) -> tuple[int, int]:
+        if self.recovery_seeks:
+            self.looks_since_recovery[partition.partition] += 1
+        return super().get_watermark_offsets(partition, timeout, cached)
+
     def seek(self, partition: TopicPartition) -> None:
         if (partition.topic, partition.partition) == self.victim and self.stuck:
             self.stuck = False
@@ -145,6 +153,18 @@ class StickingConsumer(Consumer):
                 self.health_at_seek = self.health.status()[1]
             super().resume([TopicPartition(partition.topic, partition.partition)])
         super().seek(partition)
+
+
+def _produce_in_one_transaction(bootstrap: str, messages: list[tuple[str, bytes, bytes]]) -> None:
+    """As dlq-replay writes the input topics: in a transaction, whose commit marker then
+    ends every partition it wrote (an offset no message is delivered at)."""
+    producer = Producer({"bootstrap.servers": bootstrap,
+                         "transactional.id": f"test-stall-{uuid.uuid4().hex[:8]}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for topic, key, value in messages:
+        producer.produce(topic, key=key, value=value)
+    producer.commit_transaction(30)
 
 
 def _registered(db_url: str, batch_ids: list[str]) -> int:
@@ -159,7 +179,7 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
 ) -> None:
     topics = unique_topics
     batch_ids = [f"stall-{n}-{uuid.uuid4().hex[:6]}" for n in range(24)]
-    produce(kafka_bootstrap, [
+    _produce_in_one_transaction(kafka_bootstrap, [
         (topics.batch_registered, b.encode(),
          event_bytes(ev.registration(b, [f"{b}-e{i}" for i in range(2)])))
         for b in batch_ids
@@ -208,6 +228,11 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
                    "every registration applied, the stuck partition's too",
                    lambda: f"struck={consumer.struck} withheld={consumer.withheld} "
                            f"seeks={consumer.recovery_seeks} victim={victim}")
+        # every partition looked at twice more after the recovery: the others, idle at
+        # their commit markers, and the victim, flowing again, are not stalls
+        wait_until(lambda: all(consumer.looks_since_recovery[p] >= 2 for p in by_partition),
+                   60, "two more looks at every partition",
+                   lambda: str(dict(consumer.looks_since_recovery)))
     finally:
         stop.set()
         runner.join(30)
@@ -222,16 +247,17 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
     assert _registered(db_url, victim_batches) == len(victim_batches)
     # the watchdog sought it to the next unprocessed offset: the one it stuck at
     assert consumer.recovery_seeks == [stick_at]
-    assert metrics.registry.get_sample_value(
-        "els_consumer_partition_stalls_total",
-        {"topic": victim[0], "partition": str(victim[1])}) == 1
+    for p in by_partition:
+        assert metrics.registry.get_sample_value(
+            "els_consumer_partition_stalls_total",
+            {"topic": victim[0], "partition": str(p)}) == (1 if p == victim[1] else 0)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING
                 and r.getMessage().startswith("partition stalled")]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     fields = warnings[0].fields  # type: ignore[attr-defined]
     assert (fields["topic"], fields["partition"]) == victim
     assert fields["position"] == stick_at
-    assert fields["high_offset"] == len(victim_msgs)
+    assert fields["high_offset"] == len(victim_msgs) + 1  # its messages, the commit marker
     assert {"fetch_state", "leader"} <= fields.keys()
     # /healthz named the partition while it was stalled, and no longer does
     assert consumer.health_at_seek is not None
