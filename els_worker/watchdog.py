@@ -43,7 +43,7 @@ class Verdict(enum.Enum):
     WAIT = "wait"  # not quiet for the stall timeout yet
     UNKNOWN = "unknown"  # our next offset or the broker's end offset is not known
     CAUGHT_UP = "caught_up"  # nothing beyond our position: quiet because idle
-    QUEUED = "queued"  # fetched messages wait in librdkafka's queue: the loop is behind
+    QUEUED = "queued"  # fetched, waiting in the consumer queue: the loop is behind
     STALLED = "stalled"
 
 
@@ -55,11 +55,13 @@ class PartitionStats:
 
     fetch_state: str
     leader: int
+    # the fetcher's position: the offset after the last message it fetched (ahead of
+    # ours while fetched messages wait in the consumer queue)
+    next_offset: int
     hi_offset: int
     ls_offset: int
     # the length of the queue the partition's fetch queue forwards to: for the
-    # high-level consumer the consumer queue all partitions share. > 0: fetched
-    # messages wait for poll()
+    # high-level consumer the consumer queue all partitions share
     fetchq_cnt: int
 
 
@@ -71,8 +73,8 @@ def parse_stats(stats: Mapping[str, Any]) -> dict[Key, PartitionStats]:
                 continue
             try:
                 out[(tname, int(pname))] = PartitionStats(
-                    str(p["fetch_state"]), int(p["leader"]), int(p["hi_offset"]),
-                    int(p["ls_offset"]), int(p["fetchq_cnt"]))
+                    str(p["fetch_state"]), int(p["leader"]), int(p["next_offset"]),
+                    int(p["hi_offset"]), int(p["ls_offset"]), int(p["fetchq_cnt"]))
             except (KeyError, TypeError, ValueError):
                 continue
     return out
@@ -88,12 +90,15 @@ def assess(*, quiet_for: float, timeout: float, next_offset: int | None,
     ``position``: librdkafka's position for it (the offset after the last message or
     transaction marker it passed to the application; None: not known, e.g. after a seek);
     ``end``: the broker's end offset now (its last stable offset under read_committed);
-    ``stats``: the partition's latest statistics (None: none received).
+    ``stats``: the partition's latest statistics (None: none received; librdkafka
+    queues them ahead of messages, so they are at most one interval old).
 
     Stalled: quiet for the timeout, the broker holds messages beyond both our next
     offset and librdkafka's position (a transaction marker at the end advances the
-    position, never delivers a message), and no fetched message waits in librdkafka's
-    queue.
+    position, never delivers a message), and they do not wait in the consumer queue:
+    the fetcher has not fetched beyond them, or the queue is empty (fetched ahead with
+    messages queued, they wait behind other partitions': the loop is behind, not the
+    fetcher).
     """
     if quiet_for < timeout:
         return Verdict.WAIT
@@ -102,7 +107,7 @@ def assess(*, quiet_for: float, timeout: float, next_offset: int | None,
     reached = max(next_offset, position if position is not None and position >= 0 else -1)
     if end <= reached:
         return Verdict.CAUGHT_UP
-    if stats is not None and stats.fetchq_cnt > 0:
+    if stats is not None and stats.next_offset > reached and stats.fetchq_cnt > 0:
         return Verdict.QUEUED
     return Verdict.STALLED
 
@@ -239,7 +244,9 @@ class Watchdog:
             "arrive; seeking it to the next unprocessed offset", topic=topic,
             partition=partition, position=next_offset, high_offset=end,
             fetch_state=fetch_state, leader=leader, librdkafka_position=position,
-            quiet_seconds=round(quiet_for, 1), attempt=part.stalls)
+            fetch_offset=st.next_offset if st else None,
+            queued=st.fetchq_cnt if st else None, quiet_seconds=round(quiet_for, 1),
+            attempt=part.stalls)
         self._stalled[key] = (f"position {next_offset}, broker end {end}, nothing delivered "
                               f"for {quiet_for:.0f} s (fetch_state {fetch_state}, leader "
                               f"{leader}, attempt {part.stalls})")

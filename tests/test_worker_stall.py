@@ -31,8 +31,8 @@ from testkit.worker import wait_until, worker_env
 
 # --- the decision ------------------------------------------------------------------
 
-STUCK = PartitionStats(fetch_state="validate-epoch-wait", leader=1, hi_offset=537,
-                       ls_offset=537, fetchq_cnt=0)
+STUCK = PartitionStats(fetch_state="validate-epoch-wait", leader=1, next_offset=537,
+                       hi_offset=537, ls_offset=537, fetchq_cnt=0)
 
 
 def _assess(**kw: Any) -> Verdict:
@@ -50,6 +50,8 @@ def test_the_incident_is_a_stall() -> None:
     assert _assess(stats=None) is Verdict.STALLED  # no statistics received: still decided
     assert _assess(position=537) is Verdict.STALLED  # librdkafka at our position, no further
     assert _assess(position=12) is Verdict.STALLED  # an older position changes nothing
+    # other partitions' messages waiting in the shared consumer queue change nothing either
+    assert _assess(stats=PartitionStats("active", 1, 537, 537, 537, 40_000)) is Verdict.STALLED
 
 
 def test_quiet_for_less_than_the_timeout_waits() -> None:
@@ -68,9 +70,16 @@ def test_a_transaction_marker_at_the_end_is_not_a_stall() -> None:
 
 
 def test_fetched_messages_waiting_for_poll_mean_the_loop_is_behind() -> None:
-    busy = PartitionStats(fetch_state="active", leader=1, hi_offset=540, ls_offset=540,
-                          fetchq_cnt=250)
+    """A backlog: the fetcher fetched up to 540, the messages wait in the consumer queue
+    behind other partitions' for longer than the timeout. Seeking would only send them
+    to the back of the queue again."""
+    busy = PartitionStats(fetch_state="active", leader=1, next_offset=540, hi_offset=540,
+                          ls_offset=540, fetchq_cnt=90_000)
     assert _assess(stats=busy) is Verdict.QUEUED
+    # fetched ahead, but nothing waits in the queue: the messages are nowhere, a stall
+    gone = PartitionStats(fetch_state="active", leader=1, next_offset=540, hi_offset=540,
+                          ls_offset=540, fetchq_cnt=0)
+    assert _assess(stats=gone) is Verdict.STALLED
 
 
 def test_unknown_offsets_decide_nothing() -> None:
@@ -80,13 +89,14 @@ def test_unknown_offsets_decide_nothing() -> None:
 
 def test_statistics_parsed_per_partition() -> None:
     stats = {"topics": {"t.in": {"partitions": {
-        "0": {"fetch_state": "offset-query", "leader": 2, "hi_offset": 540, "ls_offset": 539,
-              "fetchq_cnt": 0, "consumer_lag": 3},
+        "0": {"fetch_state": "offset-query", "leader": 2, "next_offset": 537, "hi_offset": 540,
+              "ls_offset": 539, "fetchq_cnt": 0, "consumer_lag": 3},
         "1": {"fetch_state": "active", "leader": 1},  # incomplete: skipped
-        "-1": {"fetch_state": "none", "leader": -1, "hi_offset": -1001, "ls_offset": -1001,
-               "fetchq_cnt": 0},
+        "-1": {"fetch_state": "none", "leader": -1, "next_offset": 0, "hi_offset": -1001,
+               "ls_offset": -1001, "fetchq_cnt": 0},
     }}}}
-    assert parse_stats(stats) == {("t.in", 0): PartitionStats("offset-query", 2, 540, 539, 0)}
+    assert parse_stats(stats) == {
+        ("t.in", 0): PartitionStats("offset-query", 2, 537, 540, 539, 0)}
     assert parse_stats({}) == {}
 
 
