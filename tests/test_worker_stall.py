@@ -3,13 +3,15 @@
 The decision on its own (a pure function over what the loop delivered, librdkafka's
 statistics and the broker's end offset), then the consume loop against the real broker
 and database with a consumer whose fetcher sticks on one partition, as librdkafka's
-did in the chaos runs after a broker restart: the watchdog notices, seeks, and every
-event of that partition is applied."""
+did in the chaos runs after a broker restart, while the other partitions flow: the
+watchdog notices, seeks, and every event of that partition is applied; the partitions
+idle at transaction markers are never taken for stalled."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from typing import Any
@@ -177,6 +179,38 @@ def _produce_in_one_transaction(bootstrap: str, messages: list[tuple[str, bytes,
     producer.commit_transaction(30)
 
 
+class Trickle(threading.Thread):
+    """Registrations to the partitions other than the victim, one transaction each, every
+    0.1 s until ``until()``: the other partitions flow while the victim is stuck."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: list[int],
+                 until: Any) -> None:
+        super().__init__(name="trickle", daemon=True)
+        self.bootstrap, self.topic, self.partitions, self.until = (
+            bootstrap, topic, partitions, until)
+        self.batch_ids: list[str] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            producer = Producer({"bootstrap.servers": self.bootstrap,
+                                 "transactional.id": f"test-trickle-{uuid.uuid4().hex[:8]}"})
+            producer.init_transactions(30)
+            n = 0
+            while not self.until() and n < 600:
+                batch_id = f"trickle-{n}-{uuid.uuid4().hex[:6]}"
+                producer.begin_transaction()
+                producer.produce(self.topic, partition=self.partitions[n % len(self.partitions)],
+                                 key=batch_id.encode(),
+                                 value=event_bytes(ev.registration(batch_id, [f"{batch_id}-e0"])))
+                producer.commit_transaction(30)
+                self.batch_ids.append(batch_id)
+                n += 1
+                time.sleep(0.1)
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
 def _registered(db_url: str, batch_ids: list[str]) -> int:
     rows = query(db_url, "SELECT count(*) FROM els.batch_tracker"
                  " WHERE batch_id = ANY(%(ids)s::text[])", {"ids": batch_ids})
@@ -233,8 +267,16 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
     loop.subscribe()
     runner = threading.Thread(target=loop.run, name="consumer-loop", daemon=True)
     runner.start()
+    trickle = Trickle(kafka_bootstrap, topics.batch_registered,
+                      [p for p in range(3) if p != victim_partition],
+                      until=lambda: bool(consumer.recovery_seeks))
+    trickle.start()
     try:
-        wait_until(lambda: _registered(db_url, batch_ids) == len(batch_ids), 90,
+        wait_until(lambda: not trickle.is_alive(), 90, "the victim's recovery, others flowing",
+                   lambda: f"struck={consumer.struck} trickled={len(trickle.batch_ids)}")
+        assert trickle.error is None, trickle.error
+        everything = batch_ids + trickle.batch_ids
+        wait_until(lambda: _registered(db_url, everything) == len(everything), 90,
                    "every registration applied, the stuck partition's too",
                    lambda: f"struck={consumer.struck} withheld={consumer.withheld} "
                            f"seeks={consumer.recovery_seeks} victim={victim}")
@@ -252,8 +294,10 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
         dead_letters.close()
     assert not runner.is_alive()
 
-    # the fault struck: librdkafka held back messages of that partition
+    # the fault struck: librdkafka held back messages of that partition, while the
+    # others flowed (their deliveries do not hide its stall)
     assert consumer.struck and consumer.withheld >= 1
+    assert len(trickle.batch_ids) >= 10
     assert _registered(db_url, victim_batches) == len(victim_batches)
     # the watchdog sought it to the next unprocessed offset: the one it stuck at
     assert consumer.recovery_seeks == [stick_at]
@@ -268,6 +312,7 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
     assert (fields["topic"], fields["partition"]) == victim
     assert fields["position"] == stick_at
     assert fields["high_offset"] == len(victim_msgs) + 1  # its messages, the commit marker
+    assert fields["fetch_state"] == "active"  # paused, as the fault here is made
     assert {"fetch_state", "leader"} <= fields.keys()
     # /healthz named the partition while it was stalled, and no longer does
     assert consumer.health_at_seek is not None
