@@ -48,9 +48,9 @@ class ChaosConfig:
     kafka_bootstrap: str | None = None
     quiesce_timeout: float = 600.0
     keep: bool = False  # keep database, topics and the private stack running
-    # librdkafka settings for the workers (ELS_KAFKA_CONFIG): a shorter session timeout
-    # lets the group notice a SIGKILLed member in seconds instead of 45 s. Nothing else:
-    # the workers run with their defaults.
+    # librdkafka settings for the workers' consumers (ELS_KAFKA_CONSUMER_CONFIG): a
+    # shorter session timeout lets the group notice a SIGKILLed member in seconds
+    # instead of 45 s. Nothing else: the workers run with their defaults.
     worker_kafka_config: dict[str, Any] = field(default_factory=lambda: {
         "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
     worker_env: dict[str, str] = field(default_factory=dict)

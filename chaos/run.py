@@ -184,7 +184,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             "ELS_TOPIC_OUT_EXCESS": self.topics["excess"],
             "ELS_METRICS_PORT": "0",
             "ELS_METRICS_HOST": "127.0.0.1",
-            "ELS_KAFKA_CONFIG": json.dumps(self.kafka_config(index)),
+            "ELS_KAFKA_CONSUMER_CONFIG": json.dumps(self.kafka_config(index)),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.cfg.worker_env)
@@ -255,8 +255,9 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
             group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=20)
             log(f"group {self.group}: state {group.state}, members:")
+            kinds = {topic: kind for kind, topic in self.topics.items()}
             for m in group.members:
-                owned = [f"{tp.topic.rsplit('.', 3)[-2]}[{tp.partition}]"
+                owned = [f"{kinds.get(tp.topic, tp.topic)}[{tp.partition}]"
                          for tp in (m.assignment.topic_partitions if m.assignment else [])]
                 log(f"  {m.client_id} {m.member_id} instance {m.group_instance_id}: {owned}")
         except Exception as exc:  # diagnostics only
@@ -419,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", choices=["private", "shared"])
     parser.add_argument("--kafka-bootstrap")
     parser.add_argument("--worker-kafka-config", type=json.loads,
-                        help="ELS_KAFKA_CONFIG of the workers, a JSON object (replaces the "
-                             "default, a 10 s session timeout)")
+                        help="ELS_KAFKA_CONSUMER_CONFIG of the workers, a JSON object "
+                             "(replaces the default, a 10 s session timeout)")
     parser.add_argument("--tamper", action="store_true", default=None,
                         help="negative control: damage the final state in five ways before "
                              "verifying; the run must FAIL and list each")

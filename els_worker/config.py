@@ -117,6 +117,14 @@ class Config:
         "/healthz fails when the consumer loop or the last good database contact is older.",
         1,
     )
+    partition_stall_seconds: int = _setting(
+        "ELS_PARTITION_STALL_SECONDS",
+        30,
+        "A partition of ours with messages beyond our position but none delivered this long "
+        "(while the loop polls) is stalled: logged, counted, /healthz 503, and a seek to "
+        "its next unprocessed offset restarts its fetch; 0: off.",
+        0,
+    )
     batch_deadline_seconds: int = _setting(
         "ELS_BATCH_DEADLINE_SECONDS",
         0,
@@ -164,6 +172,12 @@ class Config:
         "ELS_KAFKA_CONFIG",
         {},
         "Extra librdkafka settings for every client, as a JSON object (e.g. security).",
+    )
+    kafka_consumer_extra: dict[str, Any] = _setting(
+        "ELS_KAFKA_CONSUMER_CONFIG",
+        {},
+        "Extra librdkafka settings for the consumers only (the input consumer, dlq-replay's),"
+        " as a JSON object (e.g. session.timeout.ms, group.instance.id); over ELS_KAFKA_CONFIG.",
     )
     log_level: str = _setting("ELS_LOG_LEVEL", "INFO", "Log level (DEBUG, INFO, WARNING, ERROR).")
     log_events: bool = _setting("ELS_LOG_EVENTS", True, "One JSON log line per event (true/false).")
@@ -214,10 +228,17 @@ class Config:
         return [self.output_topic(o.name, o.topic) for o in contract.OUTPUTS]
 
     def kafka(self, **settings: Any) -> dict[str, Any]:
+        """A client's librdkafka settings: bootstrap, ELS_KAFKA_CONFIG, then ``settings``."""
         conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
         conf.update(self.kafka_extra)
         conf.update(settings)
         return conf
+
+    def kafka_consumer(self, **settings: Any) -> dict[str, Any]:
+        """A consumer's: as ``kafka``, with ELS_KAFKA_CONSUMER_CONFIG over
+        ELS_KAFKA_CONFIG (consumer properties given to a producer only draw warnings).
+        ``settings`` still win: the offset and commit semantics are not configurable."""
+        return self.kafka(**{**self.kafka_consumer_extra, **settings})
 
 
 def _default(f: Any) -> Any:

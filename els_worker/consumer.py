@@ -30,6 +30,7 @@ from els_worker.messages import Item, decode_item
 from els_worker.observability import Metrics, log
 from els_worker.report import report
 from els_worker.retry import Retry, Stopping
+from els_worker.watchdog import Watchdog
 
 
 class ConsumerLoop:
@@ -52,6 +53,8 @@ class ConsumerLoop:
         # offset; committed again synchronously before partitions go and at shutdown
         self._unconfirmed: dict[tuple[str, int], int] = {}
         self._ping_every = min(5.0, cfg.health_max_age_seconds / 3)
+        self.watchdog = Watchdog(self.consumer, cfg.partition_stall_seconds, metrics, health,
+                                 start_at_earliest=cfg.auto_offset_reset == "earliest")
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.cfg.input_topics, on_assign=self._on_assign,
@@ -62,6 +65,10 @@ class ConsumerLoop:
         try:
             while not self.stop.is_set():
                 self.health.beat()
+                # between micro-batches: nothing in flight or held, no rebalance callback
+                # running, every delivered message processed (so the watchdog's "next
+                # offset" is the next unprocessed one)
+                self.watchdog.check()
                 first = self.consumer.poll(0.5)
                 if first is None:
                     if time.monotonic() - last_ping > self._ping_every:
@@ -106,7 +113,7 @@ class ConsumerLoop:
         dead = [it for it in items if it.dead]
         if dead:
             self.dead_letters.write(dead)
-        self._commit_offsets(items)
+        self.watchdog.delivered(self._commit_offsets(items))
         report(items, committed - started, self.metrics, self.cfg.topic_batch_registered,
                self.cfg.log_events)
 
@@ -137,6 +144,7 @@ class ConsumerLoop:
     # -- rebalances ------------------------------------------------------------------
     def _on_assign(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         log(logging.INFO, "partitions assigned", partitions=_names(partitions))
+        self.watchdog.assigned(partitions)
 
     def _on_revoke(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         # Micro-batches are applied and committed between polls; what can be in flight is
@@ -152,6 +160,7 @@ class ConsumerLoop:
         if inflight and self._held is None:
             self.process(inflight)
         self.commit_unconfirmed(gone)
+        self.watchdog.revoked(partitions)
 
     def _on_lost(self, _c: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost (not revoked): another member may already own them; what we had in flight
@@ -162,26 +171,29 @@ class ConsumerLoop:
             self._held[:] = [it for it in self._held if (it.topic, it.partition) not in gone]
         for key in gone:
             self._unconfirmed.pop(key, None)
+        self.watchdog.revoked(partitions)
         log(logging.WARNING, "partitions lost", partitions=_names(partitions))
 
     # -- offsets ---------------------------------------------------------------------
-    def _commit_offsets(self, items: Sequence[Item]) -> None:
+    def _commit_offsets(self, items: Sequence[Item]) -> dict[tuple[str, int], int]:
         """Commits ``last offset + 1`` per partition, asynchronously: the transaction has
         committed and the dead letters are confirmed, so whatever happens to this commit
-        nothing is lost (at worst the messages come again and are ``duplicate``)."""
+        nothing is lost (at worst the messages come again and are ``duplicate``).
+        Returns those offsets."""
         nexts: dict[tuple[str, int], int] = {}
         for it in items:
             key = (it.topic, it.partition)
             nexts[key] = max(nexts.get(key, -1), it.offset + 1)
         if not nexts:
-            return
+            return nexts
         try:
             self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in nexts.items()],
                                  asynchronous=True)
         except KafkaException as exc:
             self._commit_failed(str(exc))
-            return
+            return nexts
         self._unconfirmed.update(nexts)
+        return nexts
 
     def on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
         failed = [p for p in partitions if p.error is not None]
@@ -212,6 +224,7 @@ class ConsumerLoop:
     def on_stats(self, stats_json: str) -> None:
         try:
             stats: dict[str, Any] = json.loads(stats_json)
+            self.watchdog.stats(stats)
             for tname, tstats in stats.get("topics", {}).items():
                 for pname, pstats in tstats.get("partitions", {}).items():
                     if pname == "-1" or pstats.get("consumer_lag", -1) < 0:

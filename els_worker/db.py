@@ -78,8 +78,10 @@ TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('els.mainte
 BATCH_REPORT = "SELECT els.batch_report(p_batch_id => %(batch_id)s::text)"
 
 
-def connect(cfg: Config, application_name: str, autocommit: bool = True) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(
+def connect(cfg: Config, application_name: str, autocommit: bool = True,
+            connection_class: type[psycopg.Connection[Any]] = psycopg.Connection,
+            ) -> psycopg.Connection[Any]:
+    conn = connection_class.connect(
         cfg.database_url,
         autocommit=autocommit,
         connect_timeout=5,
@@ -106,15 +108,18 @@ def close_quietly(conn: psycopg.Connection[Any] | None) -> None:
 class Session:
     """One reconnecting connection (autocommit; transactions via ``transaction()``)."""
 
-    def __init__(self, cfg: Config, application_name: str) -> None:
+    def __init__(self, cfg: Config, application_name: str,
+                 connection_class: type[psycopg.Connection[Any]] = psycopg.Connection) -> None:
         self.cfg = cfg
         self.application_name = application_name
+        self.connection_class = connection_class
         self.conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.close()
-            self.conn = connect(self.cfg, self.application_name)
+            self.conn = connect(self.cfg, self.application_name,
+                                connection_class=self.connection_class)
             log(logging.INFO, "database connected", session=self.application_name,
                 host=self.conn.info.host, port=self.conn.info.port)
         return self.conn

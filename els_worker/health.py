@@ -37,6 +37,9 @@ class Health:
         self.systemic: str | None = None
         self.outbox_set_aside = 0
         self.stuck: dict[str, Any] | None = None  # the last /health/batches answer
+        # "topic[partition]" -> why the stall watchdog declared it stalled (replaced whole,
+        # never mutated: the HTTP threads read it)
+        self.stalled_partitions: dict[str, str] = {}
 
     def beat(self) -> None:
         self.loop_beat = time.monotonic()
@@ -58,6 +61,9 @@ class Health:
         self.systemic = reason
         self.metrics.systemic.set(1 if reason else 0)
 
+    def partition_stalls(self, reasons: dict[str, str]) -> None:
+        self.stalled_partitions = dict(reasons)
+
     def set_stuck(self, answer: dict[str, Any]) -> None:
         with self._lock:
             self.stuck = answer
@@ -68,7 +74,8 @@ class Health:
         db_age = now - self.last_db_ok if self.last_db_ok else None
         loop_ok = self.loop_running and loop_age <= self.max_age
         db_ok = db_age is not None and db_age <= self.max_age and self.db_fault is None
-        ok = loop_ok and db_ok and self.systemic is None
+        stalled = self.stalled_partitions
+        ok = loop_ok and db_ok and self.systemic is None and not stalled
         self.metrics.healthy.set(1 if ok else 0)
         body: dict[str, Any] = {
             "consumer_loop": "ok" if loop_ok else "stale",
@@ -76,6 +83,7 @@ class Health:
             "database": "ok" if db_ok else (self.db_fault or "unreachable"),
             "database_last_ok_seconds_ago": round(db_age, 3) if db_age is not None else None,
             "systemic_fault": self.systemic,
+            "stalled_partitions": stalled,
             "outbox_set_aside": self.outbox_set_aside,
         }
         return ok, body

@@ -50,7 +50,7 @@ def producer(cfg: Config, client_id: str, **settings: Any) -> Producer:
 
 def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:
     """A consumer that stores and commits offsets only when told to."""
-    return Consumer(cfg.kafka(**{
+    return Consumer(cfg.kafka_consumer(**{
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

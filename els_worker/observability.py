@@ -116,6 +116,11 @@ class Metrics:
                                         ["event_type"], registry=r)
         self.consumer_lag = Gauge("els_consumer_lag", "Consumer lag (messages) by partition",
                                   ["topic", "partition"], registry=r)
+        self.partition_stalls = Counter(
+            "els_consumer_partition_stalls",
+            "Assigned partitions found with messages waiting but none delivered for "
+            "ELS_PARTITION_STALL_SECONDS (each then seeked to restart its fetch)",
+            ["topic", "partition"], registry=r)
         self.db_up = Gauge("els_database_up", "1 when the last database contact succeeded",
                            registry=r)
         self.healthy = Gauge("els_worker_healthy", "1 when /healthz answers 200", registry=r)
@@ -154,6 +159,9 @@ class Metrics:
 
     def retry_counter(self, kind: str) -> Any:
         return self._child(self.retries, kind)
+
+    def partition_stall_counter(self, topic: str, partition: str) -> Any:
+        return self._child(self.partition_stalls, topic, partition)
 
     def observe_processing(self, seconds: float, events: int) -> None:
         """``events`` observations of ``seconds`` in one step (bucket and sum incremented

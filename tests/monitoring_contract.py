@@ -38,6 +38,7 @@ METRICS: dict[str, frozenset[str]] = {
         "els_outbox_unpublishable": (),
         "els_outbox_published_total": ("event_type",),
         "els_consumer_lag": ("topic", "partition"),
+        "els_consumer_partition_stalls_total": ("topic", "partition"),
         "els_database_up": (),
         "els_worker_healthy": (),
         "els_systemic_fault": (),

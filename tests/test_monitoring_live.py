@@ -57,7 +57,8 @@ ALERTS_TIMEOUT_S = 60.0
 WANTED_ALERTS = {"ElsBatchesStuck": {}, "ElsDeadLettersRejected": {"sqlstate_class": "EL"}}
 # alerts that must stay silent for this healthy worker, even with for: 1s
 QUIET_ALERTS = {"ElsWorkerDown", "ElsWorkerUnhealthy", "ElsDatabaseDown", "ElsSystemicFault",
-                "ElsDeadLettersUnexpected", "ElsOutboxUnpublishable", "ElsMaintenanceFailing"}
+                "ElsDeadLettersUnexpected", "ElsOutboxUnpublishable", "ElsMaintenanceFailing",
+                "ElsPartitionStalled"}
 
 
 # ---------------------------------------------------------------- Prometheus API

@@ -79,6 +79,7 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "ElsOutboxBacklogOld": "els_outbox_oldest_age_seconds",
         "ElsOutboxUnpublishable": "els_outbox_unpublishable",
         "ElsConsumerLagGrowing": "els_consumer_lag",
+        "ElsPartitionStalled": "els_consumer_partition_stalls_total",
         "ElsBatchesStuck": "els_stuck_batches",
         "ElsBatchesClosedByDeadline": "els_batches_closed_by_deadline_total",
         "ElsDatabaseDown": "els_database_up",

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from confluent_kafka import Message
 
-from els_worker import db
 from els_worker.apply import BatchProcessor, SystemicFault
 from els_worker.cli import main
 from els_worker.config import Config, settings_table
+from els_worker.db import Session
 from els_worker.errors import CLASSIFICATION, Action, Scope, classify, classify_sqlstate
 from els_worker.health import Health
 from els_worker.messages import decode_item
@@ -390,18 +390,6 @@ class _ServerGoneAfterRejection(psycopg.Connection[Any]):
                           {"pid": self.info.backend_pid})
 
 
-class _SessionOf(db.Session):
-    def __init__(self, cfg: Config, factory: type[psycopg.Connection[Any]]) -> None:
-        super().__init__(cfg, "els-worker")
-        self.factory = factory
-
-    def get(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            self.close()
-            self.conn = self.factory.connect(self.cfg.database_url, autocommit=True)
-        return self.conn
-
-
 def test_server_gone_right_after_a_rejection_retries_the_micro_batch(
     db_url: str, db: psycopg.Connection[Any]
 ) -> None:
@@ -415,7 +403,8 @@ def test_server_gone_right_after_a_rejection_retries_the_micro_batch(
     _ServerGoneAfterRejection.struck = 0
     metrics = Metrics()
     proc = BatchProcessor(cfg, metrics, threading.Event(), Health(metrics, 30),
-                          session=_SessionOf(cfg, _ServerGoneAfterRejection))
+                          session=Session(cfg, "els-worker",
+                                          connection_class=_ServerGoneAfterRejection))
     batch = f"b-{uuid.uuid4().hex[:6]}"
     bad = ev.content(batch, "t-bad")
     del bad["data"]["text_storage_id"]
