@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from chaos.config import INPUT_KINDS, MAX_MESSAGE_BYTES, QUIET, log
 from chaos.generator import Generated
@@ -89,19 +90,29 @@ class Stream(RunState):
         self.stream_done.set()
 
     def wait_known(self, producer: Producer) -> None:
-        """Until the producer's own metadata has every input partition with a leader, so
-        its first messages are not queued for a topic it still thinks unknown."""
+        """Until every broker, each asked on its own, and the producer's own metadata
+        know every input partition with a leader. A new topic reaches the brokers one
+        by one; a metadata answer from one that does not know it yet makes librdkafka
+        drop its partition objects, and with them the idempotent producer's sequence
+        numbers: the messages after that restart at sequence 0, which the partition's
+        leader takes for duplicates of the first ones, and they are acknowledged
+        without an offset and never written (librdkafka #3712; seen in ha-short runs as
+        the first messages of a partition "acknowledged without an offset", absent)."""
         deadline = time.monotonic() + 30
-        for kind in INPUT_KINDS:
-            while True:
-                topic = producer.list_topics(self.topics[kind], timeout=10).topics.get(
-                    self.topics[kind])
-                if (topic is not None and topic.error is None and len(topic.partitions) == 3
-                        and all(p.leader >= 0 for p in topic.partitions.values())):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the producer does not see {self.topics[kind]}")
-                time.sleep(0.2)
+        askers = [producer] + [AdminClient({"bootstrap.servers": addr, **QUIET})
+                               for addr in self.bootstrap.split(",")]
+        for asker in askers:
+            for kind in INPUT_KINDS:
+                while not self._knows(asker, self.topics[kind]):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the brokers do not all see {self.topics[kind]}")
+                    time.sleep(0.2)
+
+    @staticmethod
+    def _knows(asker: Producer | AdminClient, topic_name: str) -> bool:
+        topic = asker.list_topics(topic_name, timeout=10).topics.get(topic_name)
+        return (topic is not None and topic.error is None and len(topic.partitions) == 3
+                and all(p.leader >= 0 for p in topic.partitions.values()))
 
     def pause_stream(self) -> bool:
         """Asks the stream to pause with everything delivered; False if it has ended."""
