@@ -57,8 +57,13 @@ def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:
         "auto.offset.reset": cfg.auto_offset_reset,
         "enable.partition.eof": False,
         "isolation.level": "read_committed",  # never an aborted dlq-replay transaction
+        # A fetch may carry the largest message the contract allows; per partition the
+        # default (1 MB) stays: the broker returns a partition's first batch whole even
+        # when it is larger (KIP-74), and fetching 64 MiB of one partition at a time
+        # made a worker read every content ahead of the registrations, which were then
+        # reconciled batch by batch (75% of the contents pending on arrival,
+        # docs/BENCHMARKS.md).
         "fetch.max.bytes": contract.MAX_MESSAGE_BYTES,
-        "max.partition.fetch.bytes": contract.MAX_MESSAGE_BYTES,
         **settings,
     }))
 
