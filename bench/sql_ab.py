@@ -94,8 +94,9 @@ def main() -> None:
                 wall, cpu = results[variant][-1]
                 print(f"rep {rep + 1} {variant}: {wall * 1e6 / measured:.0f} µs/event wall, "
                       f"{cpu * 1e6 / measured:.0f} µs/event server CPU", flush=True)
-    print(f"\n{measured} events measured per run ({args.batches} batches, micro-batches of "
-          f"{e2e.GROUP}, {warm} warm-up), medians of {args.reps}; base = {args.base}")
+    print(f"\n{measured} events measured per run ({args.batches} batches, {args.order}, "
+          f"micro-batches of {e2e.GROUP}, {warm} warm-up), medians of {args.reps}; "
+          f"base = {args.base}")
     print(f"{'variant':<16} {'wall µs/event':>14} {'server CPU µs/event':>20} {'ratio (CPU)':>12}")
     first = None
     for variant in variants:
