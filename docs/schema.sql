@@ -19,17 +19,15 @@ CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused js
     AS $$
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
-    v_results jsonb[] := array_fill(NULL::jsonb, ARRAY[v_n]);
-    v_rows jsonb[] := '{}'::jsonb[];
-    v_count integer := 0;
+    v_results jsonb[] := coalesce(p_refused, array_fill(NULL::jsonb, ARRAY[v_n]));
+    v_rows jsonb[];
+    v_count integer;
+    v_rejected integer[];
+    v_rejections jsonb[];
+    v_reg_count integer;
+    v_reg_batches integer;
+    v_unknown text;
     v_row jsonb;
-    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
-    v_reg_count integer := 0;
-    v_seen integer;
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_context text;
     v_key bigint;
     v_round integer;
     v_items jsonb;
@@ -40,41 +38,38 @@ BEGIN
        OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
     END IF;
-    -- 1. read and check every event; no table is touched
-    FOR i IN 1 .. v_n LOOP
-        IF p_refused IS NOT NULL AND p_refused[i] IS NOT NULL THEN
-            v_results[i] := p_refused[i];
-            CONTINUE;
-        END IF;
-        IF p_kinds[i] IS NULL
-           OR p_kinds[i] NOT IN ('register_batch', 'provision_content', 'record_validation_failure') THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('unknown event kind %s', coalesce(p_kinds[i], 'NULL'));
-        END IF;
-        BEGIN
-            v_row := CASE p_kinds[i]
-                WHEN 'register_batch' THEN els._read_registration(p_events[i])
-                WHEN 'provision_content' THEN els._read_content(p_events[i])
-                ELSE els._read_failure(p_events[i])
-            END;
-        EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
-                    OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
-            v_results[i] := els._rejection(v_state, v_message, v_detail, v_context);
-            CONTINUE;
-        END;
-        -- the round: 2 x (registrations of this batch before it), + 1 for a registration
-        v_seen := coalesce((v_regs ->> (v_row ->> 'batch_id'))::integer, 0);
-        IF p_kinds[i] = 'register_batch' THEN
-            v_regs := v_regs || jsonb_build_object(v_row ->> 'batch_id', v_seen + 1);
-            v_reg_count := v_reg_count + 1;
-        END IF;
-        v_count := v_count + 1;
-        v_rows[v_count] := v_row || jsonb_build_object(
-            'ord', i, 'kind', p_kinds[i],
-            'round', 2 * v_seen + CASE WHEN p_kinds[i] = 'register_batch' THEN 1 ELSE 0 END);
+    SELECT coalesce(u.kind, 'NULL') INTO v_unknown
+      FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
+     WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
+       AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
+     ORDER BY u.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
+    END IF;
+    -- 1. every event read and checked in one statement (els._read_events; no table
+    --    is touched); its round: 2 x (registrations of its batch before it), + 1 for
+    --    a registration
+    SELECT array_agg(r.event_row || jsonb_build_object(
+                         'ord', r.ord, 'kind', r.kind,
+                         'round', 2 * r.regs_before + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END)
+                     ORDER BY r.ord) FILTER (WHERE r.fault IS NULL),
+           array_agg(r.ord ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
+           array_agg(els._rejection(r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
+                                    'els._read_events: event ' || r.ord || ' of the micro-batch')
+                     ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
+           count(*) FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL),
+           count(DISTINCT r.event_row ->> 'batch_id') FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL)
+      INTO v_rows, v_rejected, v_rejections, v_reg_count, v_reg_batches
+      FROM (SELECT x.ord, x.kind, x.fault, x.event_row,
+                   count(*) FILTER (WHERE x.kind = 'register_batch' AND x.fault IS NULL)
+                       OVER (PARTITION BY x.event_row ->> 'batch_id' ORDER BY x.ord
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS regs_before
+              FROM els._read_events(p_kinds, p_events,
+                                    (SELECT array_agg(f.result IS NOT NULL) FROM unnest(p_refused) AS f(result))) AS x) AS r;
+    FOR i IN 1 .. coalesce(cardinality(v_rejected), 0) LOOP
+        v_results[v_rejected[i]] := v_rejections[i];
     END LOOP;
+    v_count := coalesce(cardinality(v_rows), 0);
     IF v_count = 0 THEN
         RETURN v_results;
     END IF;
@@ -90,7 +85,7 @@ BEGIN
     END IF;
     -- registrations of different batches sharing an essay id: the order between
     -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
+    IF v_reg_count > 1 AND v_reg_batches > 1 THEN
         -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
         SELECT EXISTS (
             SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
@@ -598,6 +593,64 @@ CREATE FUNCTION els._completion_spec(p_batch_id text, p_reason text) RETURNS jso
    WHERE (t.batch_id = _completion_spec.p_batch_id);
 END;
 ALTER FUNCTION els._completion_spec(p_batch_id text, p_reason text) OWNER TO els_owner;
+CREATE FUNCTION els._content_fault(p_event jsonb, p_payload jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    AS $$
+BEGIN
+    RETURN coalesce(
+        els._envelope_fault(p_event, 'huleedu.file.essay.content.provisioned.v1', 'essay.content.provisioned'),
+        els._missing_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._missing_fault(p_payload -> 'text_storage_id', 'text_storage_id'),
+        els._missing_fault(p_payload -> 'file_upload_id', 'file_upload_id'),
+        els._missing_fault(p_payload -> 'original_file_name', 'original_file_name'),
+        els._text_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._text_fault(p_payload -> 'text_storage_id', 'text_storage_id'),
+        els._text_fault(p_payload -> 'file_upload_id', 'file_upload_id'),
+        els._text_fault(p_payload -> 'original_file_name', 'original_file_name', 1024),
+        els._text_fault(p_payload -> 'raw_file_storage_id', 'raw_file_storage_id'),
+        els._integer_fault(p_payload -> 'file_size_bytes', 'file_size_bytes', 0),
+        els._text_fault(p_payload -> 'content_md5_hash', 'content_md5_hash'),
+        els._text_fault(p_payload -> 'correlation_id', 'correlation_id'),
+        els._timestamp_fault(p_payload -> 'timestamp', 'timestamp'));
+END
+$$;
+ALTER FUNCTION els._content_fault(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._text_ok(p_value jsonb, p_max integer DEFAULT 255) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE jsonb_typeof(p_value) WHEN 'string'::text THEN ((length((p_value #>> '{}'::text[])) >= 1) AND (length((p_value #>> '{}'::text[])) <= p_max)) WHEN 'null'::text THEN true ELSE (p_value IS NULL) END;
+ALTER FUNCTION els._text_ok(p_value jsonb, p_max integer) OWNER TO els_owner;
+CREATE FUNCTION els._envelope_ok(p_event jsonb, p_topic text, p_short_name text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (CASE WHEN (jsonb_typeof(p_event) IS DISTINCT FROM 'object'::text) THEN false WHEN (NOT (p_event ? 'data'::text)) THEN true ELSE ((jsonb_typeof((p_event -> 'data'::text)) = 'object'::text) AND COALESCE((jsonb_typeof((p_event -> 'event_id'::text)) = ANY (ARRAY['string'::text, 'null'::text])), true) AND COALESCE((jsonb_typeof((p_event -> 'event_timestamp'::text)) = ANY (ARRAY['string'::text, 'null'::text])), true) AND COALESCE((jsonb_typeof((p_event -> 'source_service'::text)) = ANY (ARRAY['string'::text, 'null'::text])), true) AND COALESCE((jsonb_typeof((p_event -> 'metadata'::text)) = ANY (ARRAY['object'::text, 'null'::text])), true) AND COALESCE((jsonb_typeof((p_event -> 'schema_version'::text)) = ANY (ARRAY['number'::text, 'null'::text])), true) AND els._text_ok((p_event -> 'correlation_id'::text))) END AND COALESCE(((jsonb_typeof((p_event -> 'event_type'::text)) = 'null'::text) OR ((p_event ->> 'event_type'::text) = ANY (ARRAY[p_topic, p_short_name]))), true));
+ALTER FUNCTION els._envelope_ok(p_event jsonb, p_topic text, p_short_name text) OWNER TO els_owner;
+CREATE FUNCTION els._integer_ok(p_value jsonb, p_min numeric) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE jsonb_typeof(p_value) WHEN 'number'::text THEN CASE WHEN ((p_value #>> '{}'::text[]) ~ '[.eE]'::text) THEN false ELSE ((((p_value #>> '{}'::text[]))::numeric >= p_min) AND (((p_value #>> '{}'::text[]))::numeric <= ('9223372036854775807'::bigint)::numeric)) END WHEN 'null'::text THEN true ELSE (p_value IS NULL) END;
+ALTER FUNCTION els._integer_ok(p_value jsonb, p_min numeric) OWNER TO els_owner;
+CREATE FUNCTION els._present(p_value jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN COALESCE((jsonb_typeof(p_value) <> 'null'::text), false);
+ALTER FUNCTION els._present(p_value jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._timestamp_pattern() RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])([T ]([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d{1,9})?)?)?(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$'::text;
+ALTER FUNCTION els._timestamp_pattern() OWNER TO els_owner;
+CREATE FUNCTION els._timestamp_ok(p_value jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE jsonb_typeof(p_value) WHEN 'string'::text THEN (((length((p_value #>> '{}'::text[])) >= 1) AND (length((p_value #>> '{}'::text[])) <= 255)) AND ((p_value #>> '{}'::text[]) ~ els._timestamp_pattern())) WHEN 'null'::text THEN true ELSE (p_value IS NULL) END;
+ALTER FUNCTION els._timestamp_ok(p_value jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._content_ok(p_event jsonb, p_payload jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (els._envelope_ok(p_event, 'huleedu.file.essay.content.provisioned.v1'::text, 'essay.content.provisioned'::text) AND els._present((p_payload -> 'entity_id'::text)) AND els._text_ok((p_payload -> 'entity_id'::text)) AND els._present((p_payload -> 'text_storage_id'::text)) AND els._text_ok((p_payload -> 'text_storage_id'::text)) AND els._present((p_payload -> 'file_upload_id'::text)) AND els._text_ok((p_payload -> 'file_upload_id'::text)) AND els._present((p_payload -> 'original_file_name'::text)) AND els._text_ok((p_payload -> 'original_file_name'::text), 1024) AND els._text_ok((p_payload -> 'raw_file_storage_id'::text)) AND els._integer_ok((p_payload -> 'file_size_bytes'::text), (0)::numeric) AND els._text_ok((p_payload -> 'content_md5_hash'::text)) AND els._text_ok((p_payload -> 'correlation_id'::text)) AND els._timestamp_ok((p_payload -> 'timestamp'::text)));
+ALTER FUNCTION els._content_ok(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._correlation_id(p_event jsonb, p_payload jsonb) RETURNS text
+    LANGUAGE sql PARALLEL SAFE
+    RETURN COALESCE(CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'correlation_id'::text) ELSE NULL::text END, (p_payload ->> 'correlation_id'::text), (gen_random_uuid())::text);
+ALTER FUNCTION els._correlation_id(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._content_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
+    LANGUAGE sql PARALLEL SAFE
+    RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'item_key', (p_payload ->> 'text_storage_id'::text), 'file_upload_id', (p_payload ->> 'file_upload_id'::text), 'original_file_name', (p_payload ->> 'original_file_name'::text), 'raw_file_storage_id', (p_payload ->> 'raw_file_storage_id'::text), 'file_size_bytes', ((p_payload ->> 'file_size_bytes'::text))::numeric, 'content_md5_hash', (p_payload ->> 'content_md5_hash'::text), 'correlation_id', els._correlation_id(p_event, p_payload), 'event_timestamp', (p_payload ->> 'timestamp'::text), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
+ALTER FUNCTION els._content_row(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) RETURNS integer
     LANGUAGE plpgsql
     AS $$
@@ -682,21 +735,22 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._emit_events(p_events jsonb) OWNER TO els_owner;
-CREATE FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_text text := els._text_field(p_payload, p_field);
-BEGIN
-    IF v_text IS NOT NULL AND NOT v_text = ANY (p_allowed) THEN
-        PERFORM els._reject('ELV03', format('field %s has an unknown value', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'not_in_enum',
-                               'allowed', to_jsonb(p_allowed), 'actual', v_text));
-    END IF;
-    RETURN v_text;
-END
-$$;
-ALTER FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) OWNER TO els_owner;
+CREATE FUNCTION els._fault(p_sqlstate text, p_message text, p_detail jsonb) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN jsonb_build_object('sqlstate', p_sqlstate, 'message', p_message, 'detail', p_detail);
+ALTER FUNCTION els._fault(p_sqlstate text, p_message text, p_detail jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._text_fault(p_value jsonb, p_field text, p_max integer DEFAULT 255) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'string'::text) THEN els._fault('ELV03'::text, format('field %s must be a string'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'string', 'actual', jsonb_typeof(p_value))) WHEN ((length((p_value #>> '{}'::text[])) < 1) OR (length((p_value #>> '{}'::text[])) > p_max)) THEN els._fault('ELV03'::text, format('field %s must be 1..%s characters'::text, p_field, p_max), jsonb_build_object('field', p_field, 'reason', 'bad_length', 'min', 1, 'max', p_max, 'actual', length((p_value #>> '{}'::text[])))) ELSE NULL::jsonb END;
+ALTER FUNCTION els._text_fault(p_value jsonb, p_field text, p_max integer) OWNER TO els_owner;
+CREATE FUNCTION els._enum_fault(p_value jsonb, p_field text, p_allowed text[]) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN COALESCE(els._text_fault(p_value, p_field), CASE WHEN ((jsonb_typeof(p_value) = 'string'::text) AND (NOT ((p_value #>> '{}'::text[]) = ANY (p_allowed)))) THEN els._fault('ELV03'::text, format('field %s has an unknown value'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'not_in_enum', 'allowed', to_jsonb(p_allowed), 'actual', (p_value #>> '{}'::text[]))) ELSE NULL::jsonb END);
+ALTER FUNCTION els._enum_fault(p_value jsonb, p_field text, p_allowed text[]) OWNER TO els_owner;
+CREATE FUNCTION els._enum_ok(p_value jsonb, p_allowed text[]) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE jsonb_typeof(p_value) WHEN 'string'::text THEN ((p_value #>> '{}'::text[]) = ANY (p_allowed)) WHEN 'null'::text THEN true ELSE (p_value IS NULL) END;
+ALTER FUNCTION els._enum_ok(p_value jsonb, p_allowed text[]) OWNER TO els_owner;
 CREATE FUNCTION els.output_topic(p_event_type text) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE p_event_type WHEN 'BatchContentProvisioningCompleted'::text THEN 'huleedu.batch.content.provisioning.completed.v1'::text WHEN 'EssaySlotAssigned'::text THEN 'huleedu.els.essay.slot.assigned.v1'::text WHEN 'ExcessContentProvisioned'::text THEN 'huleedu.els.excess.content.provisioned.v1'::text ELSE NULL::text END;
@@ -705,6 +759,28 @@ CREATE FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_id', p_event_id, 'event_type', els.output_topic(p_event_type), 'event_timestamp', p_timestamp, 'source_service', 'essay_lifecycle_service', 'schema_version', 1, 'correlation_id', p_correlation_id, 'data', (p_data || jsonb_build_object('correlation_id', p_correlation_id, 'timestamp', p_timestamp)), 'metadata', '{}'::jsonb);
 ALTER FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) OWNER TO els_owner;
+CREATE FUNCTION els._envelope_type_fault(p_event jsonb, p_field text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN els._fault('ELV01'::text, format('envelope field %s is not a string'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'string', 'actual', jsonb_typeof((p_event -> p_field))));
+ALTER FUNCTION els._envelope_type_fault(p_event jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_name text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN ((p_event IS NULL) OR (jsonb_typeof(p_event) <> 'object'::text)) THEN els._fault('ELV01'::text, 'event is not a JSON object'::text, jsonb_build_object('field', NULL::unknown, 'reason', 'not_an_object', 'actual', COALESCE(jsonb_typeof(p_event), 'null'::text))) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'data'::text)) <> 'object'::text)) THEN els._fault('ELV01'::text, 'envelope field data is not a JSON object'::text, jsonb_build_object('field', 'data', 'reason', 'not_an_object', 'actual', jsonb_typeof((p_event -> 'data'::text)))) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'event_id'::text)) <> ALL (ARRAY['string'::text, 'null'::text]))) THEN els._envelope_type_fault(p_event, 'event_id'::text) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'event_type'::text)) <> ALL (ARRAY['string'::text, 'null'::text]))) THEN els._envelope_type_fault(p_event, 'event_type'::text) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'event_timestamp'::text)) <> ALL (ARRAY['string'::text, 'null'::text]))) THEN els._envelope_type_fault(p_event, 'event_timestamp'::text) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'source_service'::text)) <> ALL (ARRAY['string'::text, 'null'::text]))) THEN els._envelope_type_fault(p_event, 'source_service'::text) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'correlation_id'::text)) <> ALL (ARRAY['string'::text, 'null'::text]))) THEN els._envelope_type_fault(p_event, 'correlation_id'::text) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'metadata'::text)) <> ALL (ARRAY['object'::text, 'null'::text]))) THEN els._fault('ELV01'::text, 'envelope field metadata is not a JSON object'::text, jsonb_build_object('field', 'metadata', 'reason', 'wrong_type', 'expected', 'object', 'actual', jsonb_typeof((p_event -> 'metadata'::text)))) WHEN ((p_event ? 'data'::text) AND (jsonb_typeof((p_event -> 'schema_version'::text)) <> ALL (ARRAY['number'::text, 'null'::text]))) THEN els._fault('ELV01'::text, 'envelope field schema_version is not a number'::text, jsonb_build_object('field', 'schema_version', 'reason', 'wrong_type', 'expected', 'integer', 'actual', jsonb_typeof((p_event -> 'schema_version'::text)))) WHEN ((p_event ? 'data'::text) AND ((length((p_event ->> 'correlation_id'::text)) < 1) OR (length((p_event ->> 'correlation_id'::text)) > 255))) THEN els._fault('ELV01'::text, 'envelope field correlation_id must be 1..255 characters'::text, jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length', 'min', 1, 'max', 255, 'actual', length((p_event ->> 'correlation_id'::text)))) WHEN (jsonb_typeof((p_event -> 'event_type'::text)) <> ALL (ARRAY['string'::text, 'null'::text])) THEN els._fault('ELV01'::text, 'event_type is not a string'::text, jsonb_build_object('field', 'event_type', 'reason', 'wrong_type', 'expected', 'string', 'actual', jsonb_typeof((p_event -> 'event_type'::text)))) WHEN ((p_event ->> 'event_type'::text) <> ALL (ARRAY[p_topic, p_short_name])) THEN els._fault('ELV03'::text, 'event_type names another event (misrouted)'::text, jsonb_build_object('field', 'event_type', 'reason', 'misrouted', 'expected', jsonb_build_array(p_topic, p_short_name), 'actual', "left"((p_event ->> 'event_type'::text), 300))) ELSE NULL::jsonb END;
+ALTER FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_name text) OWNER TO els_owner;
+CREATE FUNCTION els._essay_id_items(p_essay_ids jsonb) RETURNS TABLE(bad_ord bigint, item_count bigint, duplicate_id text)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+    SELECT min(x.ord) FILTER (WHERE jsonb_typeof(x.item) <> 'string'
+                                 OR length(x.item #>> '{}') NOT BETWEEN 1 AND 255),
+           count(*),
+           (SELECT d.id
+              FROM (SELECT y.item #>> '{}' AS id, min(y.ord) AS first_ord
+                      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS y(item, ord)
+                     GROUP BY 1 HAVING count(*) > 1) AS d
+             ORDER BY d.first_ord LIMIT 1)
+      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS x(item, ord)
+$$;
+ALTER FUNCTION els._essay_id_items(p_essay_ids jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._event_digest(p_event_type text, p_identity jsonb) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text);
@@ -726,206 +802,117 @@ CREATE FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_t
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'ExcessContentProvisioned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'original_file_name', p_original_file_name, 'text_storage_id', p_text_storage_id, 'reason', 'NO_AVAILABLE_SLOT'));
 ALTER FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) OWNER TO els_owner;
-CREATE FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) RETURNS numeric
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+CREATE FUNCTION els._failure_fault(p_event jsonb, p_payload jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
     AS $$
-DECLARE
-    v_value jsonb := p_payload -> p_field;
-    v_number numeric;
 BEGIN
-    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'number' THEN
-        PERFORM els._reject('ELV03', format('field %s must be an integer', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
-                               'expected', 'integer', 'actual', jsonb_typeof(v_value)));
-    END IF;
-    v_number := (v_value #>> '{}')::numeric;
-    IF v_number <> trunc(v_number) OR (v_value #>> '{}') ~ '[.eE]' THEN
-        PERFORM els._reject('ELV03', format('field %s must be an integer', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', v_value));
-    END IF;
-    IF v_number < p_min OR v_number > 9223372036854775807 THEN
-        PERFORM els._reject('ELV03', format('field %s is out of range', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'out_of_range',
-                               'min', p_min, 'actual', v_value));
-    END IF;
-    RETURN v_number;
+    RETURN coalesce(
+        els._envelope_fault(p_event, 'huleedu.file.essay.validation.failed.v1', 'essay.validation.failed'),
+        els._missing_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._missing_fault(p_payload -> 'file_upload_id', 'file_upload_id'),
+        els._missing_fault(p_payload -> 'original_file_name', 'original_file_name'),
+        els._missing_fault(p_payload -> 'validation_error_code', 'validation_error_code'),
+        els._text_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._text_fault(p_payload -> 'file_upload_id', 'file_upload_id'),
+        els._text_fault(p_payload -> 'original_file_name', 'original_file_name', 1024),
+        els._enum_fault(p_payload -> 'validation_error_code', 'validation_error_code',
+                        ARRAY['EMPTY_CONTENT', 'CONTENT_TOO_SHORT', 'CONTENT_TOO_LONG', 'RAW_STORAGE_FAILED',
+                              'TEXT_EXTRACTION_FAILED', 'ENCRYPTED_FILE_UNSUPPORTED',
+                              'UNKNOWN_VALIDATION_ERROR']),
+        els._object_fault(p_payload -> 'validation_error_detail', 'validation_error_detail'),
+        els._text_fault(p_payload -> 'raw_file_storage_id', 'raw_file_storage_id'),
+        els._integer_fault(p_payload -> 'file_size_bytes', 'file_size_bytes', 0),
+        els._text_fault(p_payload -> 'correlation_id', 'correlation_id'),
+        els._timestamp_fault(p_payload -> 'timestamp', 'timestamp'));
 END
 $$;
-ALTER FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) OWNER TO els_owner;
+ALTER FUNCTION els._failure_fault(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._object_ok(p_value jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN COALESCE((jsonb_typeof(p_value) = ANY (ARRAY['object'::text, 'null'::text])), true);
+ALTER FUNCTION els._object_ok(p_value jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._failure_ok(p_event jsonb, p_payload jsonb) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (els._envelope_ok(p_event, 'huleedu.file.essay.validation.failed.v1'::text, 'essay.validation.failed'::text) AND els._present((p_payload -> 'entity_id'::text)) AND els._text_ok((p_payload -> 'entity_id'::text)) AND els._present((p_payload -> 'file_upload_id'::text)) AND els._text_ok((p_payload -> 'file_upload_id'::text)) AND els._present((p_payload -> 'original_file_name'::text)) AND els._text_ok((p_payload -> 'original_file_name'::text), 1024) AND els._present((p_payload -> 'validation_error_code'::text)) AND els._enum_ok((p_payload -> 'validation_error_code'::text), ARRAY['EMPTY_CONTENT'::text, 'CONTENT_TOO_SHORT'::text, 'CONTENT_TOO_LONG'::text, 'RAW_STORAGE_FAILED'::text, 'TEXT_EXTRACTION_FAILED'::text, 'ENCRYPTED_FILE_UNSUPPORTED'::text, 'UNKNOWN_VALIDATION_ERROR'::text]) AND els._object_ok((p_payload -> 'validation_error_detail'::text)) AND els._text_ok((p_payload -> 'raw_file_storage_id'::text)) AND els._integer_ok((p_payload -> 'file_size_bytes'::text), (0)::numeric) AND els._text_ok((p_payload -> 'correlation_id'::text)) AND els._timestamp_ok((p_payload -> 'timestamp'::text)));
+ALTER FUNCTION els._failure_ok(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._failure_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
+    LANGUAGE sql PARALLEL SAFE
+    RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'item_key', (p_payload ->> 'file_upload_id'::text), 'file_upload_id', (p_payload ->> 'file_upload_id'::text), 'original_file_name', (p_payload ->> 'original_file_name'::text), 'validation_error_code', (p_payload ->> 'validation_error_code'::text), 'validation_error_detail', NULLIF((p_payload -> 'validation_error_detail'::text), 'null'::jsonb), 'raw_file_storage_id', (p_payload ->> 'raw_file_storage_id'::text), 'file_size_bytes', ((p_payload ->> 'file_size_bytes'::text))::numeric, 'correlation_id', els._correlation_id(p_event, p_payload), 'event_timestamp', (p_payload ->> 'timestamp'::text), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
+ALTER FUNCTION els._failure_row(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'number'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'integer', 'actual', jsonb_typeof(p_value))) WHEN ((p_value #>> '{}'::text[]) ~ '[.eE]'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', p_value)) WHEN ((((p_value #>> '{}'::text[]))::numeric < p_min) OR (((p_value #>> '{}'::text[]))::numeric > ('9223372036854775807'::bigint)::numeric)) THEN els._fault('ELV03'::text, format('field %s is out of range'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'out_of_range', 'min', p_min, 'actual', p_value)) ELSE NULL::jsonb END;
+ALTER FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) OWNER TO els_owner;
 CREATE FUNCTION els._lock_batch(p_batch_id text) RETURNS void
     LANGUAGE sql
     BEGIN ATOMIC
  SELECT pg_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_advisory_xact_lock;
 END;
 ALTER FUNCTION els._lock_batch(p_batch_id text) OWNER TO els_owner;
-CREATE FUNCTION els._object_field(p_payload jsonb, p_field text) RETURNS jsonb
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_value jsonb := p_payload -> p_field;
-BEGIN
-    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'object' THEN
-        PERFORM els._reject('ELV03', format('field %s must be an object', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
-                               'expected', 'object', 'actual', jsonb_typeof(v_value)));
-    END IF;
-    RETURN v_value;
-END
-$$;
-ALTER FUNCTION els._object_field(p_payload jsonb, p_field text) OWNER TO els_owner;
-CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb
+CREATE FUNCTION els._missing_fault(p_value jsonb, p_field text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN els._fault('ELV02'::text, format('required field %s is missing or null'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'missing')) ELSE NULL::jsonb END;
+ALTER FUNCTION els._missing_fault(p_value jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._object_fault(p_value jsonb, p_field text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN (jsonb_typeof(p_value) <> ALL (ARRAY['object'::text, 'null'::text])) THEN els._fault('ELV03'::text, format('field %s must be an object'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'object', 'actual', jsonb_typeof(p_value))) ELSE NULL::jsonb END;
+ALTER FUNCTION els._object_fault(p_value jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._payload(p_event jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN ((jsonb_typeof(p_event) = 'object'::text) AND (p_event ? 'data'::text)) THEN (p_event -> 'data'::text) ELSE p_event END;
+ALTER FUNCTION els._payload(p_event jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) RETURNS TABLE(ord integer, kind text, fault jsonb, event_row jsonb)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_text_storage_id text;
-    v_file_upload_id text;
-    v_original_file_name text;
-    v_raw_file_storage_id text;
-    v_file_size_bytes numeric;
-    v_md5 text;
-    v_data_correlation_id text;
 BEGIN
-    v_env := els._unwrap_event(p_event, 'huleedu.file.essay.content.provisioned.v1',
-                               'essay.content.provisioned');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'text_storage_id', 'file_upload_id', 'original_file_name']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_text_storage_id := els._text_field(v_payload, 'text_storage_id');
-    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
-    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
-    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
-    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    v_md5 := els._text_field(v_payload, 'content_md5_hash');
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id, 'item_key', v_text_storage_id,
-        'file_upload_id', v_file_upload_id, 'original_file_name', v_original_file_name,
-        'raw_file_storage_id', v_raw_file_storage_id, 'file_size_bytes', v_file_size_bytes,
-        'content_md5_hash', v_md5,
-        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
-        'event_timestamp', els._timestamp_field(v_payload, 'timestamp'),
-        'source_event_id', v_env.source_event_id);
+    IF 'register_batch' = ANY (p_kinds) THEN
+        RETURN QUERY
+        SELECT c.ord, 'register_batch', c.fault,
+               CASE WHEN c.fault IS NULL THEN els._registration_row(c.event, c.payload) END
+          FROM (SELECT v.ord, v.event, v.payload,
+                       CASE WHEN els._registration_ok(v.event, v.payload, i.bad_ord, i.item_count, i.duplicate_id)
+                            THEN NULL
+                            ELSE els._registration_fault(v.event, v.payload, i.bad_ord, i.item_count,
+                                                         i.duplicate_id) END AS fault
+                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload,
+                               CASE WHEN jsonb_typeof(els._payload(u.event) -> 'essay_ids') = 'array'
+                                    THEN els._payload(u.event) -> 'essay_ids' END AS essay_ids
+                          FROM unnest(p_kinds, p_events) WITH ORDINALITY AS u(kind, event, ord)
+                         WHERE u.kind = 'register_batch' AND p_skip[u.ord::integer] IS NOT TRUE
+                        OFFSET 0) AS v
+                  LEFT JOIN LATERAL els._essay_id_items(v.essay_ids) AS i ON true
+                OFFSET 0) AS c;
+    END IF;
+    IF 'provision_content' = ANY (p_kinds) THEN
+        RETURN QUERY
+        SELECT c.ord, 'provision_content', c.fault,
+               CASE WHEN c.fault IS NULL THEN els._content_row(c.event, c.payload) END
+          FROM (SELECT v.ord, v.event, v.payload,
+                       CASE WHEN els._content_ok(v.event, v.payload) THEN NULL
+                            ELSE els._content_fault(v.event, v.payload) END AS fault
+                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload
+                          FROM unnest(p_kinds, p_events) WITH ORDINALITY AS u(kind, event, ord)
+                         WHERE u.kind = 'provision_content' AND p_skip[u.ord::integer] IS NOT TRUE
+                        OFFSET 0) AS v
+                OFFSET 0) AS c;
+    END IF;
+    IF 'record_validation_failure' = ANY (p_kinds) THEN
+        RETURN QUERY
+        SELECT c.ord, 'record_validation_failure', c.fault,
+               CASE WHEN c.fault IS NULL THEN els._failure_row(c.event, c.payload) END
+          FROM (SELECT v.ord, v.event, v.payload,
+                       CASE WHEN els._failure_ok(v.event, v.payload) THEN NULL
+                            ELSE els._failure_fault(v.event, v.payload) END AS fault
+                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload
+                          FROM unnest(p_kinds, p_events) WITH ORDINALITY AS u(kind, event, ord)
+                         WHERE u.kind = 'record_validation_failure' AND p_skip[u.ord::integer] IS NOT TRUE
+                        OFFSET 0) AS v
+                OFFSET 0) AS c;
+    END IF;
 END
 $$;
-ALTER FUNCTION els._read_content(p_event jsonb) OWNER TO els_owner;
-CREATE FUNCTION els._read_failure(p_event jsonb) RETURNS jsonb
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_file_upload_id text;
-    v_original_file_name text;
-    v_error_code text;
-    v_error_detail jsonb;
-    v_raw_file_storage_id text;
-    v_file_size_bytes numeric;
-    v_data_correlation_id text;
-BEGIN
-    v_env := els._unwrap_event(p_event, 'huleedu.file.essay.validation.failed.v1',
-                               'essay.validation.failed');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'file_upload_id', 'original_file_name', 'validation_error_code']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_file_upload_id := els._text_field(v_payload, 'file_upload_id');
-    v_original_file_name := els._text_field(v_payload, 'original_file_name', 1024);
-    v_error_code := els._enum_field(v_payload, 'validation_error_code',
-        ARRAY['EMPTY_CONTENT', 'CONTENT_TOO_SHORT', 'CONTENT_TOO_LONG', 'RAW_STORAGE_FAILED',
-              'TEXT_EXTRACTION_FAILED', 'ENCRYPTED_FILE_UNSUPPORTED', 'UNKNOWN_VALIDATION_ERROR']);
-    v_error_detail := els._object_field(v_payload, 'validation_error_detail');
-    v_raw_file_storage_id := els._text_field(v_payload, 'raw_file_storage_id');
-    v_file_size_bytes := els._integer_field(v_payload, 'file_size_bytes', 0);
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id, 'item_key', v_file_upload_id,
-        'file_upload_id', v_file_upload_id, 'original_file_name', v_original_file_name,
-        'validation_error_code', v_error_code, 'validation_error_detail', v_error_detail,
-        'raw_file_storage_id', v_raw_file_storage_id, 'file_size_bytes', v_file_size_bytes,
-        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
-        'event_timestamp', els._timestamp_field(v_payload, 'timestamp'),
-        'source_event_id', v_env.source_event_id);
-END
-$$;
-ALTER FUNCTION els._read_failure(p_event jsonb) OWNER TO els_owner;
-CREATE FUNCTION els._read_registration(p_event jsonb) RETURNS jsonb
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_expected numeric;
-    v_essay_ids text[];
-    v_course_code text;
-    v_user_id text;
-    v_org_id text;
-    v_class_id text;
-    v_prompt_ref jsonb;
-    v_metadata jsonb;
-    v_data_correlation_id text;
-    v_duplicate_id text;
-BEGIN
-    v_env := els._unwrap_event(p_event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
-    v_payload := v_env.payload;
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
-    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
-    v_course_code := els._enum_field(v_payload, 'course_code',
-        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
-    v_user_id := els._text_field(v_payload, 'user_id');
-    v_org_id := els._text_field(v_payload, 'org_id');
-    v_class_id := els._text_field(v_payload, 'class_id');
-    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
-    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-    IF cardinality(v_essay_ids) <> v_expected THEN
-        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
-                               'expected_essay_count', v_expected,
-                               'essay_ids_count', cardinality(v_essay_ids)));
-    END IF;
-    SELECT u.id INTO v_duplicate_id
-      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
-     GROUP BY u.id HAVING count(*) > 1
-     ORDER BY min(u.ord) LIMIT 1;
-    IF FOUND THEN
-        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
-            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
-                               'essay_id', v_duplicate_id));
-    END IF;
-    IF v_expected > 10000 THEN
-        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
-                               'max', 10000, 'actual', v_expected));
-    END IF;
-    -- essay_ids as sent (an array of strings, checked above)
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id, 'expected_count', v_expected::integer,
-        'essay_ids', v_payload -> 'essay_ids', 'course_code', v_course_code,
-        'user_id', v_user_id, 'org_id', v_org_id, 'class_id', v_class_id,
-        'student_prompt_ref', v_prompt_ref, 'metadata', v_metadata,
-        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
-        'source_event_id', v_env.source_event_id);
-END
-$$;
-ALTER FUNCTION els._read_registration(p_event jsonb) OWNER TO els_owner;
+ALTER FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) OWNER TO els_owner;
 CREATE FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -1127,6 +1114,56 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._register_locked(p_reg jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    AS $$
+BEGIN
+    RETURN coalesce(
+        els._envelope_fault(p_event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered'),
+        els._missing_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._missing_fault(p_payload -> 'expected_essay_count', 'expected_essay_count'),
+        els._missing_fault(p_payload -> 'essay_ids', 'essay_ids'),
+        els._missing_fault(p_payload -> 'course_code', 'course_code'),
+        els._missing_fault(p_payload -> 'user_id', 'user_id'),
+        els._text_fault(p_payload -> 'entity_id', 'entity_id'),
+        els._integer_fault(p_payload -> 'expected_essay_count', 'expected_essay_count', 1),
+        els._text_array_fault(p_payload -> 'essay_ids', 'essay_ids', p_bad_ord),
+        els._enum_fault(p_payload -> 'course_code', 'course_code',
+                        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']),
+        els._text_fault(p_payload -> 'user_id', 'user_id'),
+        els._text_fault(p_payload -> 'org_id', 'org_id'),
+        els._text_fault(p_payload -> 'class_id', 'class_id'),
+        els._object_fault(p_payload -> 'student_prompt_ref', 'student_prompt_ref'),
+        els._object_fault(p_payload -> 'metadata', 'metadata'),
+        -- data.correlation_id is validated even when the envelope's wins
+        els._text_fault(p_payload -> 'correlation_id', 'correlation_id'),
+        CASE WHEN p_item_count <> (p_payload ->> 'expected_essay_count')::numeric THEN
+            els._fault('ELV04', 'expected_essay_count differs from the number of essay_ids',
+                       jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
+                                          'expected_essay_count', (p_payload ->> 'expected_essay_count')::numeric,
+                                          'essay_ids_count', p_item_count))
+        END,
+        CASE WHEN p_duplicate_id IS NOT NULL THEN
+            els._fault('ELV05', 'essay_ids contains duplicates',
+                       jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
+                                          'essay_id', p_duplicate_id))
+        END,
+        CASE WHEN (p_payload ->> 'expected_essay_count')::numeric > 10000 THEN
+            els._fault('ELV06', 'batch too large: more than 10000 essays',
+                       jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
+                                          'max', 10000, 'actual', (p_payload ->> 'expected_essay_count')::numeric))
+        END);
+END
+$$;
+ALTER FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) OWNER TO els_owner;
+CREATE FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN CASE WHEN (els._envelope_ok(p_event, 'huleedu.batch.essays.registered.v1'::text, 'batch.essays.registered'::text) AND els._present((p_payload -> 'entity_id'::text)) AND els._text_ok((p_payload -> 'entity_id'::text)) AND (jsonb_typeof((p_payload -> 'expected_essay_count'::text)) = 'number'::text) AND els._integer_ok((p_payload -> 'expected_essay_count'::text), (1)::numeric) AND (jsonb_typeof((p_payload -> 'essay_ids'::text)) = 'array'::text) AND (p_bad_ord IS NULL) AND els._present((p_payload -> 'course_code'::text)) AND els._enum_ok((p_payload -> 'course_code'::text), ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]) AND els._present((p_payload -> 'user_id'::text)) AND els._text_ok((p_payload -> 'user_id'::text)) AND els._text_ok((p_payload -> 'org_id'::text)) AND els._text_ok((p_payload -> 'class_id'::text)) AND els._object_ok((p_payload -> 'student_prompt_ref'::text)) AND els._object_ok((p_payload -> 'metadata'::text)) AND els._text_ok((p_payload -> 'correlation_id'::text))) THEN (((p_item_count)::numeric = ((p_payload ->> 'expected_essay_count'::text))::numeric) AND (p_duplicate_id IS NULL) AND (((p_payload ->> 'expected_essay_count'::text))::numeric <= (10000)::numeric)) ELSE false END;
+ALTER FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) OWNER TO els_owner;
+CREATE FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
+    LANGUAGE sql PARALLEL SAFE
+    RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'expected_count', ((p_payload ->> 'expected_essay_count'::text))::integer, 'essay_ids', (p_payload -> 'essay_ids'::text), 'course_code', (p_payload ->> 'course_code'::text), 'user_id', (p_payload ->> 'user_id'::text), 'org_id', (p_payload ->> 'org_id'::text), 'class_id', (p_payload ->> 'class_id'::text), 'student_prompt_ref', NULLIF((p_payload -> 'student_prompt_ref'::text), 'null'::jsonb), 'metadata', COALESCE(NULLIF((p_payload -> 'metadata'::text), 'null'::jsonb), '{}'::jsonb), 'correlation_id', els._correlation_id(p_event, p_payload), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
+ALTER FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1140,166 +1177,24 @@ CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail, 'context', p_context);
 ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) OWNER TO els_owner;
-CREATE FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_field text;
-BEGIN
-    FOREACH v_field IN ARRAY p_fields LOOP
-        IF p_payload -> v_field IS NULL OR jsonb_typeof(p_payload -> v_field) = 'null' THEN
-            PERFORM els._reject('ELV02', format('required field %s is missing or null', v_field),
-                jsonb_build_object('field', v_field, 'reason', 'missing'));
-        END IF;
-    END LOOP;
-END
-$$;
-ALTER FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) OWNER TO els_owner;
 CREATE FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'EssaySlotAssigned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'essay_id', p_essay_id, 'file_upload_id', p_file_upload_id, 'text_storage_id', p_text_storage_id, 'original_file_name', p_original_file_name));
 ALTER FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) OWNER TO els_owner;
-CREATE FUNCTION els._text_array_field(p_payload jsonb, p_field text) RETURNS text[]
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_value jsonb := p_payload -> p_field;
-    v_items text[];
-    v_bad_index bigint;
-BEGIN
-    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'array' THEN
-        PERFORM els._reject('ELV03', format('field %s must be an array of strings', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
-                               'expected', 'array', 'actual', jsonb_typeof(v_value)));
-    END IF;
-    SELECT array_agg(e.item #>> '{}' ORDER BY e.ord),
-           min(e.ord) FILTER (WHERE jsonb_typeof(e.item) <> 'string'
-                                 OR length(e.item #>> '{}') NOT BETWEEN 1 AND 255)
-      INTO v_items, v_bad_index
-      FROM jsonb_array_elements(v_value) WITH ORDINALITY AS e(item, ord);
-    IF v_bad_index IS NOT NULL THEN
-        PERFORM els._reject('ELV03',
-            format('field %s must hold strings of 1..255 characters', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'bad_item', 'index', v_bad_index - 1,
-                               'item', left((v_value -> (v_bad_index::integer - 1))::text, 300)));
-    END IF;
-    RETURN coalesce(v_items, '{}'::text[]);
-END
-$$;
-ALTER FUNCTION els._text_array_field(p_payload jsonb, p_field text) OWNER TO els_owner;
-CREATE FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer DEFAULT 255) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_value jsonb := p_payload -> p_field;
-    v_text text;
-BEGIN
-    IF v_value IS NULL OR jsonb_typeof(v_value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    IF jsonb_typeof(v_value) <> 'string' THEN
-        PERFORM els._reject('ELV03', format('field %s must be a string', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'wrong_type',
-                               'expected', 'string', 'actual', jsonb_typeof(v_value)));
-    END IF;
-    v_text := v_value #>> '{}';
-    IF length(v_text) NOT BETWEEN 1 AND p_max THEN
-        PERFORM els._reject('ELV03', format('field %s must be 1..%s characters', p_field, p_max),
-            jsonb_build_object('field', p_field, 'reason', 'bad_length',
-                               'min', 1, 'max', p_max, 'actual', length(v_text)));
-    END IF;
-    RETURN v_text;
-END
-$$;
-ALTER FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) OWNER TO els_owner;
-CREATE FUNCTION els._timestamp_field(p_payload jsonb, p_field text) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $_$
-DECLARE
-    v_text text := els._text_field(p_payload, p_field);
-BEGIN
-    IF v_text IS NOT NULL AND v_text !~
-        '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])'
-        '([T ]([01]\d|2[0-3]):[0-5]\d(:([0-5]\d|60)(\.\d{1,9})?)?)?'
-        '(Z|z|[+-]([01]\d|2[0-3])(:?[0-5]\d)?)?$' THEN
-        PERFORM els._reject('ELV03', format('field %s must be an ISO-8601 timestamp', p_field),
-            jsonb_build_object('field', p_field, 'reason', 'bad_format', 'expected', 'ISO-8601'));
-    END IF;
-    RETURN v_text;
-END
-$_$;
-ALTER FUNCTION els._timestamp_field(p_payload jsonb, p_field text) OWNER TO els_owner;
+CREATE FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'array'::text) THEN els._fault('ELV03'::text, format('field %s must be an array of strings'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'array', 'actual', jsonb_typeof(p_value))) WHEN (p_bad_ord IS NOT NULL) THEN els._fault('ELV03'::text, format('field %s must hold strings of 1..255 characters'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'bad_item', 'index', (p_bad_ord - 1), 'item', "left"(((p_value -> ((p_bad_ord)::integer - 1)))::text, 300))) ELSE NULL::jsonb END;
+ALTER FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) OWNER TO els_owner;
+CREATE FUNCTION els._timestamp_fault(p_value jsonb, p_field text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN COALESCE(els._text_fault(p_value, p_field), CASE WHEN ((jsonb_typeof(p_value) = 'string'::text) AND ((p_value #>> '{}'::text[]) !~ els._timestamp_pattern())) THEN els._fault('ELV03'::text, format('field %s must be an ISO-8601 timestamp'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'bad_format', 'expected', 'ISO-8601')) ELSE NULL::jsonb END);
+ALTER FUNCTION els._timestamp_fault(p_value jsonb, p_field text) OWNER TO els_owner;
 CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
     LANGUAGE sql
     BEGIN ATOMIC
  SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
-CREATE FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) RETURNS record
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-DECLARE
-    v_field text;
-BEGIN
-    IF p_event IS NULL OR jsonb_typeof(p_event) <> 'object' THEN
-        PERFORM els._reject('ELV01', 'event is not a JSON object',
-            jsonb_build_object('field', NULL, 'reason', 'not_an_object',
-                               'actual', coalesce(jsonb_typeof(p_event), 'null')));
-    END IF;
-    IF p_event ? 'data' THEN
-        IF jsonb_typeof(p_event -> 'data') <> 'object' THEN
-            PERFORM els._reject('ELV01', 'envelope field data is not a JSON object',
-                jsonb_build_object('field', 'data', 'reason', 'not_an_object',
-                                   'actual', jsonb_typeof(p_event -> 'data')));
-        END IF;
-        FOREACH v_field IN ARRAY ARRAY['event_id', 'event_type', 'event_timestamp',
-                                       'source_service', 'correlation_id'] LOOP
-            IF jsonb_typeof(p_event -> v_field) NOT IN ('string', 'null') THEN
-                PERFORM els._reject('ELV01', format('envelope field %s is not a string', v_field),
-                    jsonb_build_object('field', v_field, 'reason', 'wrong_type',
-                                       'expected', 'string', 'actual', jsonb_typeof(p_event -> v_field)));
-            END IF;
-        END LOOP;
-        IF jsonb_typeof(p_event -> 'metadata') NOT IN ('object', 'null') THEN
-            PERFORM els._reject('ELV01', 'envelope field metadata is not a JSON object',
-                jsonb_build_object('field', 'metadata', 'reason', 'wrong_type',
-                                   'expected', 'object', 'actual', jsonb_typeof(p_event -> 'metadata')));
-        END IF;
-        IF jsonb_typeof(p_event -> 'schema_version') NOT IN ('number', 'null') THEN
-            PERFORM els._reject('ELV01', 'envelope field schema_version is not a number',
-                jsonb_build_object('field', 'schema_version', 'reason', 'wrong_type',
-                                   'expected', 'integer', 'actual', jsonb_typeof(p_event -> 'schema_version')));
-        END IF;
-        payload := p_event -> 'data';
-        correlation_id := p_event ->> 'correlation_id';
-        IF length(correlation_id) NOT BETWEEN 1 AND 255 THEN
-            PERFORM els._reject('ELV01', 'envelope field correlation_id must be 1..255 characters',
-                jsonb_build_object('field', 'correlation_id', 'reason', 'bad_length',
-                                   'min', 1, 'max', 255, 'actual', length(correlation_id)));
-        END IF;
-        source_event_id := p_event ->> 'event_id';
-    ELSE
-        payload := p_event;
-    END IF;
-    IF p_event ? 'event_type' AND jsonb_typeof(p_event -> 'event_type') <> 'null' THEN
-        IF jsonb_typeof(p_event -> 'event_type') <> 'string' THEN
-            PERFORM els._reject('ELV01', 'event_type is not a string',
-                jsonb_build_object('field', 'event_type', 'reason', 'wrong_type',
-                                   'expected', 'string', 'actual', jsonb_typeof(p_event -> 'event_type')));
-        END IF;
-        IF (p_event ->> 'event_type') NOT IN (p_topic, p_short_name) THEN
-            PERFORM els._reject('ELV03', 'event_type names another event (misrouted)',
-                jsonb_build_object('field', 'event_type', 'reason', 'misrouted',
-                                   'expected', jsonb_build_array(p_topic, p_short_name),
-                                   'actual', left(p_event ->> 'event_type', 300)));
-        END IF;
-    END IF;
-END
-$$;
-ALTER FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) OWNER TO els_owner;
 CREATE FUNCTION els.apply_events(events jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1982,13 +1877,29 @@ REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT
 GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
 GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 REVOKE ALL ON FUNCTION els._completion_spec(p_batch_id text, p_reason text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._content_fault(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._text_ok(p_value jsonb, p_max integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._envelope_ok(p_event jsonb, p_topic text, p_short_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._integer_ok(p_value jsonb, p_min numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._present(p_value jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._timestamp_pattern() FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._timestamp_ok(p_value jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._content_ok(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._correlation_id(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._content_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._emit_events(p_events jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._enum_field(p_payload jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._fault(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._text_fault(p_value jsonb, p_field text, p_max integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._enum_fault(p_value jsonb, p_field text, p_allowed text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._enum_ok(p_value jsonb, p_allowed text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.output_topic(p_event_type text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_worker;
 GRANT ALL ON FUNCTION els.output_topic(p_event_type text) TO els_readonly;
 REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_correlation_id text, p_data jsonb, p_timestamp text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._envelope_type_fault(p_event jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_name text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._essay_id_items(p_essay_ids jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_readonly;
@@ -2000,24 +1911,28 @@ GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_
 GRANT ALL ON FUNCTION els._event_id(p_event_type text, p_identity jsonb) TO els_readonly;
 REVOKE ALL ON FUNCTION els._event_timestamp() FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._excess_spec(p_batch_id text, p_original_file_name text, p_text_storage_id text, p_correlation_id text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._integer_field(p_payload jsonb, p_field text, p_min numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._failure_fault(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._object_ok(p_value jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._failure_ok(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._failure_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._object_field(p_payload jsonb, p_field text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._read_content(p_event jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._read_failure(p_event jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._read_registration(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._missing_fault(p_value jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._object_fault(p_value jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._payload(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._register_guarded(p_reg jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._register_locked(p_reg jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._require_fields(p_payload jsonb, p_fields text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._text_array_field(p_payload jsonb, p_field text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._text_field(p_payload jsonb, p_field text, p_max integer) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._timestamp_field(p_payload jsonb, p_field text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._timestamp_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._unwrap_event(p_event jsonb, p_topic text, p_short_name text, OUT payload jsonb, OUT correlation_id text, OUT source_event_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.apply_events(events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(events jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.apply_events(kinds text[], events text[]) FROM PUBLIC;

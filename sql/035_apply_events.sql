@@ -6,8 +6,8 @@
 -- DBA- and test-facing API, each a call of the core with one event) all go
 -- through els._apply_events:
 --
--- 1. every event is read and checked (_read_registration, _read_content,
---    _read_failure: no table is touched); a rejected event gets its error
+-- 1. every event is read and checked, all in one statement (els._read_events,
+--    010_validation.sql: no table is touched); a rejected event gets its error
 --    (SQLSTATE, message, JSON detail) as its result and changes nothing;
 -- 2. the advisory locks of all the batches of the micro-batch are taken at once,
 --    in ascending key order, so that two workers can never deadlock on them;
@@ -381,17 +381,15 @@ RETURNS jsonb[]
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
-    v_results jsonb[] := array_fill(NULL::jsonb, ARRAY[v_n]);
-    v_rows jsonb[] := '{}'::jsonb[];
-    v_count integer := 0;
+    v_results jsonb[] := coalesce(p_refused, array_fill(NULL::jsonb, ARRAY[v_n]));
+    v_rows jsonb[];
+    v_count integer;
+    v_rejected integer[];
+    v_rejections jsonb[];
+    v_reg_count integer;
+    v_reg_batches integer;
+    v_unknown text;
     v_row jsonb;
-    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
-    v_reg_count integer := 0;
-    v_seen integer;
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_context text;
     v_key bigint;
     v_round integer;
     v_items jsonb;
@@ -402,42 +400,39 @@ BEGIN
        OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
     END IF;
+    SELECT coalesce(u.kind, 'NULL') INTO v_unknown
+      FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
+     WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
+       AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
+     ORDER BY u.ord LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
+    END IF;
 
-    -- 1. read and check every event; no table is touched
-    FOR i IN 1 .. v_n LOOP
-        IF p_refused IS NOT NULL AND p_refused[i] IS NOT NULL THEN
-            v_results[i] := p_refused[i];
-            CONTINUE;
-        END IF;
-        IF p_kinds[i] IS NULL
-           OR p_kinds[i] NOT IN ('register_batch', 'provision_content', 'record_validation_failure') THEN
-            RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('unknown event kind %s', coalesce(p_kinds[i], 'NULL'));
-        END IF;
-        BEGIN
-            v_row := CASE p_kinds[i]
-                WHEN 'register_batch' THEN els._read_registration(p_events[i])
-                WHEN 'provision_content' THEN els._read_content(p_events[i])
-                ELSE els._read_failure(p_events[i])
-            END;
-        EXCEPTION WHEN SQLSTATE 'ELV01' OR SQLSTATE 'ELV02' OR SQLSTATE 'ELV03' OR SQLSTATE 'ELV04'
-                    OR SQLSTATE 'ELV05' OR SQLSTATE 'ELV06' THEN
-            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                    v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
-            v_results[i] := els._rejection(v_state, v_message, v_detail, v_context);
-            CONTINUE;
-        END;
-        -- the round: 2 x (registrations of this batch before it), + 1 for a registration
-        v_seen := coalesce((v_regs ->> (v_row ->> 'batch_id'))::integer, 0);
-        IF p_kinds[i] = 'register_batch' THEN
-            v_regs := v_regs || jsonb_build_object(v_row ->> 'batch_id', v_seen + 1);
-            v_reg_count := v_reg_count + 1;
-        END IF;
-        v_count := v_count + 1;
-        v_rows[v_count] := v_row || jsonb_build_object(
-            'ord', i, 'kind', p_kinds[i],
-            'round', 2 * v_seen + CASE WHEN p_kinds[i] = 'register_batch' THEN 1 ELSE 0 END);
+    -- 1. every event read and checked in one statement (els._read_events; no table
+    --    is touched); its round: 2 x (registrations of its batch before it), + 1 for
+    --    a registration
+    SELECT array_agg(r.event_row || jsonb_build_object(
+                         'ord', r.ord, 'kind', r.kind,
+                         'round', 2 * r.regs_before + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END)
+                     ORDER BY r.ord) FILTER (WHERE r.fault IS NULL),
+           array_agg(r.ord ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
+           array_agg(els._rejection(r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
+                                    'els._read_events: event ' || r.ord || ' of the micro-batch')
+                     ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
+           count(*) FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL),
+           count(DISTINCT r.event_row ->> 'batch_id') FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL)
+      INTO v_rows, v_rejected, v_rejections, v_reg_count, v_reg_batches
+      FROM (SELECT x.ord, x.kind, x.fault, x.event_row,
+                   count(*) FILTER (WHERE x.kind = 'register_batch' AND x.fault IS NULL)
+                       OVER (PARTITION BY x.event_row ->> 'batch_id' ORDER BY x.ord
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS regs_before
+              FROM els._read_events(p_kinds, p_events,
+                                    (SELECT array_agg(f.result IS NOT NULL) FROM unnest(p_refused) AS f(result))) AS x) AS r;
+    FOR i IN 1 .. coalesce(cardinality(v_rejected), 0) LOOP
+        v_results[v_rejected[i]] := v_rejections[i];
     END LOOP;
+    v_count := coalesce(cardinality(v_rows), 0);
     IF v_count = 0 THEN
         RETURN v_results;
     END IF;
@@ -454,7 +449,7 @@ BEGIN
 
     -- registrations of different batches sharing an essay id: the order between
     -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
+    IF v_reg_count > 1 AND v_reg_batches > 1 THEN
         -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
         SELECT EXISTS (
             SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids

@@ -15,80 +15,10 @@
 
 -- The rules are applied by els._apply_events (035_apply_events.sql), the one
 -- implementation shared with els.apply_events: a registration is read and checked
--- here (_read_registration, before any lock), then applied under its batch's lock
--- (_register_locked). els.register_batch is a call of that core with one event.
+-- with its micro-batch (els._registration_fault, 010_validation.sql, before any
+-- lock), then applied under its batch's lock (_register_locked). els.register_batch is a call of that core with one event.
 
--- Reads and checks a BatchEssaysRegistered event (SPEC 2 and 4, in the SPEC's order
--- of errors); touches no table. Returns the normalized fields for _register_locked.
-CREATE OR REPLACE FUNCTION els._read_registration(p_event jsonb)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    v_env record;
-    v_payload jsonb;
-    v_batch_id text;
-    v_expected numeric;
-    v_essay_ids text[];
-    v_course_code text;
-    v_user_id text;
-    v_org_id text;
-    v_class_id text;
-    v_prompt_ref jsonb;
-    v_metadata jsonb;
-    v_data_correlation_id text;
-    v_duplicate_id text;
-BEGIN
-    v_env := els._unwrap_event(p_event, 'huleedu.batch.essays.registered.v1', 'batch.essays.registered');
-    v_payload := v_env.payload;
-
-    PERFORM els._require_fields(v_payload,
-        ARRAY['entity_id', 'expected_essay_count', 'essay_ids', 'course_code', 'user_id']);
-    v_batch_id := els._text_field(v_payload, 'entity_id');
-    v_expected := els._integer_field(v_payload, 'expected_essay_count', 1);
-    v_essay_ids := els._text_array_field(v_payload, 'essay_ids');
-    v_course_code := els._enum_field(v_payload, 'course_code',
-        ARRAY['ENG5', 'ENG6', 'ENG7', 'SV1', 'SV2', 'SV3']);
-    v_user_id := els._text_field(v_payload, 'user_id');
-    v_org_id := els._text_field(v_payload, 'org_id');
-    v_class_id := els._text_field(v_payload, 'class_id');
-    v_prompt_ref := els._object_field(v_payload, 'student_prompt_ref');
-    v_metadata := coalesce(els._object_field(v_payload, 'metadata'), '{}'::jsonb);
-    -- data.correlation_id is validated even when the envelope's wins.
-    v_data_correlation_id := els._text_field(v_payload, 'correlation_id');
-
-    IF cardinality(v_essay_ids) <> v_expected THEN
-        PERFORM els._reject('ELV04', 'expected_essay_count differs from the number of essay_ids',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'count_mismatch',
-                               'expected_essay_count', v_expected,
-                               'essay_ids_count', cardinality(v_essay_ids)));
-    END IF;
-    SELECT u.id INTO v_duplicate_id
-      FROM unnest(v_essay_ids) WITH ORDINALITY AS u(id, ord)
-     GROUP BY u.id HAVING count(*) > 1
-     ORDER BY min(u.ord) LIMIT 1;
-    IF FOUND THEN
-        PERFORM els._reject('ELV05', 'essay_ids contains duplicates',
-            jsonb_build_object('field', 'essay_ids', 'reason', 'duplicate_item',
-                               'essay_id', v_duplicate_id));
-    END IF;
-    IF v_expected > 10000 THEN
-        PERFORM els._reject('ELV06', 'batch too large: more than 10000 essays',
-            jsonb_build_object('field', 'expected_essay_count', 'reason', 'too_large',
-                               'max', 10000, 'actual', v_expected));
-    END IF;
-
-    -- essay_ids as sent (an array of strings, checked above)
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id, 'expected_count', v_expected::integer,
-        'essay_ids', v_payload -> 'essay_ids', 'course_code', v_course_code,
-        'user_id', v_user_id, 'org_id', v_org_id, 'class_id', v_class_id,
-        'student_prompt_ref', v_prompt_ref, 'metadata', v_metadata,
-        'correlation_id', coalesce(v_env.correlation_id, v_data_correlation_id, gen_random_uuid()::text),
-        'source_event_id', v_env.source_event_id);
-END
-$fn$;
-
--- Applies one checked registration (from _read_registration); the caller holds
+-- Applies one checked registration (els._registration_row); the caller holds
 -- the batch's lock. Raises ELC01 (identity differs from the tracker's or the
 -- tombstone's) before writing anything, and ELC02 (an essay id owned by another
 -- batch) from _create_slots: the caller runs it in a subtransaction, so that a
@@ -205,6 +135,6 @@ $fn$;
 COMMENT ON FUNCTION els.register_batch(jsonb) IS
     'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. '
     'Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
-REVOKE ALL ON FUNCTION els._read_registration(jsonb), els._register_locked(jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_locked(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.register_batch(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.register_batch(jsonb) TO els_worker;

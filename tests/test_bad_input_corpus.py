@@ -226,3 +226,50 @@ def test_injection_strings_are_applied_and_stored_verbatim(db_url: str) -> None:
             " (SELECT count(*) FROM els.event_outbox)").fetchone()
         # per batch: 2 slots (one filled, one failed), a slot-assigned and a completion event
         assert counts == (len(INJECTIONS), 2 * len(INJECTIONS), 2 * len(INJECTIONS))
+
+
+# The screen of each kind (els._registration_ok, _content_ok, _failure_ok: the inlined
+# test that lets a well-formed event skip its fault function) must never pass an event
+# that has a fault, and should pass every well-formed one (or it is only slower).
+SCREEN = sql.SQL("""
+    SELECT CASE %(kind)s
+               WHEN 'register' THEN
+                   els._registration_ok(x.e, x.p, i.bad_ord, i.item_count, i.duplicate_id)
+               WHEN 'content' THEN els._content_ok(x.e, x.p)
+               ELSE els._failure_ok(x.e, x.p) END,
+           CASE %(kind)s
+               WHEN 'register' THEN
+                   els._registration_fault(x.e, x.p, i.bad_ord, i.item_count, i.duplicate_id)
+               WHEN 'content' THEN els._content_fault(x.e, x.p)
+               ELSE els._failure_fault(x.e, x.p) END
+      FROM (SELECT y.e, y.p, CASE WHEN jsonb_typeof(y.p -> 'essay_ids') = 'array'
+                                  THEN y.p -> 'essay_ids' END AS ids
+              FROM (SELECT %(event)s::jsonb AS e, els._payload(%(event)s::jsonb) AS p) AS y) AS x
+      LEFT JOIN LATERAL els._essay_id_items(x.ids) AS i ON true
+""")
+
+
+def _screened(conn: psycopg.Connection[Any], kind: str, text: str) -> tuple[bool, Any]:
+    row = conn.execute(SCREEN, {"kind": kind, "event": text}).fetchone()
+    assert row is not None
+    return bool(row[0]), row[1]
+
+
+def test_screens_pass_no_event_with_a_fault_and_every_well_formed_one(db_url: str) -> None:
+    checked = 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for case in CORPUS.cases:
+            verdict = CORPUS.verdicts[case.seq]
+            if case.value is None or verdict.reason in NOT_JSONB:
+                continue  # never jsonb: the cast refuses it before any screen
+            text = case.value.decode("utf-8")
+            ok, fault = _screened(conn, case.kind, text)
+            assert not (ok and fault is not None), f"{case.label}: screen passed {fault}"
+            if case.expect in ("ELC01", "ELC02"):  # well-formed: refused for what it claims
+                assert ok and fault is None, (case.label, fault)
+            checked += 1
+        for kind, event in CORPUS.injection:
+            ok, fault = _screened(conn, kind, json.dumps(event))
+            assert ok and fault is None, (kind, fault, event)
+            checked += 1
+    assert checked > 100

@@ -230,29 +230,29 @@ def test_read_only_database_for_8_seconds_nothing_dead_lettered(
 @pytest.fixture
 def bug_in_provision_content(db: psycopg.Connection[Any]) -> Iterator[Any]:
     """``install(pattern)`` puts a bug in the content rules that both paths share
-    (els._read_content, called by the set-based core of els.apply_events and so by
+    (els._content_row, called by the set-based core of els.apply_events and so by
     els.provision_content): content whose text_storage_id matches ``pattern`` (LIKE)
     raises division_by_zero inside the function body. ``restore()`` takes it away (also
     done at the end)."""
     state = {"installed": False}
 
     def install(pattern: str) -> None:
-        db.execute("ALTER FUNCTION els._read_content(jsonb) RENAME TO read_content_real")
+        db.execute("ALTER FUNCTION els._content_row(jsonb, jsonb) RENAME TO content_row_real")
         db.execute(sql.SQL("""
-            CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb
+            CREATE FUNCTION els._content_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
             LANGUAGE plpgsql AS $$
             BEGIN
                 IF p_event -> 'data' ->> 'text_storage_id' LIKE {} THEN
                     RETURN to_jsonb(1 / 0);
                 END IF;
-                RETURN els.read_content_real(p_event);
+                RETURN els.content_row_real(p_event, p_payload);
             END $$""").format(sql.Literal(pattern)))
         state["installed"] = True
 
     def restore() -> None:
         if state["installed"]:
-            db.execute("DROP FUNCTION els._read_content(jsonb)")
-            db.execute("ALTER FUNCTION els.read_content_real(jsonb) RENAME TO _read_content")
+            db.execute("DROP FUNCTION els._content_row(jsonb, jsonb)")
+            db.execute("ALTER FUNCTION els.content_row_real(jsonb, jsonb) RENAME TO _content_row")
             state["installed"] = False
 
     try:

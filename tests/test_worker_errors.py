@@ -177,16 +177,17 @@ def processor(db_url: str) -> Iterator[BatchProcessor]:
 
 @pytest.fixture
 def buggy_provision_content(db: psycopg.Connection[Any]) -> Iterator[None]:
-    """Puts a bug in the content rules that both paths share (els._read_content, called
+    """Puts a bug in the content rules that both paths share (els._content_row, called
     by the set-based core of els.apply_events and so by els.provision_content): content
     whose text_storage_id starts with ``poison`` raises division_by_zero inside the
     function body, ``flaky`` content fails for its first two calls, the rest goes through."""
     db.execute("CREATE SEQUENCE public.flaky_calls")
     # the bug runs inside the SECURITY DEFINER functions, as their owner
     db.execute("GRANT USAGE ON SEQUENCE public.flaky_calls TO els_owner")
-    db.execute("ALTER FUNCTION els._read_content(jsonb) RENAME TO read_content_real")
+    db.execute("ALTER FUNCTION els._content_row(jsonb, jsonb) RENAME TO content_row_real")
     db.execute("""
-        CREATE FUNCTION els._read_content(p_event jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+        CREATE FUNCTION els._content_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
+        LANGUAGE plpgsql AS $$
         BEGIN
             IF p_event -> 'data' ->> 'text_storage_id' LIKE 'poison%' THEN
                 RETURN to_jsonb(1 / 0);
@@ -195,13 +196,13 @@ def buggy_provision_content(db: psycopg.Connection[Any]) -> Iterator[None]:
                AND nextval('public.flaky_calls') <= 2 THEN
                 RAISE EXCEPTION 'flaky bug' USING ERRCODE = 'XX000';
             END IF;
-            RETURN els.read_content_real(p_event);
+            RETURN els.content_row_real(p_event, p_payload);
         END $$""")
     try:
         yield
     finally:
-        db.execute("DROP FUNCTION els._read_content(jsonb)")
-        db.execute("ALTER FUNCTION els.read_content_real(jsonb) RENAME TO _read_content")
+        db.execute("DROP FUNCTION els._content_row(jsonb, jsonb)")
+        db.execute("ALTER FUNCTION els.content_row_real(jsonb, jsonb) RENAME TO _content_row")
         db.execute("DROP SEQUENCE public.flaky_calls")
 
 
