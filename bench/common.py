@@ -153,7 +153,16 @@ def build_template(stack: Stack, log: Callable[[str], None]) -> None:
                 conn.execute("SELECT els.provision_content(%s::jsonb)", (dumps(content(bid, 0)),))
                 conn.execute("SELECT els.record_validation_failure(%s::jsonb)",
                              (dumps(failure(bid, 1)),))
+            # purged history: batches completed a day ago and purged, so that the
+            # tombstones the ingest functions probe are a seeded table too
+            for b in range(SEED_BATCHES // 4):
+                bid = f"seed-purged-{b:05d}"
+                conn.execute("SELECT els.register_batch(%s::jsonb)", (dumps(registration(bid, 1)),))
+                conn.execute("SELECT els.provision_content(%s::jsonb)", (dumps(content(bid, 0)),))
+            conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '1 day'"
+                         " WHERE batch_id LIKE 'seed-purged-%'")
         conn.execute("UPDATE els.event_outbox SET published_at = now()")
+        conn.execute("SELECT els.purge_history(interval '12 hours')")
         conn.execute("VACUUM (ANALYZE)")
     log(f"template {TEMPLATE}: {SEED_BATCHES} batches x {SEED_ESSAYS} essays seeded "
         f"in {time.perf_counter() - t0:.1f}s")
