@@ -20,12 +20,12 @@ CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused js
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
     v_results jsonb[] := coalesce(p_refused, array_fill(NULL::jsonb, ARRAY[v_n]));
-    v_rows jsonb[];
-    v_count integer;
-    v_rejected integer[];
-    v_rejections jsonb[];
-    v_reg_count integer;
-    v_reg_batches integer;
+    v_rows jsonb[] := '{}'::jsonb[];
+    v_count integer := 0;
+    v_read record;
+    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
+    v_reg_count integer := 0;
+    v_seen integer;
     v_unknown text;
     v_row jsonb;
     v_key bigint;
@@ -38,38 +38,42 @@ BEGIN
        OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
     END IF;
-    SELECT coalesce(u.kind, 'NULL') INTO v_unknown
-      FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
-     WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
-       AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
-     ORDER BY u.ord LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
+    -- an expression first (no statement): the query only when a kind is unknown or NULL
+    IF array_position(p_kinds, NULL) IS NOT NULL
+       OR NOT p_kinds <@ ARRAY['register_batch', 'provision_content', 'record_validation_failure'] THEN
+        SELECT coalesce(u.kind, 'NULL') INTO v_unknown
+          FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
+         WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
+           AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
+         ORDER BY u.ord LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
+        END IF;
     END IF;
     -- 1. every event read and checked in one statement (els._read_events; no table
     --    is touched); its round: 2 x (registrations of its batch before it), + 1 for
     --    a registration
-    SELECT array_agg(r.event_row || jsonb_build_object(
-                         'ord', r.ord, 'kind', r.kind,
-                         'round', 2 * r.regs_before + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END)
-                     ORDER BY r.ord) FILTER (WHERE r.fault IS NULL),
-           array_agg(r.ord ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
-           array_agg(els._rejection(r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
-                                    'els._read_events: event ' || r.ord || ' of the micro-batch')
-                     ORDER BY r.ord) FILTER (WHERE r.fault IS NOT NULL),
-           count(*) FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL),
-           count(DISTINCT r.event_row ->> 'batch_id') FILTER (WHERE r.kind = 'register_batch' AND r.fault IS NULL)
-      INTO v_rows, v_rejected, v_rejections, v_reg_count, v_reg_batches
-      FROM (SELECT x.ord, x.kind, x.fault, x.event_row,
-                   count(*) FILTER (WHERE x.kind = 'register_batch' AND x.fault IS NULL)
-                       OVER (PARTITION BY x.event_row ->> 'batch_id' ORDER BY x.ord
-                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS regs_before
-              FROM els._read_events(p_kinds, p_events,
-                                    (SELECT array_agg(f.result IS NOT NULL) FROM unnest(p_refused) AS f(result))) AS x) AS r;
-    FOR i IN 1 .. coalesce(cardinality(v_rejected), 0) LOOP
-        v_results[v_rejected[i]] := v_rejections[i];
+    FOR v_read IN SELECT r.ord, r.kind, r.fault, r.event_row
+                    FROM els._read_events(p_kinds, p_events,
+                                          (SELECT array_agg(f.result IS NOT NULL)
+                                             FROM unnest(p_refused) AS f(result))) AS r
+                   ORDER BY r.ord LOOP
+        IF v_read.fault IS NOT NULL THEN
+            v_results[v_read.ord] := els._rejection(
+                v_read.fault ->> 'sqlstate', v_read.fault ->> 'message', (v_read.fault -> 'detail')::text,
+                'els._read_events: event ' || v_read.ord || ' of the micro-batch');
+            CONTINUE;
+        END IF;
+        v_seen := coalesce((v_regs ->> (v_read.event_row ->> 'batch_id'))::integer, 0);
+        IF v_read.kind = 'register_batch' THEN
+            v_regs := v_regs || jsonb_build_object(v_read.event_row ->> 'batch_id', v_seen + 1);
+            v_reg_count := v_reg_count + 1;
+        END IF;
+        v_count := v_count + 1;
+        v_rows[v_count] := v_read.event_row || jsonb_build_object(
+            'ord', v_read.ord, 'kind', v_read.kind,
+            'round', 2 * v_seen + CASE WHEN v_read.kind = 'register_batch' THEN 1 ELSE 0 END);
     END LOOP;
-    v_count := coalesce(cardinality(v_rows), 0);
     IF v_count = 0 THEN
         RETURN v_results;
     END IF;
@@ -85,7 +89,7 @@ BEGIN
     END IF;
     -- registrations of different batches sharing an essay id: the order between
     -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 AND v_reg_batches > 1 THEN
+    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
         -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
         SELECT EXISTS (
             SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
