@@ -50,8 +50,8 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
         END IF;
     END IF;
-    -- 1. every event read and checked in one statement (els._read_events; no table
-    --    is touched); its round: 2 x (registrations of its batch before it), + 1 for
+    -- 1. every event read and checked (els._read_events: one statement per kind, no
+    --    table touched); its round: 2 x (registrations of its batch before it), + 1 for
     --    a registration
     FOR v_read IN SELECT r.ord, r.kind, r.fault, r.event_row
                     FROM els._read_events(p_kinds, p_events,
@@ -779,10 +779,12 @@ CREATE FUNCTION els._essay_id_items(p_essay_ids jsonb) RETURNS TABLE(bad_ord big
            count(*),
            (SELECT d.id
               FROM (SELECT y.item #>> '{}' AS id, min(y.ord) AS first_ord
-                      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS y(item, ord)
+                      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_essay_ids) = 'array'
+                                                     THEN p_essay_ids END) WITH ORDINALITY AS y(item, ord)
                      GROUP BY 1 HAVING count(*) > 1) AS d
              ORDER BY d.first_ord LIMIT 1)
-      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS x(item, ord)
+      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_essay_ids) = 'array' THEN p_essay_ids END)
+           WITH ORDINALITY AS x(item, ord)
 $$;
 ALTER FUNCTION els._essay_id_items(p_essay_ids jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._event_digest(p_event_type text, p_identity jsonb) RETURNS bytea
@@ -879,13 +881,11 @@ BEGIN
                             THEN NULL
                             ELSE els._registration_fault(v.event, v.payload, i.bad_ord, i.item_count,
                                                          i.duplicate_id) END AS fault
-                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload,
-                               CASE WHEN jsonb_typeof(els._payload(u.event) -> 'essay_ids') = 'array'
-                                    THEN els._payload(u.event) -> 'essay_ids' END AS essay_ids
+                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload
                           FROM unnest(p_kinds, p_events) WITH ORDINALITY AS u(kind, event, ord)
                          WHERE u.kind = 'register_batch' AND p_skip[u.ord::integer] IS NOT TRUE
                         OFFSET 0) AS v
-                  LEFT JOIN LATERAL els._essay_id_items(v.essay_ids) AS i ON true
+                  CROSS JOIN LATERAL els._essay_id_items(v.payload -> 'essay_ids') AS i
                 OFFSET 0) AS c;
     END IF;
     IF 'provision_content' = ANY (p_kinds) THEN

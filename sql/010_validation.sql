@@ -8,17 +8,19 @@
 -- checks are one coalesce() in the SPEC's order of errors (the envelope, then a
 -- misrouted event_type, then missing fields, then each field's type, format and
 -- range in the order of SPEC section 2, then the registration's counts), so the
--- first fault is the one reported and the checks after it are not evaluated.
+-- first fault is the one reported and the checks after it are not evaluated: its
+-- kind's fault function (_registration_fault, _content_fault, _failure_fault).
 --
--- Every function here is a single SQL expression without a subquery, so that the
--- planner inlines it into the statement that reads the micro-batch
--- (els._read_events): no function call per event and field (the PL/pgSQL field
--- readers this replaces cost ~30 µs per event, most of a per-event call's reading).
--- The arguments they are given are columns or `column -> 'key'` (cheap: an
--- argument used more than once that costs more would stop the inlining). The one
--- check that needs a subquery, over essay_ids' items, is computed by the reading
--- statement (a LATERAL per registration) and handed to _registration_fault.
--- None of these functions touches a table or is SECURITY DEFINER.
+-- Those are the authority, but a well-formed event never reaches them: the
+-- statement that reads a micro-batch (els._read_events) first evaluates each event's
+-- screen (_registration_ok, _content_ok, _failure_ok, further down), boolean SQL
+-- expressions the planner inlines, and calls the fault function only for an event
+-- that fails it. The SQL functions here are single expressions without a subquery so
+-- that they can be inlined; the arguments they are given are columns or
+-- `column -> 'key'` (an argument used more than once that costs more would stop
+-- the inlining). essay_ids' items are read by _essay_id_items, a one-row
+-- set-returning function inlined into the same statement. None of these functions
+-- touches a table or is SECURITY DEFINER.
 
 -- Raises a structured rejection (for the per-event functions and the DBA calls).
 CREATE OR REPLACE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb)
@@ -497,10 +499,11 @@ RETURN els._envelope_ok(p_event, 'huleedu.file.essay.validation.failed.v1', 'ess
        AND els._text_ok(p_payload -> 'correlation_id')
        AND els._timestamp_ok(p_payload -> 'timestamp');
 
--- essay_ids' items (a JSON array, or NULL), read once: the 1-based position of the
--- first that is not a 1..255-character string, how many there are, and the first
--- id (by first occurrence) that occurs twice. A set-returning SQL function of one
--- row, so that the planner inlines it into the statement that reads a micro-batch.
+-- essay_ids' items, read once: the 1-based position of the first that is not a
+-- 1..255-character string, how many there are, and the first id (by first
+-- occurrence) that occurs twice (no items when essay_ids is not an array). A
+-- set-returning SQL function of one row, so that the planner inlines it into the
+-- statement that reads a micro-batch.
 CREATE OR REPLACE FUNCTION els._essay_id_items(p_essay_ids jsonb)
 RETURNS TABLE (bad_ord bigint, item_count bigint, duplicate_id text)
 LANGUAGE sql STABLE PARALLEL SAFE
@@ -510,10 +513,12 @@ AS $fn$
            count(*),
            (SELECT d.id
               FROM (SELECT y.item #>> '{}' AS id, min(y.ord) AS first_ord
-                      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS y(item, ord)
+                      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_essay_ids) = 'array'
+                                                     THEN p_essay_ids END) WITH ORDINALITY AS y(item, ord)
                      GROUP BY 1 HAVING count(*) > 1) AS d
              ORDER BY d.first_ord LIMIT 1)
-      FROM jsonb_array_elements(p_essay_ids) WITH ORDINALITY AS x(item, ord)
+      FROM jsonb_array_elements(CASE WHEN jsonb_typeof(p_essay_ids) = 'array' THEN p_essay_ids END)
+           WITH ORDINALITY AS x(item, ord)
 $fn$;
 
 -- Reads and checks a micro-batch of events (p_kinds[i]: register_batch,
@@ -539,13 +544,11 @@ BEGIN
                             THEN NULL
                             ELSE els._registration_fault(v.event, v.payload, i.bad_ord, i.item_count,
                                                          i.duplicate_id) END AS fault
-                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload,
-                               CASE WHEN jsonb_typeof(els._payload(u.event) -> 'essay_ids') = 'array'
-                                    THEN els._payload(u.event) -> 'essay_ids' END AS essay_ids
+                  FROM (SELECT u.ord::integer AS ord, u.event, els._payload(u.event) AS payload
                           FROM unnest(p_kinds, p_events) WITH ORDINALITY AS u(kind, event, ord)
                          WHERE u.kind = 'register_batch' AND p_skip[u.ord::integer] IS NOT TRUE
                         OFFSET 0) AS v
-                  LEFT JOIN LATERAL els._essay_id_items(v.essay_ids) AS i ON true
+                  CROSS JOIN LATERAL els._essay_id_items(v.payload -> 'essay_ids') AS i
                 OFFSET 0) AS c;
     END IF;
     IF 'provision_content' = ANY (p_kinds) THEN

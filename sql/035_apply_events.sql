@@ -6,8 +6,8 @@
 -- DBA- and test-facing API, each a call of the core with one event) all go
 -- through els._apply_events:
 --
--- 1. every event is read and checked, all in one statement (els._read_events,
---    010_validation.sql: no table is touched); a rejected event gets its error
+-- 1. every event is read and checked, by one statement per kind of event
+--    (els._read_events, 010_validation.sql: no table is touched); a rejected event gets its error
 --    (SQLSTATE, message, JSON detail) as its result and changes nothing;
 -- 2. the advisory locks of all the batches of the micro-batch are taken at once,
 --    in ascending key order, so that two workers can never deadlock on them;
@@ -413,8 +413,8 @@ BEGIN
         END IF;
     END IF;
 
-    -- 1. every event read and checked in one statement (els._read_events; no table
-    --    is touched); its round: 2 x (registrations of its batch before it), + 1 for
+    -- 1. every event read and checked (els._read_events: one statement per kind, no
+    --    table touched); its round: 2 x (registrations of its batch before it), + 1 for
     --    a registration
     FOR v_read IN SELECT r.ord, r.kind, r.fault, r.event_row
                     FROM els._read_events(p_kinds, p_events,

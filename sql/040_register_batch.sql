@@ -15,8 +15,9 @@
 
 -- The rules are applied by els._apply_events (035_apply_events.sql), the one
 -- implementation shared with els.apply_events: a registration is read and checked
--- with its micro-batch (els._registration_fault, 010_validation.sql, before any
--- lock), then applied under its batch's lock (_register_locked). els.register_batch is a call of that core with one event.
+-- with its micro-batch (els._read_events, 010_validation.sql, before any lock), then
+-- applied under its batch's lock (_register_locked). els.register_batch is a call of
+-- that core with one event.
 
 -- Applies one checked registration (els._registration_row); the caller holds
 -- the batch's lock. Raises ELC01 (identity differs from the tracker's or the

@@ -242,10 +242,8 @@ SCREEN = sql.SQL("""
                    els._registration_fault(x.e, x.p, i.bad_ord, i.item_count, i.duplicate_id)
                WHEN 'content' THEN els._content_fault(x.e, x.p)
                ELSE els._failure_fault(x.e, x.p) END
-      FROM (SELECT y.e, y.p, CASE WHEN jsonb_typeof(y.p -> 'essay_ids') = 'array'
-                                  THEN y.p -> 'essay_ids' END AS ids
-              FROM (SELECT %(event)s::jsonb AS e, els._payload(%(event)s::jsonb) AS p) AS y) AS x
-      LEFT JOIN LATERAL els._essay_id_items(x.ids) AS i ON true
+      FROM (SELECT %(event)s::jsonb AS e, els._payload(%(event)s::jsonb) AS p) AS x
+      CROSS JOIN LATERAL els._essay_id_items(x.p -> 'essay_ids') AS i
 """)
 
 
