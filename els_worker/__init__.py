@@ -14,6 +14,7 @@
 * ``relay``         the outbox relay thread
 * ``consumer``      the consume loop: rebalances, offsets, shutdown
 * ``maintenance``   deadlines, retention and batch gauges on a schedule, one worker at a time
+* ``audit``         proof of delivery: published outbox rows read back from Kafka (worker.py audit)
 * ``observability`` JSON logs and Prometheus metrics
 * ``health``        the health verdict and the HTTP server (/metrics, /healthz, /health/batches)
 * ``admin``         DBA commands: inspect, dry-run

@@ -1,4 +1,4 @@
-"""The command line: ``worker.py [run | migrate | inspect | dry-run | dlq-replay]``.
+"""The command line: ``worker.py [run | migrate | audit | inspect | dry-run | dlq-replay]``.
 Parses arguments, reads the configuration from the environment, and hands over to the
 module that owns the command."""
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from els_worker import admin, replay
+from els_worker import admin, audit, replay
 from els_worker.config import Config, settings_table
 from els_worker.errors import describe_table
 from els_worker.observability import setup_logging
@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the worker (default)")
     sub.add_parser("migrate", help="apply database migrations and reload sql/")
+    p_audit = sub.add_parser(
+        "audit", help="prove that Kafka holds every outbox row published recently",
+        description=audit.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_audit.add_argument("--since", default="24 hours",
+                         help="a PostgreSQL interval: audit rows published this recently "
+                         "(default: 24 hours)")
+    p_audit.add_argument("--timeout", type=float, default=300.0,
+                         help="give up (exit 2) after this many seconds (default 300)")
     p_inspect = sub.add_parser("inspect", help="readable report of one batch (els.batch_report)")
     p_inspect.add_argument("batch_id")
     p_inspect.add_argument("--json", action="store_true", help="print the raw JSON report")
@@ -65,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         applied = apply_migrations(cfg.database_url)
         print("applied:", ", ".join(applied) or "nothing (functions reloaded)")
         return 0
+    if command == "audit":
+        return audit.cmd_audit(cfg, args.since, args.timeout)
     if command == "inspect":
         return admin.cmd_inspect(cfg, args.batch_id, args.json)
     if command == "dry-run":

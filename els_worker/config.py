@@ -145,6 +145,21 @@ class Config:
         "How often the maintenance loop runs (deadlines, retention, batch gauges).",
         1,
     )
+    audit_interval_seconds: int = _setting(
+        "ELS_AUDIT_INTERVAL_SECONDS",
+        0,
+        "How often the worker audits the outbox (worker.py audit: published rows read back "
+        "from Kafka at their offsets, missing ones produced again), one worker at a time; "
+        "0: off. Production: e.g. 900.",
+        0,
+    )
+    audit_window_seconds: int = _setting(
+        "ELS_AUDIT_WINDOW_SECONDS",
+        86400,
+        "The periodic audit checks rows published since its previous run started (plus "
+        "5 minutes), at most this long ago; a worker's first run checks this whole window.",
+        1,
+    )
     create_topics: bool = _setting(
         "ELS_CREATE_TOPICS",
         True,

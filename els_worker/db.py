@@ -44,13 +44,42 @@ CLAIM_OUTBOX = (
     "SELECT id, event_id::text, event_type, topic, message_key, envelope::text "
     "FROM els.claim_outbox(p_limit => %(limit)s::integer)"
 )
-MARK_PUBLISHED = "SELECT els.mark_outbox_published(p_ids => %(ids)s::bigint[])"
+# Published rows with where the broker stored them (parallel arrays, delivery_arrays).
+MARK_PUBLISHED = (
+    "SELECT els.mark_outbox_published(p_ids => %(ids)s::bigint[], p_topics => "
+    "%(topics)s::text[], p_partitions => %(partitions)s::integer[], p_offsets => "
+    "%(offsets)s::bigint[])"
+)
 SET_ASIDE = (
     "SELECT els.set_aside_outbox(p_id => %(id)s::bigint, p_reason => %(reason)s::text)"
 )
 OUTBOX_BACKLOG = (
     "SELECT unpublished, oldest_age_seconds, set_aside FROM els.outbox_backlog()"
 )
+
+# -- the audit (worker.py audit): published rows read back at their coordinates --------
+AUDIT_PUBLISHED_SINCE = (
+    "SELECT id, event_id::text, event_type, kafka_topic, kafka_partition, kafka_offset "
+    "FROM els.outbox_published_since(p_since => %(since)s::interval)"
+)
+AUDIT_ENVELOPES = (
+    "SELECT id, event_id::text, event_type, topic, message_key, envelope::text "
+    "FROM els.outbox_envelopes(p_ids => %(ids)s::bigint[])"
+)
+RECORD_REDELIVERY = (
+    "SELECT els.record_outbox_redelivery(p_ids => %(ids)s::bigint[], p_topics => "
+    "%(topics)s::text[], p_partitions => %(partitions)s::integer[], p_offsets => "
+    "%(offsets)s::bigint[])"
+)
+TRY_AUDIT_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('els.audit', 0))"
+
+
+def delivery_arrays(rows: list[tuple[int, tuple[str, int, int]]]) -> dict[str, list[Any]]:
+    """The parameters of MARK_PUBLISHED and RECORD_REDELIVERY: outbox ids with the
+    (topic, partition, offset) their delivery reports gave."""
+    return {"ids": [i for i, _ in rows], "topics": [w[0] for _, w in rows],
+            "partitions": [w[1] for _, w in rows], "offsets": [w[2] for _, w in rows]}
+
 
 # -- maintenance and health -----------------------------------------------------------
 PING = "SELECT 1"

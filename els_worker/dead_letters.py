@@ -1,6 +1,11 @@
 """Dead letters: the rejected message, same key and value, to ``<source topic>.dlq``
 with the headers of SPEC 7, confirmed by the broker before the offset moves.
 
+Confirmed means a delivery report with the partition and offset the dead letter was
+stored at (SPEC 5, proof of delivery): a report of success without an offset proves
+nothing, so that letter is produced again (``els_kafka_unconfirmed_deliveries``), and
+the input offset waits until it has one.
+
 A dead letter too large for the dead-letter topic goes out as a stand-in: same key and
 headers, no value, ``els.error.detail`` extended with ``dlq_value_omitted`` and the
 original size (the source coordinates are in the headers). Any other failure is
@@ -57,7 +62,8 @@ class DeadLetterWriter:
         self.producer = producer or kafka.producer(cfg, "els-worker-dlq", **{"linger.ms": 2})
 
     def write(self, dead: Sequence[Item]) -> None:
-        """Produces the dead letters and returns once the broker confirmed every one."""
+        """Produces the dead letters and returns once the broker stored every one (each
+        has a partition and offset)."""
         retry = Retry(self.cfg.retry_base_ms, self.cfg.retry_max_ms, self.metrics, self.stop)
         omitted: set[int] = set()  # id() of items sent as stand-ins
         pending = list(dead)
@@ -68,9 +74,14 @@ class DeadLetterWriter:
             remaining = self.producer.flush(60)
             if remaining:  # still queued: wait for their reports too
                 remaining = self.producer.flush(60)
-            failed = list(deliveries.failed.values())
-            if not failed and not remaining:
+            pending = [it for it in pending if id(it) not in deliveries.stored]
+            if not pending:
                 return
+            failed = list(deliveries.failed.values())
+            unconfirmed = len(deliveries.unconfirmed)
+            if unconfirmed:
+                self.metrics.unconfirmed_deliveries.labels(producer="dead_letters").inc(
+                    unconfirmed)
             too_large = [it for it, err in failed
                          if err.code() in kafka.TOO_LARGE and id(it) not in omitted]
             for it in too_large:
@@ -78,11 +89,10 @@ class DeadLetterWriter:
                 log(logging.WARNING, "dead letter too large: sending a stand-in without the value",
                     topic=it.topic, partition=it.partition, offset=it.offset,
                     bytes=len(it.msg.value() or b""))
-            pending = [it for it, _err in failed] if not remaining else list(dead)
-            if too_large and len(too_large) == len(failed) and not remaining:
+            if too_large and len(too_large) == len(failed) and not remaining and not unconfirmed:
                 continue  # stand-ins go out at once, no backoff needed
             retry.wait("dlq_produce", "dead-letter produce not confirmed: retrying",
-                       failed=len(failed), undelivered=remaining,
+                       failed=len(failed), undelivered=remaining, unconfirmed=unconfirmed,
                        errors=sorted({str(err) for _it, err in failed})[:3])
 
     def _produce(self, it: Item, omit_value: bool, deliveries: kafka.Deliveries) -> None:

@@ -101,16 +101,40 @@ def header_texts(msg: Message) -> dict[str, str]:
     return out
 
 
+Coordinates = tuple[str, int, int]  # topic, partition, offset: where the broker stored it
+
+
+def stored_at(msg: Message) -> Coordinates | None:
+    """Where a successful delivery report says the broker stored the message, or None
+    when it gives no partition or offset: no proof (librdkafka reports a message
+    "implicitly acked by subsequent batch success" that was never stored with offset
+    None; confluent-kafka-go #921). Such a message is produced again."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is None or partition is None or offset is None or partition < 0 or offset < 0:
+        return None
+    return topic, partition, offset
+
+
 class Deliveries:
-    """Collects the delivery reports of a round of produce calls, by item."""
+    """Collects the delivery reports of a round of produce calls, by item: where the
+    broker stored each (``stored``), which failed (``failed``), and which were reported
+    delivered without an offset (``unconfirmed``: not delivered, produce them again)."""
 
     def __init__(self) -> None:
+        self.stored: dict[int, Coordinates] = {}
         self.failed: dict[int, tuple[Any, KafkaError]] = {}
+        self.unconfirmed: dict[int, Any] = {}
 
     def callback(self, item: Any) -> DeliveryCallback:
-        def report(err: KafkaError | None, _msg: Message) -> None:
+        def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 self.failed[id(item)] = (item, err)
+                return
+            where = stored_at(msg)
+            if where is None:
+                self.unconfirmed[id(item)] = item
+            else:
+                self.stored[id(item)] = where
         return report
 
     def refuse(self, item: Any, err: KafkaError) -> None:

@@ -114,6 +114,22 @@ class Metrics:
             "Outbox rows set aside because Kafka refused them (retried later)", registry=r)
         self.outbox_published = Counter("els_outbox_published", "Outbox rows published",
                                         ["event_type"], registry=r)
+        self.unconfirmed_deliveries = Counter(
+            "els_kafka_unconfirmed_deliveries",
+            "Delivery reports of success without an offset (no proof the broker stored the "
+            "message: produced again), by producer", ["producer"], registry=r)
+        self.audit_rows = Counter(
+            "els_outbox_audit_rows",
+            "Published outbox rows worker.py audit looked at, by result: found (at their "
+            "partition and offset), missing, republished (missing, produced again), "
+            "expired (removed by topic retention), unproven (published before offsets were "
+            "kept)", ["result"], registry=r)
+        self.audit_runs = Counter("els_outbox_audit_runs",
+                                  "Audit runs, by result (ok, missing: a row missing and not "
+                                  "produced again, error)", ["result"], registry=r)
+        self.audit_last_success = Gauge(
+            "els_outbox_audit_last_success_timestamp_seconds",
+            "When the last audit run ended with every row found or produced again", registry=r)
         self.consumer_lag = Gauge("els_consumer_lag", "Consumer lag (messages) by partition",
                                   ["topic", "partition"], registry=r)
         self.partition_stalls = Counter(

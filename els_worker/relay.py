@@ -3,6 +3,10 @@
 Rows are marked published only after Kafka confirmed them, in the transaction that
 claimed them: anything that goes wrong before the COMMIT rolls the claim back and the
 rows are produced again later with the same event_id (consumers deduplicate on it).
+Confirmed means a delivery report with the partition and offset the broker stored the
+row at, which the row keeps (SPEC 5, proof of delivery; ``worker.py audit`` reads them
+back). A report of success without an offset proves nothing: the row stays unpublished
+and goes out again in a later round, and ``els_kafka_unconfirmed_deliveries`` counts it.
 No row blocks the rows behind it: a row Kafka refuses for a reason of its own (too
 large, refused by the topic), or that fails while others of the round got through, is
 set aside with its reason (``els.set_aside_outbox``; ``els.outbox_set_aside``,
@@ -30,6 +34,7 @@ from els_worker.observability import Metrics, log
 from els_worker.retry import Retry, Stopping
 
 Row = tuple[int, str, str, str, str, str]  # id, event_id, event_type, topic, key, envelope
+Delivered = tuple[Row, kafka.Coordinates]
 
 
 class RelayDeliveryError(Exception):
@@ -38,6 +43,22 @@ class RelayDeliveryError(Exception):
 
 def relay_producer(cfg: Config) -> Producer:
     return kafka.producer(cfg, "els-outbox-relay")
+
+
+def produce_rows(producer: Producer, rows: list[Row], topics: list[str]) -> kafka.Deliveries:
+    """Queues each outbox row to its topic (``topics[i]`` for ``rows[i]``) as the relay
+    publishes it: key the batch id, value the envelope, headers the event id and type.
+    The caller flushes and reads the reports."""
+    deliveries = kafka.Deliveries()
+    for row, topic in zip(rows, topics, strict=True):
+        _id, event_id, event_type, _row_topic, key, envelope = row
+        headers: kafka.Headers = [(contract.H_EVENT_ID, event_id.encode()),
+                                  (contract.H_EVENT_TYPE, event_type.encode())]
+        err = kafka.produce(producer, topic, key.encode(), envelope.encode(), headers,
+                            deliveries.callback(row))
+        if err is not None:
+            deliveries.refuse(row, err)
+    return deliveries
 
 
 class Relay:
@@ -107,29 +128,24 @@ class Relay:
                     event_id=row[1], event_type=row[2], bytes=len(row[5]), error=str(err))
                 conn.execute(db.SET_ASIDE, {"id": row[0], "reason": f"{err.name()}: {err.str()}"})
             if delivered:
-                conn.execute(db.MARK_PUBLISHED, {"ids": [r[0] for r in delivered]})
-        for row in delivered:
+                conn.execute(db.MARK_PUBLISHED, db.delivery_arrays(
+                    [(row[0], where) for row, where in delivered]))
+        for row, _where in delivered:
             self.metrics.outbox_published.labels(event_type=row[2]).inc()
         self.published += len(delivered)
         return len(rows)
 
     def _produce_all(self, rows: list[Row]) -> tuple[int, kafka.Deliveries]:
-        deliveries = kafka.Deliveries()
-        for row in rows:
-            _id, event_id, event_type, topic, key, envelope = row
-            headers: kafka.Headers = [(contract.H_EVENT_ID, event_id.encode()),
-                                      (contract.H_EVENT_TYPE, event_type.encode())]
-            err = kafka.produce(self.producer, self.cfg.output_topic(event_type, topic),
-                                key.encode(), envelope.encode(), headers,
-                                deliveries.callback(row))
-            if err is not None:
-                deliveries.refuse(row, err)
+        deliveries = produce_rows(self.producer, rows,
+                                  [self.cfg.output_topic(r[2], r[3]) for r in rows])
         return self.producer.flush(45), deliveries
 
-    def _publish(self, rows: list[Row]) -> tuple[list[Row], list[tuple[Row, KafkaError]]]:
-        """Produces every row; returns the delivered ones and the ones to set aside.
-        Raises when the round must be retried whole (nothing got through for a reason
-        that is Kafka's, or the producer must be replaced)."""
+    def _publish(self, rows: list[Row]) -> tuple[list[Delivered], list[tuple[Row, KafkaError]]]:
+        """Produces every row; returns the delivered ones with where the broker stored
+        them, and the ones to set aside. Rows reported delivered without an offset are
+        in neither list: they stay unpublished and go out again. Raises when the round
+        must be retried whole (nothing got through for a reason that is Kafka's, or the
+        producer must be replaced)."""
         remaining, deliveries = self._produce_all(rows)
         # The broker judges a record batch as a whole: an innocent row batched with a
         # too-large one is refused with it. Each refused row gets a try on its own.
@@ -140,16 +156,26 @@ class Relay:
                 remaining += alone_remaining
                 deliveries.failed.pop(id(row))
                 deliveries.failed.update(alone.failed)
+                deliveries.stored.update(alone.stored)
+                deliveries.unconfirmed.update(alone.unconfirmed)
         failed = list(deliveries.failed.values())
         if any(err.fatal() for _row, err in failed):
             self._replace_producer(failed)
         if remaining:
             raise RelayDeliveryError(f"{remaining} delivery reports missing")
-        delivered = [r for r in rows if id(r) not in deliveries.failed]
+        unconfirmed = [r for r in rows if id(r) in deliveries.unconfirmed]
+        if unconfirmed:
+            self.metrics.unconfirmed_deliveries.labels(producer="relay").inc(len(unconfirmed))
+            log(logging.WARNING, "delivery reported without an offset: no proof the broker "
+                "stored it; the row stays unpublished and is produced again",
+                rows=len(unconfirmed), event_ids=[r[1] for r in unconfirmed[:5]])
+        delivered = [(r, deliveries.stored[id(r)]) for r in rows if id(r) in deliveries.stored]
         own = [(r, e) for r, e in failed if e.code() in kafka.MESSAGE_FAULTS]
         if len(own) < len(failed) and not delivered:
             reasons = sorted({str(e) for _r, e in failed})[:3]
             raise RelayDeliveryError(f"{len(failed)} failed: {reasons}")
+        if unconfirmed and not delivered and not failed:
+            raise RelayDeliveryError(f"{len(unconfirmed)} reported delivered without an offset")
         return delivered, failed
 
     def _replace_producer(self, failed: list[tuple[Row, KafkaError]]) -> None:

@@ -13,7 +13,13 @@ Exactly once, also across a crashed run: letters move in Kafka transactions of a
 ``CHUNK_LETTERS`` letters, each committing the group's position with the letters it
 produced; a run killed mid-chunk leaves an aborted transaction (invisible to
 ``read_committed`` consumers, the worker's setting) and the next run resumes from the
-last committed chunk. ``--dry-run`` produces and commits nothing: it shows, for each
+last committed chunk. A committed transaction proves that the group's new positions
+and the commit markers were written; it does not prove that every letter of the
+chunk is in its topic (librdkafka can report a message delivered, without an offset,
+that the broker never stored, and the commit then goes through without it). So a
+chunk commits only when every letter's delivery report carries its offset (SPEC 5,
+proof of delivery); otherwise the transaction is aborted and the chunk sent again,
+up to ``CHUNK_ATTEMPTS`` times. ``--dry-run`` produces and commits nothing: it shows, for each
 letter, what replaying it would do now (applied in a rolled-back transaction).
 """
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -40,6 +46,7 @@ from els_worker.admin import dry_apply, printable, resolve_topic
 from els_worker.config import Config
 
 CHUNK_LETTERS = 100
+CHUNK_ATTEMPTS = 5
 CHUNK_BYTES = 128 * 1024 * 1024
 
 
@@ -56,6 +63,7 @@ class Plan:
 class Progress:
     replayed: int = 0
     kept: int = 0
+    unconfirmed_chunks: int = 0  # transactions aborted for a letter without an offset
 
 
 def plan_for(msg: Message, sqlstates: list[str], source: str) -> Plan:
@@ -76,7 +84,10 @@ def plan_for(msg: Message, sqlstates: list[str], source: str) -> Plan:
 
 
 def cmd_dlq_replay(cfg: Config, topics: list[str], sqlstates: list[str], dry_run: bool,
-                   timeout: float) -> int:
+                   timeout: float,
+                   make_producer: Callable[[Config], Producer] | None = None) -> int:
+    """The command; ``make_producer`` builds the transactional producer (default
+    ``transactional_producer``; init_transactions is called on what it returns)."""
     sources: dict[str, str] = {}
     for name in topics or cfg.input_topics:
         source = resolve_topic(cfg, name)
@@ -92,7 +103,8 @@ def cmd_dlq_replay(cfg: Config, topics: list[str], sqlstates: list[str], dry_run
         # position stays "unstable" until it ends. Initialising a producer with the same
         # transactional.id fences the dead run and aborts its transaction at once; a dry
         # run does not fence, so it may wait for the transaction timeout instead.
-        producer = None if dry_run else _transactional_producer(cfg)
+        producer = None if dry_run else _init_transactions(
+            (make_producer or transactional_producer)(cfg))
         ranges = _ranges(consumer, list(sources), timeout=70 if dry_run else 30)
         if not ranges:
             print("nothing to replay in:", ", ".join(sources))
@@ -178,10 +190,13 @@ def _dry_run(cfg: Config, letters: Iterator[Message], sources: dict[str, str],
     return 0
 
 
-def _transactional_producer(cfg: Config) -> Producer:
-    producer = kafka.producer(cfg, "els-dlq-replay", **{
+def transactional_producer(cfg: Config) -> Producer:
+    return kafka.producer(cfg, "els-dlq-replay", **{
         "transactional.id": f"{cfg.group_id}.dlq-replay",
         "linger.ms": 20})
+
+
+def _init_transactions(producer: Producer) -> Producer:
     producer.init_transactions(60)
     return producer
 
@@ -205,39 +220,62 @@ def _replay(producer: Producer, consumer: Consumer, letters: Iterator[Message],
         print(f"replay stopped: {exc}; {progress.replayed} replayed and {progress.kept} kept "
               "are committed, the rest is untouched: run again", file=sys.stderr)
         return 1
-    print(f"replayed {progress.replayed} letter(s); kept {progress.kept}")
+    print(f"replayed {progress.replayed} letter(s); kept {progress.kept}"
+          + (f"; {progress.unconfirmed_chunks} chunk(s) sent again for a letter without an "
+             "offset" if progress.unconfirmed_chunks else ""))
     return 0
+
+
+class UnconfirmedChunk(Exception):
+    """A letter of the chunk was reported delivered without an offset."""
 
 
 def _commit_chunk(producer: Producer, consumer: Consumer, chunk: list[tuple[Message, Plan]],
                   progress: Progress) -> None:
+    """The chunk in one Kafka transaction, sent again (in a new transaction) while a
+    letter's delivery report has no offset; gives up after CHUNK_ATTEMPTS."""
+    for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        try:
+            _chunk_transaction(producer, consumer, chunk)
+            break
+        except UnconfirmedChunk as exc:
+            progress.unconfirmed_chunks += 1
+            print(f"chunk aborted (attempt {attempt}/{CHUNK_ATTEMPTS}): {exc}; sending it again",
+                  file=sys.stderr)
+    else:
+        raise KafkaException(KafkaError(KafkaError._FAIL, "letters reported delivered without "
+                                        f"an offset in {CHUNK_ATTEMPTS} transactions"))
+    replayed = sum(1 for _, plan in chunk if plan.replay)
+    progress.replayed += replayed
+    progress.kept += len(chunk) - replayed
+
+
+def _chunk_transaction(producer: Producer, consumer: Consumer,
+                       chunk: list[tuple[Message, Plan]]) -> None:
     """One Kafka transaction: the chunk's letters, replayed or re-appended, together with
-    the group's new positions. All of it becomes visible, or none of it."""
-    failures: list[KafkaError] = []
-
-    def report(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            failures.append(err)
-
+    the group's new positions. All of it becomes visible, or none of it; it commits only
+    when the broker gave every letter an offset."""
+    deliveries = kafka.Deliveries()
     producer.begin_transaction()
     try:
         positions: dict[tuple[str, int], int] = {}
         for msg, plan in chunk:
             refused = kafka.produce(producer, plan.target, msg.key(), msg.value(),
-                                    kafka.headers_list(msg), report)
+                                    kafka.headers_list(msg), deliveries.callback(msg))
             if refused is not None:
                 raise KafkaException(refused)
             positions[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
         producer.flush(60)
-        if failures:
-            raise KafkaException(failures[0])
+        if deliveries.failed:
+            raise KafkaException(next(iter(deliveries.failed.values()))[1])
+        if len(deliveries.stored) < len(chunk):
+            raise UnconfirmedChunk(f"{len(chunk) - len(deliveries.stored)} of {len(chunk)} "
+                                   "letters have no offset (reported without one, or no "
+                                   "report in time)")
         producer.send_offsets_to_transaction(
             [TopicPartition(t, p, o) for (t, p), o in positions.items()],
             consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(60)
-    except KafkaException:
+    except (KafkaException, UnconfirmedChunk):
         producer.abort_transaction(30)
         raise
-    replayed = sum(1 for _, plan in chunk if plan.replay)
-    progress.replayed += replayed
-    progress.kept += len(chunk) - replayed

@@ -1,4 +1,4 @@
-"""One worker process: its threads (consumer loop, outbox relay, maintenance, HTTP),
+"""One worker process: its threads (consumer loop, outbox relay, maintenance, audit, HTTP),
 how they start, and how they stop on SIGTERM/SIGINT (finish the micro-batch in hand,
 commit, leave the group)."""
 
@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 
 from els_worker import kafka
 from els_worker.apply import BatchProcessor
+from els_worker.audit import Auditor
 from els_worker.config import Config
 from els_worker.consumer import ConsumerLoop
 from els_worker.dead_letters import DeadLetterWriter
@@ -33,6 +34,8 @@ class Worker:
         self.processor = BatchProcessor(cfg, self.metrics, self.stop, self.health)
         self.relay = Relay(cfg, self.metrics, self.stop, self.health) if cfg.relay_enabled else None
         self.maintenance = Maintenance(cfg, self.metrics, self.health, self.stop)
+        self.auditor = (Auditor(cfg, self.metrics, self.stop)
+                        if cfg.audit_interval_seconds else None)
         self._signals = 0
 
     def install_signal_handlers(self) -> None:
@@ -65,6 +68,8 @@ class Worker:
         if self.relay is not None:
             self.relay.start()
         self.maintenance.start()
+        if self.auditor is not None:
+            self.auditor.start()
         log(logging.INFO, "worker started", topics=cfg.input_topics, group_id=cfg.group_id,
             relay=self.relay is not None, batch_max_messages=cfg.batch_max_messages)
         self.processor.ping()
@@ -78,6 +83,8 @@ class Worker:
             if self.relay is not None:
                 self.relay.join(60)
             self.maintenance.join(30)
+            if self.auditor is not None:
+                self.auditor.join(30)
             dead_letters.close()
             loop.commit_unconfirmed()
             try:

@@ -7,6 +7,11 @@
 -- between rolls the claim back; the rows are produced again later with the
 -- same event_id, which consumers deduplicate on.
 --
+-- Only a report with the partition and offset the broker stored the row at marks it
+-- (SPEC 5, proof of delivery): librdkafka can report "delivered" without an offset for
+-- a message the broker never stored. The row keeps those coordinates, and worker.py
+-- audit reads them back (075_outbox_audit.sql).
+--
 -- A row Kafka refuses for a reason of its own (too large, a topic that refuses it)
 -- must not block the rows behind it: the relay sets it aside (set_aside_outbox) in the
 -- same transaction in which it marks the others published. A set-aside row keeps its
@@ -32,7 +37,12 @@ COMMENT ON FUNCTION els.claim_outbox(integer) IS
     'another relay holds and rows set aside until later. Call in the same transaction as '
     'mark_outbox_published and set_aside_outbox.';
 
-CREATE OR REPLACE FUNCTION els.mark_outbox_published(p_ids bigint[])
+-- Stamps claimed rows published with where the broker stored each (the arrays are
+-- parallel: p_ids[i] went to p_topics[i], partition p_partitions[i], offset
+-- p_offsets[i]). Rows already published are left as they are. A NULL or negative
+-- coordinate is refused: such a report proves nothing, and the caller has a bug.
+CREATE OR REPLACE FUNCTION els.mark_outbox_published(
+    p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[])
 RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -40,15 +50,20 @@ AS $fn$
 DECLARE
     v_marked integer;
 BEGIN
+    PERFORM els._check_delivery_coordinates(p_ids, p_topics, p_partitions, p_offsets);
     UPDATE els.event_outbox AS o
-       SET published_at = now()
-     WHERE o.id = ANY (p_ids) AND o.published_at IS NULL;
+       SET published_at = now(), kafka_topic = d.topic, kafka_partition = d.kafka_partition,
+           kafka_offset = d.kafka_offset
+      FROM unnest(p_ids, p_topics, p_partitions, p_offsets)
+               AS d (id, topic, kafka_partition, kafka_offset)
+     WHERE o.id = d.id AND o.published_at IS NULL;
     GET DIAGNOSTICS v_marked = ROW_COUNT;
     RETURN v_marked;
 END
 $fn$;
-COMMENT ON FUNCTION els.mark_outbox_published(bigint[]) IS
-    'Stamps outbox rows as published, after Kafka confirmed their delivery.';
+COMMENT ON FUNCTION els.mark_outbox_published(bigint[], text[], integer[], bigint[]) IS
+    'Stamps outbox rows as published with the topic, partition and offset the broker stored '
+    'each at (their delivery reports); rows already published are left alone.';
 
 CREATE OR REPLACE FUNCTION els.purge_outbox(p_older_than interval DEFAULT '7 days')
 RETURNS bigint
@@ -108,9 +123,11 @@ BEGIN ATOMIC
      WHERE o.published_at IS NULL;
 END;
 
-REVOKE ALL ON FUNCTION els.claim_outbox(integer), els.mark_outbox_published(bigint[]),
+REVOKE ALL ON FUNCTION els.claim_outbox(integer),
+    els.mark_outbox_published(bigint[], text[], integer[], bigint[]),
     els.set_aside_outbox(bigint, text), els.purge_outbox(interval), els.outbox_backlog() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION els.claim_outbox(integer), els.mark_outbox_published(bigint[]),
+GRANT EXECUTE ON FUNCTION els.claim_outbox(integer),
+    els.mark_outbox_published(bigint[], text[], integer[], bigint[]),
     els.set_aside_outbox(bigint, text), els.outbox_backlog() TO els_worker;
 GRANT EXECUTE ON FUNCTION els.outbox_backlog() TO els_readonly;
 GRANT SELECT ON els.outbox_set_aside TO els_readonly;
