@@ -302,7 +302,9 @@ def check_plans(stack: Stack, log: Callable[[str], None]) -> PlanCheck:
             conn.execute(FAILURE_SQL, (dumps(failure(bid, 0)),))         # duplicate failure
             conn.execute(FAILURE_SQL, (dumps(failure(bid, 5)),))         # excess failure
             rows = conn.execute("SELECT * FROM els.claim_outbox(100)").fetchall()
-            conn.execute("SELECT els.mark_outbox_published(%s)", ([r[0] for r in rows],))
+            ids = [r[0] for r in rows]
+            conn.execute("SELECT els.mark_outbox_published(%s, %s, %s, %s)",
+                         (ids, ["t"] * len(ids), [0] * len(ids), list(range(len(ids)))))
 
         for i in range(6):  # the plans of the outbox functions go generic too
             every_path(f"warm{i}")

@@ -440,6 +440,28 @@ CREATE FUNCTION els._batch_lock_key(p_batch_id text) RETURNS bigint
     RETURN hashtextextended(('els.batch:'::text || p_batch_id), (0)::bigint);
 ALTER FUNCTION els._batch_lock_key(p_batch_id text) OWNER TO els_owner;
 COMMENT ON FUNCTION els._batch_lock_key(p_batch_id text) IS 'The advisory lock key of a batch: the one definition used by _lock_batch, _try_lock_batch and els._apply_events (which takes the keys of a micro-batch in ascending order).';
+CREATE FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF cardinality(p_ids) IS DISTINCT FROM cardinality(p_topics)
+       OR cardinality(p_ids) IS DISTINCT FROM cardinality(p_partitions)
+       OR cardinality(p_ids) IS DISTINCT FROM cardinality(p_offsets) THEN
+        RAISE EXCEPTION 'delivery coordinates: % ids, % topics, % partitions, % offsets',
+            cardinality(p_ids), cardinality(p_topics), cardinality(p_partitions),
+            cardinality(p_offsets)
+            USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT FROM unnest(p_ids, p_topics, p_partitions, p_offsets) AS d (i, t, p, o)
+                WHERE i IS NULL OR t IS NULL OR p IS NULL OR o IS NULL OR p < 0 OR o < 0) THEN
+        RAISE EXCEPTION 'delivery coordinates: a NULL or negative partition or offset is no '
+                        'proof of delivery'
+            USING ERRCODE = '22023';
+    END IF;
+END
+$$;
+ALTER FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) OWNER TO els_owner;
 CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -1329,12 +1351,21 @@ CREATE TABLE els.event_outbox (
     published_at timestamp with time zone,
     publish_attempts integer DEFAULT 0 NOT NULL,
     last_error text,
-    retry_after timestamp with time zone
+    retry_after timestamp with time zone,
+    kafka_topic text,
+    kafka_partition integer,
+    kafka_offset bigint,
+    redelivered_at timestamp with time zone,
+    CONSTRAINT event_outbox_delivery_coordinates CHECK ((((kafka_topic IS NULL) = (kafka_offset IS NULL)) AND ((kafka_partition IS NULL) = (kafka_offset IS NULL)) AND ((kafka_offset IS NULL) OR ((published_at IS NOT NULL) AND (kafka_partition >= 0) AND (kafka_offset >= 0)))))
 );
 ALTER TABLE els.event_outbox OWNER TO els_owner;
 COMMENT ON TABLE els.event_outbox IS 'Transactional outbox: events written with the state change that caused them; the worker relay publishes them to Kafka and stamps published_at after delivery.';
 COMMENT ON COLUMN els.event_outbox.last_error IS 'Why Kafka refused the row the last time (set by els.set_aside_outbox); NULL when never refused.';
 COMMENT ON COLUMN els.event_outbox.retry_after IS 'A set-aside row is not claimed again before this time.';
+COMMENT ON COLUMN els.event_outbox.kafka_topic IS 'Topic the broker stored the published row in (its delivery report); NULL when unpublished or published before offsets were kept.';
+COMMENT ON COLUMN els.event_outbox.kafka_partition IS 'Partition the broker stored the published row in (its delivery report).';
+COMMENT ON COLUMN els.event_outbox.kafka_offset IS 'Offset the broker stored the published row at (its delivery report): the proof of delivery that worker.py audit reads back.';
+COMMENT ON COLUMN els.event_outbox.redelivered_at IS 'When worker.py audit last found the row missing from its topic and produced it again.';
 CREATE TABLE els.validation_failure (
     batch_id text NOT NULL,
     file_upload_id text NOT NULL,
@@ -1487,22 +1518,26 @@ END
 $$;
 ALTER FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) OWNER TO els_owner;
 COMMENT ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) IS 'Closes (as els.close_batch) every incomplete batch registered at least older_than ago, oldest first, at most max_batches. Returns batches_closed, slots_timed_out, events.';
-CREATE FUNCTION els.mark_outbox_published(p_ids bigint[]) RETURNS integer
+CREATE FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_marked integer;
 BEGIN
+    PERFORM els._check_delivery_coordinates(p_ids, p_topics, p_partitions, p_offsets);
     UPDATE els.event_outbox AS o
-       SET published_at = now()
-     WHERE o.id = ANY (p_ids) AND o.published_at IS NULL;
+       SET published_at = now(), kafka_topic = d.topic, kafka_partition = d.kafka_partition,
+           kafka_offset = d.kafka_offset
+      FROM unnest(p_ids, p_topics, p_partitions, p_offsets)
+               AS d (id, topic, kafka_partition, kafka_offset)
+     WHERE o.id = d.id AND o.published_at IS NULL;
     GET DIAGNOSTICS v_marked = ROW_COUNT;
     RETURN v_marked;
 END
 $$;
-ALTER FUNCTION els.mark_outbox_published(p_ids bigint[]) OWNER TO els_owner;
-COMMENT ON FUNCTION els.mark_outbox_published(p_ids bigint[]) IS 'Stamps outbox rows as published, after Kafka confirmed their delivery.';
+ALTER FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) IS 'Stamps outbox rows as published with the topic, partition and offset the broker stored each at (their delivery reports); rows already published are left alone.';
 CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) RETURNS record
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1514,6 +1549,39 @@ CREATE FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_second
    WHERE (o.published_at IS NULL);
 END;
 ALTER FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) OWNER TO els_owner;
+CREATE FUNCTION els.outbox_envelopes(p_ids bigint[]) RETURNS TABLE(id bigint, event_id uuid, event_type text, topic text, message_key text, envelope jsonb)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT o.id,
+     o.event_id,
+     o.event_type,
+     o.topic,
+     o.message_key,
+     o.envelope
+    FROM els.event_outbox o
+   WHERE ((o.id = ANY (outbox_envelopes.p_ids)) AND (o.published_at IS NOT NULL))
+   ORDER BY o.id;
+END;
+ALTER FUNCTION els.outbox_envelopes(p_ids bigint[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.outbox_envelopes(p_ids bigint[]) IS 'The published outbox rows of p_ids with their envelopes, for worker.py audit to produce again what it found missing from Kafka.';
+CREATE FUNCTION els.outbox_published_since(p_since interval DEFAULT '24:00:00'::interval) RETURNS TABLE(id bigint, event_id uuid, event_type text, kafka_topic text, kafka_partition integer, kafka_offset bigint, published_at timestamp with time zone)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    BEGIN ATOMIC
+ SELECT o.id,
+     o.event_id,
+     o.event_type,
+     o.kafka_topic,
+     o.kafka_partition,
+     o.kafka_offset,
+     o.published_at
+    FROM els.event_outbox o
+   WHERE (o.published_at >= (now() - outbox_published_since.p_since))
+   ORDER BY o.kafka_topic, o.kafka_partition, o.kafka_offset, o.id;
+END;
+ALTER FUNCTION els.outbox_published_since(p_since interval) OWNER TO els_owner;
+COMMENT ON FUNCTION els.outbox_published_since(p_since interval) IS 'Outbox rows published in the last p_since with where the broker stored them, in the order worker.py audit reads them back (topic, partition, offset).';
 CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1712,6 +1780,26 @@ END
 $$;
 ALTER FUNCTION els.reconcile_batch(p_batch_id text) OWNER TO els_owner;
 COMMENT ON FUNCTION els.reconcile_batch(p_batch_id text) IS 'Re-runs slot creation (if missing), reconciliation and completion for a registered batch.';
+CREATE FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_recorded integer;
+BEGIN
+    PERFORM els._check_delivery_coordinates(p_ids, p_topics, p_partitions, p_offsets);
+    UPDATE els.event_outbox AS o
+       SET kafka_topic = d.topic, kafka_partition = d.kafka_partition,
+           kafka_offset = d.kafka_offset, redelivered_at = now()
+      FROM unnest(p_ids, p_topics, p_partitions, p_offsets)
+               AS d (id, topic, kafka_partition, kafka_offset)
+     WHERE o.id = d.id AND o.published_at IS NOT NULL;
+    GET DIAGNOSTICS v_recorded = ROW_COUNT;
+    RETURN v_recorded;
+END
+$$;
+ALTER FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) OWNER TO els_owner;
+COMMENT ON FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) IS 'Records where the broker stored published outbox rows that worker.py audit produced again after finding them missing; stamps redelivered_at.';
 CREATE FUNCTION els.record_validation_failure(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1876,6 +1964,7 @@ REVOKE ALL ON FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_ref
 REVOKE ALL ON FUNCTION els._apply_items(p_items jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._apply_one(p_kind text, p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._batch_lock_key(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
 GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
@@ -1956,17 +2045,23 @@ REVOKE ALL ON FUNCTION els.close_batch(batch_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.close_batch(batch_id text) TO els_worker;
 REVOKE ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) TO els_worker;
-REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) FROM PUBLIC;
-GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[]) TO els_worker;
+REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) TO els_worker;
 GRANT ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) TO els_readonly;
+REVOKE ALL ON FUNCTION els.outbox_envelopes(p_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.outbox_envelopes(p_ids bigint[]) TO els_worker;
+REVOKE ALL ON FUNCTION els.outbox_published_since(p_since interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.outbox_published_since(p_since interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_history(older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.purge_history(older_than interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.reconcile_batch(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.record_validation_failure(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.register_batch(event jsonb) FROM PUBLIC;

@@ -54,6 +54,8 @@ SET LOCAL ROLE els_owner;
 DROP FUNCTION IF EXISTS els.mark_outbox_published(bigint[], text[], integer[], bigint[]);
 DROP FUNCTION IF EXISTS els.record_outbox_redelivery(bigint[], text[], integer[], bigint[]);
 DROP FUNCTION IF EXISTS els.outbox_published_since(interval);
+DROP FUNCTION IF EXISTS els.outbox_envelopes(bigint[]);
+DROP FUNCTION IF EXISTS els._check_delivery_coordinates(bigint[], text[], integer[], bigint[]);
 -- the previous release's relay marks rows without coordinates
 CREATE FUNCTION els.mark_outbox_published(p_ids bigint[])
 RETURNS integer

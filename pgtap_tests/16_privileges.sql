@@ -32,6 +32,7 @@ SELECT results_eq(
              ('els._apply_items(jsonb)', false, false),
              ('els._apply_one(text,jsonb)', false, false),
              ('els._batch_lock_key(text)', false, false),
+             ('els._check_delivery_coordinates(bigint[],text[],integer[],bigint[])', false, false),
              ('els._close_locked_batch(text,boolean)', false, false),
              ('els._complete_if_done(text,text)', false, false),
              ('els._completion_spec(text,text)', false, false),
@@ -89,13 +90,16 @@ SELECT results_eq(
              ('els.claim_outbox(integer)', true, false),
              ('els.close_batch(text)', true, false),
              ('els.close_overdue_batches(interval,integer)', true, false),
-             ('els.mark_outbox_published(bigint[])', true, false),
+             ('els.mark_outbox_published(bigint[],text[],integer[],bigint[])', true, false),
              ('els.outbox_backlog()', true, true),
+             ('els.outbox_envelopes(bigint[])', true, false),
+             ('els.outbox_published_since(interval)', true, false),
              ('els.output_topic(text)', true, true),
              ('els.provision_content(jsonb)', true, false),
              ('els.purge_history(interval)', true, false),
              ('els.purge_outbox(interval)', false, false),
              ('els.reconcile_batch(text)', false, false),
+             ('els.record_outbox_redelivery(bigint[],text[],integer[],bigint[])', true, false),
              ('els.record_validation_failure(jsonb)', true, false),
              ('els.register_batch(jsonb)', true, false),
              ('els.set_aside_outbox(bigint,text)', true, false),
@@ -112,7 +116,7 @@ SELECT function_privs_are('els', f, ARRAY['jsonb'], 'els_readonly', ARRAY[]::tex
   FROM unnest(ARRAY['register_batch', 'provision_content', 'record_validation_failure']) AS f;
 SELECT function_privs_are('els', 'claim_outbox', ARRAY['integer'], 'els_worker', ARRAY['EXECUTE'],
                           'els_worker may execute els.claim_outbox');
-SELECT function_privs_are('els', 'mark_outbox_published', ARRAY['bigint[]'], 'els_worker', ARRAY['EXECUTE'],
+SELECT function_privs_are('els', 'mark_outbox_published', ARRAY['bigint[]', 'text[]', 'integer[]', 'bigint[]'], 'els_worker', ARRAY['EXECUTE'],
                           'els_worker may execute els.mark_outbox_published');
 SELECT function_privs_are('els', 'purge_outbox', ARRAY['interval'], 'els_worker', ARRAY[]::text[],
                           'els_worker may not purge the outbox (SPEC 6: ingest and relay only)');
@@ -124,7 +128,7 @@ SELECT function_privs_are('els', 'outbox_backlog', ARRAY[]::text[], 'els_worker'
                           'els_worker may execute els.outbox_backlog');
 SELECT function_privs_are('els', 'claim_outbox', ARRAY['integer'], 'els_readonly', ARRAY[]::text[],
                           'els_readonly may not claim outbox rows');
-SELECT function_privs_are('els', 'mark_outbox_published', ARRAY['bigint[]'], 'els_readonly', ARRAY[]::text[],
+SELECT function_privs_are('els', 'mark_outbox_published', ARRAY['bigint[]', 'text[]', 'integer[]', 'bigint[]'], 'els_readonly', ARRAY[]::text[],
                           'els_readonly may not mark outbox rows');
 SELECT function_privs_are('els', 'purge_outbox', ARRAY['interval'], 'els_readonly', ARRAY[]::text[],
                           'els_readonly may not purge the outbox');
@@ -230,7 +234,8 @@ SELECT throws_ok(format($$SELECT pg_temp.as_role('els_worker', %L)$$, format('SE
   FROM unnest(ARRAY['els.batch_report(''priv-w'')', 'els.reconcile_batch(''priv-w'')',
                     'els.purge_outbox(''-1000 years'')']) AS c;
 SELECT lives_ok($$SELECT pg_temp.as_role('els_worker', $q$
-    SELECT els.mark_outbox_published(array_agg(c.id)) FROM els.claim_outbox(10) AS c$q$)$$,
+    SELECT els.mark_outbox_published(array_agg(c.id), array_agg('t'::text), array_agg(0),
+                                     array_agg(c.id)) FROM els.claim_outbox(10) AS c$q$)$$,
     'els_worker can claim and mark outbox rows');
 SELECT results_eq(
     $$SELECT status::text, count(*)::integer FROM els.essay_slot WHERE batch_id = 'priv-w' GROUP BY 1 ORDER BY 1$$,

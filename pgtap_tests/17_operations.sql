@@ -5,7 +5,7 @@
 BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(63);
+SELECT plan(67);
 
 -- The outbox assertions below count rows: start from an empty outbox (this
 -- file rolls back, so whatever was there is back afterwards).
@@ -22,6 +22,13 @@ RETURN jsonb_build_object('entity_id', p_batch, 'expected_essay_count', cardinal
                           'essay_ids', to_jsonb(p_essays), 'course_code', 'ENG6', 'user_id', 'teacher',
                           'class_id', 'class-1', 'org_id', 'org-1', 'correlation_id', 'corr-' || p_batch);
 CREATE FUNCTION pg_temp.ts() RETURNS jsonb LANGUAGE sql STABLE RETURN to_jsonb(now());
+-- what the relay does once each row has its delivery report: topic 't', partition 0,
+-- the row's position in p_ids as its offset
+CREATE FUNCTION pg_temp.publish(p_ids bigint[]) RETURNS integer LANGUAGE sql VOLATILE
+RETURN els.mark_outbox_published(
+    p_ids, array_fill('t'::text, ARRAY[coalesce(cardinality(p_ids), 0)]),
+    array_fill(0, ARRAY[coalesce(cardinality(p_ids), 0)]),
+    ARRAY(SELECT g::bigint FROM generate_series(1, coalesce(cardinality(p_ids), 0)) AS g));
 CREATE FUNCTION pg_temp.outbox_json(p_batch text) RETURNS jsonb LANGUAGE sql STABLE
 RETURN (SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'id', o.id, 'event_id', o.event_id, 'event_type', o.event_type, 'topic', o.topic,
@@ -246,13 +253,22 @@ SELECT ok(pg_get_functiondef('els.claim_outbox(integer)'::regprocedure) ~* 'FOR\
           'claim_outbox locks with FOR UPDATE SKIP LOCKED (several relays never wait on each other)');
 
 CREATE TEMP TABLE claimed AS SELECT id FROM els.claim_outbox(3);
-SELECT is(els.mark_outbox_published((SELECT array_agg(id) FROM claimed)), 3, 'mark_outbox_published: marks the three claimed rows');
-SELECT is(els.mark_outbox_published((SELECT array_agg(id) FROM claimed)), 0,
+SELECT is(pg_temp.publish((SELECT array_agg(id) FROM claimed)), 3, 'mark_outbox_published: marks the three claimed rows');
+SELECT is(pg_temp.publish((SELECT array_agg(id) FROM claimed)), 0,
           'mark_outbox_published again: already published rows are not re-stamped (0)');
-SELECT is(els.mark_outbox_published(ARRAY[-1, -2]::bigint[]), 0, 'mark_outbox_published: unknown ids mark nothing');
-SELECT is(els.mark_outbox_published('{}'), 0, 'mark_outbox_published: empty array');
+SELECT is(pg_temp.publish(ARRAY[-1, -2]::bigint[]), 0, 'mark_outbox_published: unknown ids mark nothing');
+SELECT is(pg_temp.publish('{}'), 0, 'mark_outbox_published: empty array');
 SELECT is_empty($$SELECT id FROM els.event_outbox WHERE id IN (SELECT id FROM claimed) AND published_at IS DISTINCT FROM now()$$,
                 'mark_outbox_published: published_at stamped with the transaction time');
+SELECT results_eq($$SELECT kafka_topic, kafka_partition, kafka_offset FROM els.event_outbox WHERE id IN (SELECT id FROM claimed) ORDER BY id$$,
+                  $$VALUES ('t', 0, 1::bigint), ('t', 0, 2::bigint), ('t', 0, 3::bigint)$$,
+                  'mark_outbox_published: each row keeps the topic, partition and offset of its delivery report');
+SELECT throws_ok($$SELECT els.mark_outbox_published(ARRAY[(SELECT max(id) FROM els.event_outbox)], ARRAY['t'], ARRAY[0], ARRAY[NULL::bigint])$$,
+                 '22023', NULL, 'mark_outbox_published: a report without an offset is no proof: refused');
+SELECT throws_ok($$SELECT els.mark_outbox_published(ARRAY[(SELECT max(id) FROM els.event_outbox)], ARRAY['t'], ARRAY[0], ARRAY[-1::bigint])$$,
+                 '22023', NULL, 'mark_outbox_published: a negative offset (librdkafka''s "invalid") is refused');
+SELECT throws_ok($$SELECT els.mark_outbox_published(ARRAY[(SELECT max(id) FROM els.event_outbox)], ARRAY['t'], '{}', '{}')$$,
+                 '22023', NULL, 'mark_outbox_published: arrays of different lengths are refused');
 SELECT is((SELECT array_agg(id ORDER BY id) FROM els.claim_outbox(2)),
           (SELECT array_agg(id ORDER BY id) FROM (SELECT id FROM els.event_outbox WHERE published_at IS NULL ORDER BY id LIMIT 2) AS x),
           'claim_outbox after marking: published rows are no longer claimed');
@@ -300,7 +316,7 @@ SELECT is((SELECT set_aside FROM els.outbox_backlog()), 1::bigint, 'outbox_backl
 UPDATE els.event_outbox SET retry_after = now() - interval '1 second' WHERE id = (SELECT id FROM refused);
 SELECT ok((SELECT id FROM refused) IN (SELECT id FROM els.claim_outbox(100)),
           'claim_outbox: a set-aside row is claimed again once its retry time has passed');
-SELECT is(els.mark_outbox_published(ARRAY[(SELECT id FROM refused)]), 1, 'a set-aside row can still be published');
+SELECT is(pg_temp.publish(ARRAY[(SELECT id FROM refused)]), 1, 'a set-aside row can still be published');
 SELECT is_empty($$SELECT * FROM els.outbox_set_aside$$, 'outbox_set_aside lists only unpublished rows');
 SELECT is(els.set_aside_outbox((SELECT id FROM refused), 'late'), NULL,
           'set_aside_outbox on a published row changes nothing (NULL)');

@@ -24,7 +24,7 @@ from testkit.stack import ROOT
 
 # every migration of this release, in order (a new one must be added here on purpose)
 MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
-              "0004_deadlines_and_retention"]
+              "0004_deadlines_and_retention", "0005_outbox_delivery_proof"]
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -174,8 +174,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        backend.rollback_migrations(MigrationList(
-            [m for m in migrations if m.id == "0004_deadlines_and_retention"]))
+        for later in ("0005_outbox_delivery_proof", "0004_deadlines_and_retention"):
+            backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
     assert els_migrate.applied_migrations(empty_db_url) == [
         "0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
 
@@ -183,7 +183,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     other = get_backend(els_migrate.yoyo_url(other_empty_db_url))
     with other.lock():
         other.apply_migrations_only(MigrationList(
-            [m for m in migrations if m.id != "0004_deadlines_and_retention"]))
+            [m for m in migrations if m.id not in ("0004_deadlines_and_retention",
+                                                    "0005_outbox_delivery_proof")]))
     with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
         conn.execute("SET ROLE els_owner")
         for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
@@ -209,7 +210,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
         assert report is not None and report[0]["complete"] is True
     # and forward again, over the previous release's data: completion reasons backfilled,
     # the timed-out slot that the rollback kept as a failure is a timed-out slot again
-    assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention"]
+    assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention",
+                                                          "0005_outbox_delivery_proof"]
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
                                " ORDER BY batch_id").fetchall()
@@ -223,6 +225,39 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
         closed = conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)",
                               {"b": "rb-new"}).fetchone()
         assert closed is not None and closed[0]["outcome"] == "already_complete"
+
+
+def test_rollback_of_delivery_proof_gives_the_previous_release(empty_db_url: str,
+                                                               tmp_path: Path) -> None:
+    """0005 rolled back over published rows: exactly the previous release's schema (its
+    own snapshot), and its relay's one-argument mark_outbox_published works again."""
+    from yoyo import get_backend, read_migrations
+    from yoyo.migrations import MigrationList
+
+    els_migrate.apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        events.apply(conn, "register", events.registration("rp-1", ["rp-e1"]))
+        events.apply(conn, "content", events.content("rp-1", "rp-t1"))
+        with conn.transaction():
+            ids = [r[0] for r in conn.execute("SELECT id FROM els.claim_outbox(10)")]
+            conn.execute("SELECT els.mark_outbox_published(%(i)s::bigint[], %(t)s::text[],"
+                         " %(p)s::integer[], %(o)s::bigint[])",
+                         {"i": ids, "t": ["t"] * len(ids), "p": [0] * len(ids),
+                          "o": list(range(len(ids)))})
+        events.apply(conn, "register", events.registration("rp-2", ["rp-e2"]))
+        events.apply(conn, "content", events.content("rp-2", "rp-t2"))  # rows to publish
+    backend = get_backend(els_migrate.yoyo_url(empty_db_url))
+    with backend.lock():
+        backend.rollback_migrations(MigrationList(
+            [m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
+             if m.id == "0005_outbox_delivery_proof"]))
+    old = _previous_release(tmp_path)
+    assert els_migrate.dump_schema(empty_db_url) == (old / "docs/schema.sql").read_text("utf-8")
+    with psycopg.connect(empty_db_url, autocommit=True) as conn, conn.transaction():
+        ids = [r[0] for r in conn.execute("SELECT id FROM els.claim_outbox(10)")]
+        marked = conn.execute("SELECT els.mark_outbox_published(%(i)s::bigint[])",
+                              {"i": ids}).fetchone()
+        assert ids and marked == (len(ids),)
 
 
 def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
@@ -247,9 +282,9 @@ def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-# The last release before the current migrations (main before 0003/0004): a database
+# The last release before the current migrations (main before 0005): a database
 # built by its code must upgrade to exactly what a fresh migrate builds.
-PREVIOUS_RELEASE = "36b7e15"
+PREVIOUS_RELEASE = "824e0af"
 
 
 def _previous_release(tmp_path: Path) -> Path:

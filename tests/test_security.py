@@ -350,8 +350,12 @@ def test_hostile_search_path_cannot_redirect_any_function(
     assert backlog is not None and backlog[0] == 3  # slot assigned, excess, completion
     with db.transaction():
         claimed = db.execute("SELECT id FROM els.claim_outbox(10)").fetchall()
-        marked = db.execute("SELECT els.mark_outbox_published(%(ids)s::pg_catalog.int8[])",
-                            {"ids": [r[0] for r in claimed]}).fetchone()
+        ids = [r[0] for r in claimed]
+        marked = db.execute(
+            "SELECT els.mark_outbox_published(%(ids)s::pg_catalog.int8[], %(t)s::pg_catalog.text[],"
+            " %(p)s::pg_catalog.int4[], %(o)s::pg_catalog.int8[])",
+            {"ids": ids, "t": ["t"] * len(ids), "p": [0] * len(ids),
+             "o": list(range(len(ids)))}).fetchone()
     assert marked is not None and marked[0] == 3
     eid = db.execute("SELECT els.stable_event_id('x'::pg_catalog.text, 'y'::pg_catalog.text),"
                      " els.output_topic('EssaySlotAssigned'::pg_catalog.text)").fetchone()

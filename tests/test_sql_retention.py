@@ -27,7 +27,10 @@ def publish_everything(conn: psycopg.Connection[Any]) -> int:
     with conn.transaction():
         ids = [r[0] for r in conn.execute(
             "SELECT id FROM els.claim_outbox(p_limit => %(n)s::integer)", {"n": 100000})]
-        conn.execute("SELECT els.mark_outbox_published(p_ids => %(ids)s::bigint[])", {"ids": ids})
+        conn.execute("SELECT els.mark_outbox_published(p_ids => %(ids)s::bigint[], p_topics =>"
+                     " %(t)s::text[], p_partitions => %(p)s::integer[], p_offsets =>"
+                     " %(o)s::bigint[])", {"ids": ids, "t": ["t"] * len(ids),
+                                          "p": [0] * len(ids), "o": list(range(len(ids)))})
     return len(ids)
 
 
