@@ -116,7 +116,9 @@ def format_report(r: dict[str, Any]) -> str:
         *(f"  recovery      {x}" for x in r["recovery"]),
         f"  throughput    {r['valid_events_per_s']} valid events/s (stream start to quiescence)",
         f"  input topics  {r['input']['acknowledged']} acknowledged, {r['input']['in_topics']} "
-        f"read back, {r['input']['lost']} acknowledged but not at their offset",
+        f"read back, {r['input']['lost']} acknowledged but not at their offset, "
+        f"{r['input'].get('sent_again_without_offset', 0)} sent again after a report "
+        "without an offset",
         f"  applied       {r['applied']} valid deliveries; database: {r['db']['trackers']} "
         f"trackers, {r['db']['slots']} slots, {r['db']['contents']} contents, "
         f"{r['db']['failures']} failures, {r['db']['outbox_rows']} outbox rows "
@@ -127,6 +129,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"  completions   {completed.get('distinct_event_ids', 0)} distinct event ids for "
         f"{completed.get('complete_batches', 0)} complete batches "
         f"({completed.get('messages', 0)} messages)",
+        f"  proofs        {out.get('delivery_proofs', {}).get('found', 0)} of "
+        f"{out.get('delivery_proofs', {}).get('proven', 0)} published outbox rows read back at "
+        "their recorded offset with their event id",
         f"  worker logs   {r['worker_logs']}",
         f"  mismatches    {r['mismatches']}",
         f"  duration      {r['duration_s']} s {r['timings_s']}",

@@ -304,7 +304,8 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
                          " WHERE (batch_id, text_storage_id) = (SELECT batch_id, text_storage_id"
                          " FROM els.essay_content WHERE batch_id = %(b)s LIMIT 1)",
                          {"b": complete[0]})
-            conn.execute("UPDATE els.event_outbox SET published_at = NULL WHERE id ="
+            conn.execute("UPDATE els.event_outbox SET published_at = NULL, kafka_topic = NULL,"
+                         " kafka_partition = NULL, kafka_offset = NULL WHERE id ="
                          " (SELECT min(id) FROM els.event_outbox)")
             conn.execute(contract.REGISTERED.statement, {"event": json.dumps({
                 "entity_id": "ghost", "expected_essay_count": 1, "essay_ids": ["ghost-e"],

@@ -22,8 +22,6 @@ from chaos.config import (
 from chaos.stack import PrivateStack, WorkerSlot
 from testkit.kafka import read_topic
 
-OFFSET_UNKNOWN = -1  # a delivery acknowledged without its offset (see Stream.produce)
-
 
 @dataclass
 class Action:
@@ -62,7 +60,11 @@ class RunState:
         self.timings: dict[str, float] = {}
         self.actions: list[Action] = []
         self.slots: list[WorkerSlot] = []
+        # seq -> (partition, offset) the broker stored it at (its first proven copy)
         self.delivered: dict[int, tuple[int, int]] = {}
+        self.unconfirmed: dict[int, int] = {}  # seq -> reports without an offset (re-sent)
+        # every input message read back: (kind, partition, offset) -> its bytes
+        self.landed: dict[tuple[str, int, int], bytes | None] = {}
         self.produce_errors: list[str] = []
         self.stream_started = 0.0
         self.stream_done = threading.Event()

@@ -11,7 +11,11 @@ from confluent_kafka.admin import AdminClient
 
 from chaos.config import INPUT_KINDS, MAX_MESSAGE_BYTES, QUIET, log
 from chaos.generator import Generated
-from chaos.state import OFFSET_UNKNOWN, RunState
+from chaos.state import RunState
+from els_worker.kafka import stored_at
+
+# A message acknowledged without an offset this many times is reported, not sent again.
+RESEND_LIMIT = 5
 
 
 class Stream(RunState):
@@ -34,25 +38,53 @@ class Stream(RunState):
         upstream services, which are not under test: while the broker restarts it pauses
         with everything delivered (``pause_stream``) and resumes with a new producer,
         because librdkafka's idempotent producer may hold messages whose fate a broker
-        restart left unknown until message.timeout.ms, which would stall the stream."""
+        restart left unknown until message.timeout.ms, which would stall the stream.
+
+        A message counts as delivered only with the offset the broker stored it at. A
+        report of success without one is no proof (librdkafka's implicit acks after a
+        "Not leader for partition", confluent-kafka-go #921), so that message is sent
+        again, as the worker's producers do: the system takes any order and any number
+        of copies, and the checks find every copy by its bytes."""
         producer = self.new_producer()
         self.wait_known(producer)
         messages = gen.messages
+        by_seq = {m.seq: m for m in messages}
         interval = self.cfg.produce_seconds / max(1, len(messages))
+        resend: list[int] = []
 
         def on_delivery(seq: int) -> Callable[[KafkaError | None, Message], None]:
             def cb(err: KafkaError | None, msg: Message) -> None:
                 if err is not None:
                     self.produce_errors.append(f"#{seq}: {err}")
                     return
-                offset = msg.offset()
-                if offset is None or offset < 0:
-                    # librdkafka's idempotent producer reports a batch the broker called a
-                    # duplicate sequence as delivered, offset unknown: verify_input finds it
-                    offset = OFFSET_UNKNOWN
-                    log(f"message #{seq} acknowledged without an offset")
-                self.delivered[seq] = (msg.partition() or 0, offset)
+                where = stored_at(msg)
+                if where is None:
+                    self.unconfirmed[seq] = self.unconfirmed.get(seq, 0) + 1
+                    log(f"message #{seq} acknowledged without an offset: sending it again")
+                    resend.append(seq)
+                    return
+                self.delivered[seq] = (where[1], where[2])
             return cb
+
+        def send(seq: int) -> None:
+            m = by_seq[seq]
+            while True:
+                try:
+                    producer.produce(self.topics[m.kind], key=m.key, value=m.value,
+                                     on_delivery=on_delivery(seq))
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+
+        def send_again() -> None:
+            while resend:
+                seq = resend.pop(0)
+                if self.unconfirmed[seq] > RESEND_LIMIT:
+                    self.produce_errors.append(f"#{seq}: acknowledged without an offset "
+                                               f"{self.unconfirmed[seq]} times")
+                else:
+                    send(seq)
 
         start = time.monotonic()
         paused_for = 0.0
@@ -74,17 +106,15 @@ class Stream(RunState):
                 if now >= due:
                     break
                 producer.poll(min(0.05, due - now))
-            while True:
-                try:
-                    producer.produce(self.topics[m.kind], key=m.key, value=m.value,
-                                     on_delivery=on_delivery(m.seq))
-                    break
-                except BufferError:
-                    producer.poll(0.1)
-            producer.poll(0)
-        left = producer.flush(600)
-        if left:
-            self.produce_errors.append(f"{left} message(s) not delivered after 600 s")
+            send_again()
+            send(m.seq)
+        while True:
+            left = producer.flush(600)
+            if left:
+                self.produce_errors.append(f"{left} message(s) not delivered after 600 s")
+            if not resend:
+                break
+            send_again()
         self.timings["stream_s"] = time.monotonic() - start
         self.timings["stream_paused_s"] = paused_for
         self.stream_done.set()

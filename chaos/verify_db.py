@@ -166,7 +166,8 @@ def read_db(conn: psycopg.Connection[Any]) -> dict[str, Any]:
                   " event_timestamp FROM els.validation_failure"):
         failures[r["batch_id"]][r["file_upload_id"]] = r
     outbox = list(rows("SELECT event_id::text AS event_id, event_type, message_key,"
-                       " published_at IS NOT NULL AS published FROM els.event_outbox"))
+                       " published_at IS NOT NULL AS published, kafka_topic, kafka_partition,"
+                       " kafka_offset FROM els.event_outbox"))
     by_batch: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for o in outbox:
         by_batch[o["message_key"]].append(o)

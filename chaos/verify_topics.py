@@ -5,17 +5,21 @@ and the output topics carry exactly what the outbox holds, one completion per ba
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter, defaultdict
 from typing import Any
+
+from confluent_kafka import Consumer
 
 from chaos.config import (
     DEFAULT_TOPICS,
     INPUT_KINDS,
+    QUIET,
 )
 from chaos.generator import Generated
 from chaos.oracle import BatchExpectation
-from chaos.state import OFFSET_UNKNOWN, RunState
-from els_worker import contract
+from chaos.state import RunState
+from els_worker import audit, contract
 from testkit.kafka import headers_of
 
 
@@ -23,45 +27,30 @@ class TopicChecks(RunState):
     """Compares the input, dead-letter and output topics with the oracle."""
 
     def verify_input(self, gen: Generated) -> dict[str, int]:
-        """Every message the broker acknowledged is in its input topic, at the offset of
-        its delivery report. A failure here is the stream's loss (Kafka or its client,
-        upstream of the worker), reported apart from the worker's mismatches that follow
-        from it."""
-        landed: dict[tuple[str, int, int], bytes | None] = {}
+        """Every message the broker stored is in its input topic, at the offset of its
+        delivery report (one reported without an offset was sent again: Stream.produce).
+        A failure here is the stream's loss (Kafka or its client, upstream of the
+        worker), reported apart from the worker's mismatches that follow from it."""
+        landed = self.landed
         for kind in INPUT_KINDS:
             for msg in self.read_all(self.topics[kind]):
                 landed[(kind, msg.partition() or 0, msg.offset() or 0)] = msg.value()
-        self.place_unknown_offsets(gen, landed)
         lost = [m for m in gen.messages if m.seq in self.delivered
                 and landed.get((m.kind, *self.delivered[m.seq]), b"\0absent") != m.value]
+        never = [m for m in gen.messages if m.seq not in self.delivered]
         for m in lost[:5]:
             p, off = self.delivered[m.seq]
             self.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}, batch "
-                          f"{m.batch_id!r}) acknowledged at partition {p} offset "
-                          f"{off if off != OFFSET_UNKNOWN else 'unknown'}, "
-                          "which holds other bytes or nothing: lost upstream of the worker")
+                          f"{m.batch_id!r}) stored at partition {p} offset {off} by its "
+                          "delivery report, which holds other bytes or nothing: lost "
+                          "upstream of the worker")
         if len(lost) > 5:
             self.mismatch(f"stream: {len(lost) - 5} more acknowledged message(s) lost")
+        for m in never[:5]:
+            self.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}) never got an offset")
         return {"acknowledged": len(self.delivered), "in_topics": len(landed),
-                "lost": len(lost)}
-
-    def place_unknown_offsets(self, gen: Generated,
-                              landed: dict[tuple[str, int, int], bytes | None]) -> None:
-        """A delivery acknowledged without an offset is looked for in its partition: at
-        an offset no other delivery claims, holding its bytes. Not found, it stays
-        unknown and verify_input reports it lost."""
-        claimed = {(m.kind, *self.delivered[m.seq]) for m in gen.messages
-                   if m.seq in self.delivered}
-        for m in gen.messages:
-            where = self.delivered.get(m.seq)
-            if where is None or where[1] != OFFSET_UNKNOWN:
-                continue
-            for (kind, p, off), value in sorted(landed.items(), key=lambda kv: kv[0]):
-                if (kind, p) == (m.kind, where[0]) and value == m.value \
-                        and (kind, p, off) not in claimed:
-                    self.delivered[m.seq] = (p, off)
-                    claimed.add((kind, p, off))
-                    break
+                "lost": len(lost), "never_stored": len(never),
+                "sent_again_without_offset": sum(self.unconfirmed.values())}
 
     def verify_dlq(self, gen: Generated) -> dict[str, Any]:
         by_source: dict[tuple[str, int, int], int] = {}
@@ -69,6 +58,13 @@ class TopicChecks(RunState):
             if m.seq in self.delivered:
                 p, o = self.delivered[m.seq]
                 by_source[(self.topics[m.kind], p, o)] = m.seq
+        # a copy sent again after a report without an offset, or one the broker stored
+        # although its report had no offset: known by its bytes
+        by_value = {(m.kind, m.value): m.seq for m in gen.messages}
+        for (kind, p, o), value in self.landed.items():
+            seq = by_value.get((kind, value))
+            if seq is not None:
+                by_source.setdefault((self.topics[kind], p, o), seq)
         messages = {m.seq: m for m in gen.messages}
         expected = {m.seq for m in gen.messages if m.expect is not None}
         seen: Counter[int] = Counter()
@@ -119,9 +115,40 @@ class TopicChecks(RunState):
         return {"distinct": len(seen), "copies": copies, "extra_copies": copies - len(seen),
                 "expected": len(expected), "by_sqlstate": dict(sorted(by_state.items()))}
 
+    def verify_delivery_proofs(self, db: dict[str, Any]) -> dict[str, int]:
+        """Each published outbox row is where its delivery report said, carrying its
+        event id: the check ``worker.py audit`` makes, with its reading code."""
+        wanted: dict[tuple[str, int], list[int]] = defaultdict(list)
+        proven = [o for o in db["outbox"] if o["kafka_offset"] is not None]
+        for o in proven:
+            wanted[(o["kafka_topic"], o["kafka_partition"])].append(o["kafka_offset"])
+        for o in db["outbox"]:
+            if o["published"] and o["kafka_offset"] is None:
+                self.mismatch(f"outbox row {o['event_id']} published without an offset")
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "chaos-proofs",
+                             "enable.auto.commit": False, **QUIET})
+        try:
+            found, expired = audit.read_offsets(consumer, wanted, time.monotonic() + 300)
+        except audit.AuditUnreachable as exc:
+            self.mismatch(f"delivery proofs: {exc}")
+            return {"proven": len(proven), "found": 0}
+        finally:
+            consumer.close()
+        hits = 0
+        for o in proven:
+            msg = found.get((o["kafka_topic"], o["kafka_partition"], o["kafka_offset"]))
+            if msg is not None and audit.event_id_of(msg) == o["event_id"]:
+                hits += 1
+            elif len(self.mismatches) < 200:
+                self.mismatch(f"outbox row {o['event_id']} ({o['event_type']}) is not at "
+                              f"{o['kafka_topic']}[{o['kafka_partition']}]@{o['kafka_offset']}"
+                              f"{' (expired)' if msg is None and expired else ''}: its "
+                              "delivery report was no proof")
+        return {"proven": len(proven), "found": hits}
+
     def verify_outputs(self, batches: dict[str, BatchExpectation], db: dict[str, Any]
                        ) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"delivery_proofs": self.verify_delivery_proofs(db)}
         outbox_ids: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         for row in db["outbox"]:
             outbox_ids[row["event_type"]][row["message_key"]].add(row["event_id"])
