@@ -157,6 +157,13 @@ class Metrics:
         self.stuck_batches = Gauge("els_stuck_batches",
                                    "Incomplete batches older than ELS_STUCK_AFTER_SECONDS",
                                    registry=r)
+        # every series the alerts query exists from the start (at 0), audit enabled or not
+        for producer in ("relay", "dead_letters", "audit"):
+            self.unconfirmed_deliveries.labels(producer=producer)
+        for result in ("found", "missing", "republished", "expired", "unproven"):
+            self.audit_rows.labels(result=result)
+        for result in ("ok", "missing", "error"):
+            self.audit_runs.labels(result=result)
         # labelled children, looked up once (labels() per event costs a lock and a dict)
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 

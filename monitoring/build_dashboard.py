@@ -178,6 +178,16 @@ def build() -> Dashboard:
             ("sum by (event_type) (rate(els_outbox_published_total[" + RATE + "]))",
              "{{event_type}}"),
             width=12))
+        .with_panel(series(
+            "Proof of delivery: outbox audit", "worker.py audit (ELS_AUDIT_INTERVAL_SECONDS): "
+            "published rows read back at their offsets per hour, by result (missing: not "
+            "where the delivery report said; republished: produced again), and delivery "
+            "reports without an offset (no proof: produced again) by producer; alerts "
+            "ElsOutboxRowsMissingFromKafka, ElsOutboxAuditUnrepaired", "short",
+            ("sum by (result) (increase(els_outbox_audit_rows_total[1h]))", "{{result}} / 1h"),
+            ("sum by (producer) (increase(els_kafka_unconfirmed_deliveries_total[1h]))",
+             "no offset: {{producer}} / 1h"),
+            width=24))
         # ------------------------------------------------------------------ batches
         .with_row(Row("Batches and maintenance"))
         .with_panel(series(

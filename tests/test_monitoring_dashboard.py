@@ -25,6 +25,7 @@ REQUIRED_PANELS = {
     "Database up": "els_database_up",
     "Worker healthy": "els_worker_healthy",
     "Systemic fault": "els_systemic_fault",
+    "Proof of delivery: outbox audit": "els_outbox_audit_rows_total",
 }
 
 
