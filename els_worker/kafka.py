@@ -9,6 +9,7 @@ with ``acks=all``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -169,6 +170,27 @@ def ensure_topics(cfg: Config, topics: Iterable[str]) -> None:
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             raise
+    _wait_for_leaders(admin, missing)
+
+
+def _wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float = 30.0) -> None:
+    """Until the metadata shows a leader for every partition of the new topics. A first
+    produce to a partition whose leader is not ready yet fails with "Not leader for
+    partition", the window in which librdkafka reports messages delivered that were
+    never stored (confluent-kafka-go #921). Waiting narrows that window; only the
+    offset rule (``stored_at``) closes it, so a timeout here is logged, not raised."""
+    deadline = time.monotonic() + timeout
+    waiting = set(topics)
+    while waiting and time.monotonic() < deadline:
+        meta = admin.list_topics(timeout=10).topics
+        waiting = {t for t in waiting
+                   if t not in meta or meta[t].error is not None or not meta[t].partitions
+                   or any(p.leader < 0 for p in meta[t].partitions.values())}
+        if waiting:
+            time.sleep(0.2)
+    if waiting:
+        log(logging.WARNING, "new topics have partitions without a leader yet",
+            topics=sorted(waiting), waited_s=timeout)
 
 
 def worker_topics(cfg: Config) -> list[str]:
