@@ -108,16 +108,18 @@ def event_id_of(msg: Message) -> str | None:
 
 
 def read_offsets(consumer: Consumer, wanted: Mapping[Partition, Iterable[int]],
-                 deadline: float) -> tuple[dict[Position, Message], set[Position]]:
-    """Reads the messages at the ``wanted`` offsets of each partition. Returns the
-    messages found, by (topic, partition, offset), and the offsets below the log start
-    offset (expired). An offset at or past the end, or skipped by the log (compaction,
-    a transaction marker), is in neither. Raises AuditUnreachable at ``deadline``."""
-    found: dict[Position, Message] = {}
+                 deadline: float) -> tuple[dict[Position, str | None], set[Position]]:
+    """Reads the messages at the ``wanted`` offsets of each partition. Returns the event
+    id each message found carries (its ``event_id`` header; None without one), by
+    (topic, partition, offset), and the offsets below the log start offset (expired).
+    An offset at or past the end, or skipped by the log (compaction, a transaction
+    marker), is in neither. Raises AuditUnreachable at ``deadline``."""
+    found: dict[Position, str | None] = {}
     expired: set[Position] = set()
     ranges: dict[Partition, list[tuple[int, int]]] = {}
     targets: dict[Partition, set[int]] = {}
     for (topic, partition), offsets in wanted.items():
+        offsets = list(offsets)
         low, high = _watermarks(consumer, topic, partition, deadline)
         todo = sorted(o for o in set(offsets) if low <= o < high)
         expired.update((topic, partition, o) for o in offsets if o < low)
@@ -133,6 +135,7 @@ def read_offsets(consumer: Consumer, wanted: Mapping[Partition, Iterable[int]],
                 raise AuditUnreachable(f"Kafka: reading back {len(ranges)} partition(s) "
                                        "did not finish in time")
             batch = consumer.consume(num_messages=5000, timeout=0.5)
+            last: dict[Partition, int] = {}
             for msg in batch:
                 err = msg.error()
                 if err is not None:
@@ -142,9 +145,10 @@ def read_offsets(consumer: Consumer, wanted: Mapping[Partition, Iterable[int]],
                 key = (msg.topic() or "", msg.partition() or 0)
                 offset = msg.offset() or 0
                 if offset in targets.get(key, ()):
-                    found[(key[0], key[1], offset)] = msg
-            _advance(consumer, ranges, [(m.topic() or "", m.partition() or 0, m.offset() or 0)
-                                        for m in batch if m.error() is None], idle=not batch)
+                    found[(key[0], key[1], offset)] = event_id_of(msg)
+                if offset > last.get(key, -1):
+                    last[key] = offset
+            _advance(consumer, ranges, last, idle=not batch)
     finally:
         consumer.unassign()
     return found, expired
@@ -162,18 +166,16 @@ def _ranges(offsets: list[int]) -> list[tuple[int, int]]:
 
 
 def _advance(consumer: Consumer, ranges: dict[Partition, list[tuple[int, int]]],
-             seen: list[Position], idle: bool) -> None:
-    """Moves each partition past the ranges it has read: seeks to its next range, or
-    pauses it when none is left. When a poll returned nothing, the consumer's position
-    tells (it passes transaction markers, which are never delivered)."""
-    last: dict[Partition, int] = {}
-    for topic, partition, offset in seen:
-        last[(topic, partition)] = max(offset, last.get((topic, partition), -1))
+             last: dict[Partition, int], idle: bool) -> None:
+    """Moves each partition past the ranges it has read (``last``: the highest offset
+    just read, by partition): seeks to its next range, or pauses it when none is left.
+    When a poll returned nothing, the consumer's position tells (it passes transaction
+    markers, which are never delivered)."""
     if idle:
         for tp in consumer.position([TopicPartition(t, p) for t, p in ranges]):
             if tp.offset >= 0:
-                last[(tp.topic, tp.partition)] = max(tp.offset - 1,
-                                                     last.get((tp.topic, tp.partition), -1))
+                key = (tp.topic, tp.partition)
+                last[key] = max(tp.offset - 1, last.get(key, -1))
     for key, reached in last.items():
         todo = ranges.get(key)
         if not todo or reached < todo[0][1]:
@@ -228,7 +230,12 @@ class Audit:
         report.checked = len(rows) - report.unproven
         if wanted:
             consumer = kafka.consumer(self.cfg, f"{self.cfg.group_id}.audit", **{
-                "auto.offset.reset": "earliest"})
+                "auto.offset.reset": "earliest",
+                # reading a known range as fast as the broker serves it: large fetches,
+                # and no waiting for more data at a partition's end
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                "fetch.wait.max.ms": 10,
+                "queued.max.messages.kbytes": 256 * 1024})
             try:
                 _reachable(consumer, deadline)
                 found, expired = read_offsets(consumer, wanted, deadline)
@@ -238,8 +245,7 @@ class Audit:
                 if r.offset is None:
                     continue
                 where = (r.topic or "", r.partition or 0, r.offset)
-                msg = found.get(where)
-                if msg is not None and event_id_of(msg) == r.event_id:
+                if found.get(where) == r.event_id:
                     report.found += 1
                 elif where in expired:
                     report.expired += 1
