@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from contextlib import redirect_stdout
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,7 +33,7 @@ from testkit import events as ev
 from testkit.db import outbox_unpublished
 from testkit.kafka import OffsetlessReports, Topics, event_bytes, headers_of, read_topic
 from testkit.kafka import produce as produce_messages
-from testkit.worker import worker_env
+from testkit.worker import WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -321,3 +322,43 @@ def test_audit_gives_up_in_bounded_time_when_kafka_or_postgres_is_unreachable(
     assert audit.cmd_audit(no_pg, "1 hour", 10.0) == 2
     assert time.monotonic() - started < 30
     assert "audit failed" in capsys.readouterr().err
+
+
+def test_the_worker_audits_periodically_in_one_worker_and_repairs_a_missing_row(
+    db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str, unique_topics: Topics,
+    tmp_path: Path,
+) -> None:
+    """ELS_AUDIT_INTERVAL_SECONDS: two workers, one audit lock. A row whose recorded
+    offset is moved past the end of its partition (as if the broker had not kept it) is
+    found and produced again by the worker's own audit, and only one worker audits."""
+    batch = f"pa-{uuid.uuid4().hex[:6]}"
+    produce_messages(kafka_bootstrap, [
+        (unique_topics.batch_registered, batch.encode(),
+         event_bytes(ev.registration(batch, [f"{batch}-e1", f"{batch}-e2"]))),
+        (unique_topics.content_provisioned, batch.encode(),
+         event_bytes(ev.content(batch, f"{batch}-t1"))),
+        (unique_topics.content_provisioned, batch.encode(),
+         event_bytes(ev.content(batch, f"{batch}-t2")))])
+    env = {"ELS_AUDIT_INTERVAL_SECONDS": "1"}
+    with WorkerProcess(worker_env(db_url, kafka_bootstrap, unique_topics, **env),
+                       tmp_path / "w1.log") as w1, \
+            WorkerProcess(worker_env(db_url, kafka_bootstrap, unique_topics, **env),
+                          tmp_path / "w2.log") as w2:
+        wait_until(lambda: db.execute(
+            "SELECT count(*) = 3 AND bool_and(kafka_offset IS NOT NULL) FROM els.event_outbox"
+            ).fetchone() == (True,), 60, "the three events published with offsets", w1.tail)
+        lost = db.execute("UPDATE els.event_outbox SET kafka_offset = kafka_offset + 1000000"
+                          " WHERE event_type = 'BatchContentProvisioningCompleted'"
+                          " RETURNING id, event_id::text").fetchone()
+        assert lost is not None
+        row: Any = wait_until(lambda: db.execute(
+            "SELECT kafka_topic, kafka_partition, kafka_offset FROM els.event_outbox"
+            " WHERE id = %(id)s AND redelivered_at IS NOT NULL", {"id": lost[0]}).fetchone(),
+            60, "the worker's audit to produce the completion again", w1.tail)
+        msg = _message_at(kafka_bootstrap, row[0], row[1], row[2])
+        assert headers_of(msg)[contract.H_EVENT_ID] == lost[1]
+        audits = [sum(1 for r in w.log_records() if r.get("msg") == "audit done")
+                  for w in (w1, w2)]
+        assert sorted(audits)[0] == 0 and sorted(audits)[1] >= 1, audits
+        metrics = (w1 if audits[0] else w2).http_status("/metrics")[1]
+        assert 'els_outbox_audit_rows_total{result="republished"} 1.0' in metrics
