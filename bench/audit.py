@@ -1,6 +1,7 @@
 """The audit's throughput: ``worker.py audit`` over N published outbox rows.
 
     .venv/bin/python -m bench.audit [--rows 100000] [--reps 3] [--missing 100]
+    .venv/bin/python -m bench.audit --relay-inflight [--rows 50000] [--reps 3]
 
 A freshly migrated database of its own gets N outbox rows (completion-sized
 envelopes of ~1.3 kB, as many batches as rows), which the real relay publishes to
@@ -10,6 +11,11 @@ their partition (as if the broker had not kept them) and produces them again.
 Reported per run: rows/s over the whole audit (reading the outbox, asking the
 watermarks, reading every offset back, checking event ids, producing the missing
 ones again), and the split between the database read and the Kafka read-back.
+
+``--relay-inflight`` instead times the relay itself over N rows with the producer's
+``max.in.flight.requests.per.connection`` at 1 and at librdkafka's default 5,
+interleaved (the order reverses every repetition): what closing the implicit-ack
+window with one request in flight costs (docs/BENCHMARKS.md, "Proof of delivery").
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg import sql
 
 from bench import common
-from els_worker import audit, contract
+from els_worker import audit, contract, kafka
 from els_worker.config import Config
 from els_worker.observability import Metrics
 from els_worker.relay import Relay
@@ -67,11 +73,29 @@ def migrated_database(stack: Stack) -> Iterator[str]:
             common.drop_database(conn, name)
 
 
+def relay_seconds(cfg: Config, url: str, topic: str, rows: int, in_flight: int) -> float:
+    """Fills the outbox with ``rows`` rows and relays them all; the relay's wall time."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM els.event_outbox")
+        conn.execute(FILL, {"topic": topic, "rows": rows})
+        conn.execute("VACUUM ANALYZE els.event_outbox")
+    relay = Relay(cfg, Metrics(), threading.Event(), make_producer=lambda c: kafka.producer(
+        c, "els-outbox-relay", **{"max.in.flight.requests.per.connection": in_flight}))
+    t0 = time.monotonic()
+    while relay.run_once():
+        pass
+    took = time.monotonic() - t0
+    relay.close()
+    return took
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--missing", type=int, default=100)
+    ap.add_argument("--relay-inflight", action="store_true",
+                    help="time the relay with max.in.flight 1 against 5 instead")
     args = ap.parse_args(argv)
     started = time.monotonic()
 
@@ -92,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                                    "ELS_TOPIC_OUT_COMPLETED": topic,
                                    "ELS_GROUP_ID": f"{prefix}.els",
                                    "ELS_RELAY_BATCH_SIZE": "5000"})
+            if args.relay_inflight:
+                times: dict[int, list[float]] = {1: [], 5: []}
+                for rep in range(args.reps):
+                    for n in ((1, 5) if rep % 2 == 0 else (5, 1)):
+                        times[n].append(relay_seconds(cfg, url, topic, args.rows, n))
+                        log(f"max.in.flight={n}: {args.rows / times[n][-1]:,.0f} rows/s")
+                per_s = {n: args.rows / common.median(t) for n, t in times.items()}
+                print(f"relay of {args.rows:,} rows, medians of {args.reps}: max.in.flight 1 "
+                      f"{per_s[1]:,.0f} rows/s, 5 {per_s[5]:,.0f} rows/s "
+                      f"({per_s[1] / per_s[5]:.2f}x)")
+                return 0
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("DELETE FROM els.event_outbox")
                 conn.execute(FILL, {"topic": topic, "rows": args.rows})
