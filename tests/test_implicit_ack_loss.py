@@ -17,120 +17,19 @@ row the previous relay would have lost: it marked every error-free report publis
 
 from __future__ import annotations
 
-import threading
 import time
-import uuid
-from collections import Counter
 from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka import KafkaError, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-from els_worker import contract, kafka
-from els_worker.config import Config
-from els_worker.observability import Metrics
-from els_worker.relay import Relay
-from testkit.kafka import headers_of, read_topic
+from testkit.implicit_ack import trial
 
 pytestmark = pytest.mark.kafka
 
 MAX_TRIALS = 40
 MAX_SECONDS = 150.0
-ROWS = 1200
-KEYS = 40
-TARGET_PARTITIONS = 40
-COMPANIONS = 8
-
-
-class ReportWatcher:
-    """Forwards to a real producer and keeps the event id of every message reported
-    delivered without an offset."""
-
-    def __init__(self, real: Producer) -> None:
-        self.real = real
-        self.offsetless: list[str] = []
-
-    def produce(self, topic: str, key: Any = None, value: Any = None, headers: Any = None,
-                on_delivery: Any = None, **kwargs: Any) -> None:
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is None and kafka.stored_at(msg) is None:
-                self.offsetless.append(dict(headers or [])[contract.H_EVENT_ID].decode())
-            on_delivery(err, msg)
-        self.real.produce(topic, key=key, value=value, headers=headers, on_delivery=report,
-                          **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
-def _trial(db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str,
-           admin: AdminClient) -> tuple[int, int]:
-    """One trial: returns (reports without an offset, rows the previous relay would
-    have lost). Asserts that every row is at its recorded coordinates."""
-    prefix = f"ia{uuid.uuid4().hex[:10]}"
-    target = f"{prefix}.{contract.SLOT_ASSIGNED.topic}"
-    companions = [f"{prefix}.c{i}" for i in range(COMPANIONS)]
-    db.execute("DELETE FROM els.event_outbox")
-    db.execute(
-        "INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)"
-        " SELECT gen_random_uuid(), 'EssaySlotAssigned', %(t)s::text, 'k-' || (g %% %(k)s),"
-        " jsonb_build_object('n', g) FROM generate_series(1, %(n)s::integer) AS g",
-        {"t": target, "k": KEYS, "n": ROWS})
-    cfg = Config.from_env({"ELS_DATABASE_URL": db_url, "ELS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-                           "ELS_TOPIC_OUT_SLOT_ASSIGNED": target, "ELS_RELAY_BATCH_SIZE": "300",
-                           "ELS_RETRY_BASE_MS": "10", "ELS_RETRY_MAX_MS": "50"})
-    watchers: list[ReportWatcher] = []
-
-    def widened(c: Config) -> Any:
-        watchers.append(ReportWatcher(kafka.producer(c, "els-outbox-relay", **{
-            "batch.num.messages": 1, "linger.ms": 0,
-            "max.in.flight.requests.per.connection": 5})))
-        return watchers[-1]
-
-    metrics = Metrics()
-    relay = Relay(cfg, metrics, threading.Event(), make_producer=widened)
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=10, replication_factor=1) for t in companions]
-        + [NewTopic(target, num_partitions=TARGET_PARTITIONS, replication_factor=1)],
-        operation_timeout=30)
-    try:
-        deadline = time.monotonic() + 60
-        while db.execute("SELECT count(*) FROM els.event_outbox WHERE published_at IS NULL"
-                         ).fetchone() != (0,):
-            assert time.monotonic() < deadline, "the relay did not publish the outbox"
-            try:
-                relay.run_once()
-            except Exception:  # a round with nothing proven is retried, as the thread does
-                time.sleep(0.01)
-    finally:
-        relay.close()
-        for fut in futures.values():
-            fut.result(timeout=30)
-    copies: Counter[str] = Counter()
-    at: dict[tuple[int, int], str] = {}
-    for msg in read_topic(kafka_bootstrap, target, timeout=60):
-        event_id = headers_of(msg)[contract.H_EVENT_ID]
-        copies[event_id] += 1
-        at[(msg.partition() or 0, msg.offset() or 0)] = event_id
-    rows = db.execute("SELECT event_id::text, kafka_topic, kafka_partition, kafka_offset"
-                      " FROM els.event_outbox").fetchall()
-    assert len(rows) == ROWS
-    for event_id, topic, partition, offset in rows:
-        assert topic == target and at.get((partition, offset)) == event_id, (
-            f"{event_id} is not at {topic}[{partition}]@{offset}")
-    offsetless = [e for w in watchers for e in w.offsetless]
-    unconfirmed = metrics.registry.get_sample_value(
-        "els_kafka_unconfirmed_deliveries_total", {"producer": "relay"})
-    assert unconfirmed == len(offsetless)
-    for fut in admin.delete_topics([target, *companions], operation_timeout=30).values():
-        try:
-            fut.result(timeout=30)
-        except Exception:  # cleanup only
-            pass
-    # a copy the broker never stored: the event is in the topic once, the copy sent again
-    return len(offsetless), sum(1 for e in set(offsetless) if copies[e] == 1)
 
 
 def test_implicit_acks_of_unstored_messages_lose_no_outbox_row(
@@ -140,7 +39,7 @@ def test_implicit_acks_of_unstored_messages_lose_no_outbox_row(
     trials = offsetless = would_lose = 0
     while trials < MAX_TRIALS and time.monotonic() - started < MAX_SECONDS:
         trials += 1
-        n, lost = _trial(db, db_url, kafka_bootstrap, kafka_admin)
+        n, lost = trial(db, db_url, kafka_bootstrap, kafka_admin)
         offsetless += n
         would_lose += lost
         if n:
