@@ -19,40 +19,18 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from els_worker import contract, kafka
 from els_worker.config import Config
 from els_worker.observability import Metrics
 from els_worker.relay import Relay
-from testkit.kafka import headers_of, read_topic
+from testkit.kafka import OffsetlessReports, headers_of, never, read_topic
 
 ROWS = 1200
 KEYS = 40
 TARGET_PARTITIONS = 40
 COMPANIONS = 8
-
-
-class ReportWatcher:
-    """Forwards to a real producer and keeps the event id of every message reported
-    delivered without an offset."""
-
-    def __init__(self, real: Producer) -> None:
-        self.real = real
-        self.offsetless: list[str] = []
-
-    def produce(self, topic: str, key: Any = None, value: Any = None, headers: Any = None,
-                on_delivery: Any = None, **kwargs: Any) -> None:
-        def report(err: KafkaError | None, msg: Message) -> None:
-            if err is None and kafka.stored_at(msg) is None:
-                self.offsetless.append(dict(headers or [])[contract.H_EVENT_ID].decode())
-            on_delivery(err, msg)
-        self.real.produce(topic, key=key, value=value, headers=headers, on_delivery=report,
-                          **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 def trial(db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str,
@@ -71,12 +49,12 @@ def trial(db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str,
     cfg = Config.from_env({"ELS_DATABASE_URL": db_url, "ELS_KAFKA_BOOTSTRAP": kafka_bootstrap,
                            "ELS_TOPIC_OUT_SLOT_ASSIGNED": target, "ELS_RELAY_BATCH_SIZE": "300",
                            "ELS_RETRY_BASE_MS": "10", "ELS_RETRY_MAX_MS": "50"})
-    watchers: list[ReportWatcher] = []
+    watchers: list[OffsetlessReports] = []
 
     def widened(c: Config) -> Any:
-        watchers.append(ReportWatcher(kafka.producer(c, "els-outbox-relay", **{
+        watchers.append(OffsetlessReports(kafka.producer(c, "els-outbox-relay", **{
             "batch.num.messages": 1, "linger.ms": 0,
-            "max.in.flight.requests.per.connection": in_flight})))
+            "max.in.flight.requests.per.connection": in_flight}), never))
         return watchers[-1]
 
     metrics = Metrics()
@@ -110,7 +88,7 @@ def trial(db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str,
     for event_id, topic, partition, offset in rows:
         assert topic == target and at.get((partition, offset)) == event_id, (
             f"{event_id} is not at {topic}[{partition}]@{offset}")
-    offsetless = [e for w in watchers for e in w.offsetless]
+    offsetless = [h[contract.H_EVENT_ID] for w in watchers for h in w.real_offsetless]
     unconfirmed = metrics.registry.get_sample_value(
         "els_kafka_unconfirmed_deliveries_total", {"producer": "relay"})
     assert unconfirmed == len(offsetless)

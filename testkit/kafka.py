@@ -118,18 +118,24 @@ class OffsetlessReports:
     picks (by their 0-based number among this producer's reports) say "delivered" with
     no offset, as librdkafka's implicit acks do (confluent-kafka-go #921). Injected
     where a producer is (``make_producer``), to test the rule that such a report is
-    no proof. The message itself was stored: producing it again makes a duplicate."""
+    no proof. The message itself was stored: producing it again makes a duplicate.
+    ``real_offsetless`` keeps the headers of the messages the real producer itself
+    reported delivered without an offset (``strip=never`` only watches for those)."""
 
     def __init__(self, real: Producer, strip: Any) -> None:
         self.real = real
         self.strip = strip
         self.reports = 0
         self.stripped = 0
+        self.real_offsetless: list[dict[str, str]] = []
 
     def produce(self, topic: str, key: Any = None, value: Any = None, headers: Any = None,
                 on_delivery: Any = None, **kwargs: Any) -> None:
         def report(err: KafkaError | None, msg: Message) -> None:
             n, self.reports = self.reports, self.reports + 1
+            if err is None and stored_at(msg) is None:
+                self.real_offsetless.append(
+                    {k: v.decode() if isinstance(v, bytes) else v for k, v in headers or []})
             if err is None and self.strip(n):
                 self.stripped += 1
                 on_delivery(None, _WithoutOffset(msg))
@@ -140,6 +146,10 @@ class OffsetlessReports:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
+
+
+def never(_n: int) -> bool:
+    return False
 
 
 class _WithoutOffset:
