@@ -45,25 +45,12 @@ from bench.common import (
     registration,
 )
 from els_worker import contract, db
+from testkit.db import load_functions
 
 # The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
 # functions each run's database gets instead of the template's (bench/worker_ab.py
 # points both at a checkout of the baseline revision).
 SQL_DIR: Path | None = None
-
-
-def load_sql(url: str, sql_dir: Path) -> None:
-    """Makes the functions and views of schema els exactly those of ``sql_dir``, as
-    migrations/post-apply.py does (tables are the template's)."""
-    # post-apply.py's own drop statement (the module itself only runs inside yoyo)
-    hook = (Path(__file__).resolve().parent.parent / "migrations" / "post-apply.py").read_text()
-    drop_code = hook.split('DROP_CODE = """', 1)[1].split('"""', 1)[0]
-    with psycopg.connect(url) as conn:
-        cur = conn.cursor()
-        cur.execute("SET LOCAL ROLE els_owner")
-        cur.execute(drop_code)
-        for path in sorted(sql_dir.glob("*.sql")):
-            cur.execute(path.read_text(encoding="utf-8"))
 
 
 ESSAYS = 10
@@ -113,6 +100,8 @@ class RunResult:
     events: int
     seconds: float  # worker start (or ceiling start) -> done
     steady_seconds: float = 0.0  # first outbox row written -> done
+    # the outbox from 10% to 90% of its rows: no start-up, group join or tail in it
+    middle_seconds: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
     # per-event latency the workers logged (duration_ms; none with ELS_LOG_EVENTS=false)
     latencies_ms: list[float] = field(default_factory=list)
@@ -124,6 +113,10 @@ class RunResult:
     @property
     def steady_rate(self) -> float:
         return self.events / self.steady_seconds if self.steady_seconds else 0.0
+
+    @property
+    def middle_rate(self) -> float:
+        return 0.8 * self.events / self.middle_seconds if self.middle_seconds else 0.0
 
 
 # ---------------------------------------------------------------- Kafka helpers
@@ -234,7 +227,7 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
         with fresh_database(stack, f"w{workers}p{partitions}") as url, \
                 psycopg.connect(url, autocommit=True) as watch:
             if SQL_DIR is not None:
-                load_sql(url, SQL_DIR)
+                load_functions(url, SQL_DIR)
             base = watch.execute("SELECT coalesce(max(id), 0) FROM els.event_outbox").fetchone()
             base_id = base[0] if base else 0
             env = dict(os.environ)
@@ -263,7 +256,7 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                 procs.append(subprocess.Popen(
                     [sys.executable, str(ROOT / "worker.py"), "run"], env=env, cwd=str(ROOT),
                     stdout=logf, stderr=subprocess.STDOUT))
-            first_row_at = 0.0
+            first_row_at = tenth_at = ninth_at = 0.0
             try:
                 while True:
                     row = watch.execute(
@@ -273,6 +266,11 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                     total, unpublished = row if row else (0, 0)
                     if total and not first_row_at:
                         first_row_at = now
+                    published = total - unpublished
+                    if not tenth_at and published >= 0.1 * stream.expected_outbox:
+                        tenth_at = now
+                    if not ninth_at and published >= 0.9 * stream.expected_outbox:
+                        ninth_at = now
                     if total >= stream.expected_outbox and unpublished == 0:
                         done_at = now
                         break
@@ -316,8 +314,8 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                     logf.close()
             _check_complete(watch, stream)
         latencies = logged_latencies([Path(f.name) for f in logs])
-        return RunResult(len(stream.messages), done_at - t0, done_at - first_row_at, cpu,
-                         latencies)
+        return RunResult(len(stream.messages), done_at - t0, done_at - first_row_at,
+                         ninth_at - tenth_at, cpu, latencies)
     finally:
         _delete_topics(stack, prefix)
 
@@ -496,7 +494,7 @@ def run_ceiling(stack: Stack, stream: Stream, sessions: int, mode: str = "set") 
     wall = max(e[0] for e in ends) - t0
     cpu = {"client processes": sum(e[1] for e in ends), "machine busy": busy1 - busy0,
            "machine total": total1 - total0}
-    return RunResult(len(stream.messages), wall, wall, cpu)
+    return RunResult(len(stream.messages), wall, wall, cpu=cpu)
 
 
 def log_dir() -> Path:

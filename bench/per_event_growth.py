@@ -27,8 +27,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from bench import common, e2e
+from bench import common
 from bench.common import content, dumps, registration
+from testkit.db import load_functions
 
 ESSAYS = 20
 
@@ -43,7 +44,7 @@ def _empty_database(stack: common.Stack, sql_dir: Path | None) -> str:
     url = stack.url_for(name)
     els_migrate.apply_migrations(url)
     if sql_dir is not None:
-        e2e.load_sql(url, sql_dir)
+        load_functions(url, sql_dir)
     return name
 
 

@@ -31,6 +31,7 @@ import psycopg
 
 from bench import common, e2e
 from els_worker import db
+from testkit.db import load_functions
 
 STATEMENTS = """
 SELECT s.calls, s.total_exec_time, s.rows, s.toplevel,
@@ -101,7 +102,7 @@ def main() -> None:
             archive = subprocess.run(["git", "archive", args.base, "sql"], cwd=common.ROOT,
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-            e2e.load_sql(url, Path(tmp) / "sql")
+            load_functions(url, Path(tmp) / "sql")
         rows, functions, wall = _profile(url, chunks, warm, args.mode)
     top = [r for r in rows if r[3]]
     top_ms = sum(r[1] for r in top)

@@ -30,6 +30,7 @@ import psycopg
 
 from bench import common, e2e
 from bench.profile import _apply
+from testkit.db import load_functions
 
 TICKS = 100.0  # USER_HZ: /proc's unit of CPU time
 
@@ -45,7 +46,7 @@ def _run(stack: common.Stack, sql_dir: Path | None, mode: str,
     slots: dict[str, list[str]] = {}
     with common.fresh_database(stack, "sqlab") as url:
         if sql_dir is not None:
-            e2e.load_sql(url, sql_dir)
+            load_functions(url, sql_dir)
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
             assert row is not None

@@ -16,121 +16,79 @@ ALTER TYPE els.item_disposition OWNER TO els_owner;
 COMMENT ON TYPE els.item_disposition IS 'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
 CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[] DEFAULT NULL::jsonb[]) RETURNS jsonb[]
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
-    v_results jsonb[] := coalesce(p_refused, array_fill(NULL::jsonb, ARRAY[v_n]));
-    v_rows jsonb[] := '{}'::jsonb[];
-    v_count integer := 0;
-    v_read record;
-    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
-    v_reg_count integer := 0;
-    v_seen integer;
-    v_unknown text;
+    v_done jsonb;       -- [{"ord", "done"}]: the events' results, rejections first
+    v_rows jsonb;       -- the checked events, each with its ord, kind and round
+    v_count integer;
+    v_sequential boolean := false;
+    v_items jsonb[];    -- per round, its content and failures ...
+    v_regs jsonb[];     -- ... and its registrations
     v_row jsonb;
     v_key bigint;
-    v_round integer;
-    v_items jsonb;
-    v_done jsonb := '[]'::jsonb;   -- [{"ord", "done"}] of the rounds' content and failures
-    v_sequential boolean := false;
 BEGIN
-    IF coalesce(cardinality(p_events), 0) <> v_n
-       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
-    END IF;
-    -- an expression first (no statement): the query only when a kind is unknown or NULL
-    IF array_position(p_kinds, NULL) IS NOT NULL
-       OR NOT p_kinds <@ ARRAY['register_batch', 'provision_content', 'record_validation_failure'] THEN
-        SELECT coalesce(u.kind, 'NULL') INTO v_unknown
-          FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
-         WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
-           AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
-         ORDER BY u.ord LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
-        END IF;
-    END IF;
-    -- 1. every event read and checked (els._read_events: one statement per kind, no
-    --    table touched); its round: 2 x (registrations of its batch before it), + 1 for
-    --    a registration
-    FOR v_read IN SELECT r.ord, r.kind, r.fault, r.event_row
-                    FROM els._read_events(p_kinds, p_events,
-                                          (SELECT array_agg(f.result IS NOT NULL)
-                                             FROM unnest(p_refused) AS f(result))) AS r
-                   ORDER BY r.ord LOOP
-        IF v_read.fault IS NOT NULL THEN
-            v_results[v_read.ord] := els._rejection(
-                v_read.fault ->> 'sqlstate', v_read.fault ->> 'message', (v_read.fault -> 'detail')::text,
-                'els._read_events: event ' || v_read.ord || ' of the micro-batch');
-            CONTINUE;
-        END IF;
-        v_seen := coalesce((v_regs ->> (v_read.event_row ->> 'batch_id'))::integer, 0);
-        IF v_read.kind = 'register_batch' THEN
-            v_regs := v_regs || jsonb_build_object(v_read.event_row ->> 'batch_id', v_seen + 1);
-            v_reg_count := v_reg_count + 1;
-        END IF;
-        v_count := v_count + 1;
-        v_rows[v_count] := v_read.event_row || jsonb_build_object(
-            'ord', v_read.ord, 'kind', v_read.kind,
-            'round', 2 * v_seen + CASE WHEN v_read.kind = 'register_batch' THEN 1 ELSE 0 END);
-    END LOOP;
-    IF v_count = 0 THEN
-        RETURN v_results;
-    END IF;
+    PERFORM els._check_kinds(p_kinds, p_events, p_refused);
+    -- 1. every event read and checked (els._read_events: one statement per kind, no table
+    --    touched); its round: 2 x (registrations of its batch before it), + 1 for a
+    --    registration
+    WITH r AS MATERIALIZED (
+        SELECT r.ord, r.kind, r.fault, r.event_row, r.event_row ->> 'batch_id' AS batch_id
+          FROM els._read_events(p_kinds, p_events, (SELECT array_agg(f.result IS NOT NULL)
+                                                      FROM unnest(p_refused) AS f(result))) AS r
+    ), rounds AS (
+        SELECT r.*, 2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
+                   PARTITION BY r.batch_id ORDER BY r.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                   + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END AS round
+          FROM r WHERE r.fault IS NULL
+    )
+    SELECT (SELECT coalesce(jsonb_agg(jsonb_build_object('ord', r.ord, 'done', els._rejection(
+                       r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
+                       'els._read_events: event ' || r.ord || ' of the micro-batch')) ORDER BY r.ord), '[]')
+              FROM r WHERE r.fault IS NOT NULL),
+           jsonb_agg(x.event_row || jsonb_build_object('ord', x.ord, 'kind', x.kind, 'round', x.round)
+                     ORDER BY x.ord),
+           count(*)
+      INTO v_done, v_rows, v_count
+      FROM rounds AS x;
     -- one event (every per-event call): its lock and its one round, directly
     IF v_count = 1 THEN
-        v_row := v_rows[1];
+        v_row := v_rows -> 0;
         PERFORM els._lock_batch(v_row ->> 'batch_id');
-        v_results[(v_row ->> 'ord')::integer] := CASE
-            WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_guarded(v_row)
-            ELSE els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'done'
-        END;
-        RETURN v_results;
-    END IF;
-    -- registrations of different batches sharing an essay id: the order between
-    -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
-        -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
-        SELECT EXISTS (
-            SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
-                           FROM unnest(v_rows) AS r(j)
-                          WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
-             CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
-             GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1)
-          INTO v_sequential;
-    END IF;
-    -- 2. the locks of every batch, in ascending key order
-    FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
-                   FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(v_key);
-    END LOOP;
-    -- 3. the rounds, in order
-    FOR v_round IN SELECT DISTINCT CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                                        ELSE (r.j ->> 'round')::integer END AS round
-                     FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
-        SELECT jsonb_agg(r.j ORDER BY (r.j ->> 'ord')::integer) INTO v_items
-          FROM unnest(v_rows) AS r(j)
-         WHERE r.j ->> 'kind' <> 'register_batch'
-           AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                    ELSE (r.j ->> 'round')::integer END = v_round;
-        IF v_items IS NOT NULL THEN
-            v_done := v_done || els._apply_items(v_items);
-        END IF;
-        FOR v_row IN SELECT r.j FROM unnest(v_rows) AS r(j)
-                      WHERE r.j ->> 'kind' = 'register_batch'
-                        AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                                 ELSE (r.j ->> 'round')::integer END = v_round
-                      ORDER BY (r.j ->> 'ord')::integer LOOP
-            v_results[(v_row ->> 'ord')::integer] := els._register_guarded(v_row);
+        v_done := v_done || CASE WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_round(v_rows)
+                                 ELSE els._apply_items(v_rows) END;
+    ELSIF v_count > 1 THEN
+        v_sequential := els._registrations_share_essays(v_rows);
+        -- 2. the locks of every batch, in ascending key order
+        FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
+                       FROM jsonb_array_elements(v_rows) AS r(j) ORDER BY 1 LOOP
+            PERFORM pg_advisory_xact_lock(v_key);
         END LOOP;
-    END LOOP;
-    -- the rounds' results of content and failures, in place, in one pass
-    IF jsonb_array_length(v_done) > 0 THEN
-        SELECT array_agg(coalesce(d.done, v_results[g.i]) ORDER BY g.i) INTO v_results
-          FROM generate_series(1, v_n) AS g(i)
-          LEFT JOIN jsonb_to_recordset(v_done) AS d(ord integer, done jsonb) ON d.ord = g.i;
+        -- 3. the rounds, in order: a round's content and failures, then its registrations
+        SELECT array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
+          INTO v_items, v_regs
+          FROM (SELECT x.round,
+                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind <> 'register_batch') AS items,
+                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind = 'register_batch') AS regs
+                  FROM (SELECT e.j, (e.j ->> 'ord')::integer AS ord, e.j ->> 'kind' AS kind,
+                               CASE WHEN v_sequential THEN (e.j ->> 'ord')::integer
+                                    ELSE (e.j ->> 'round')::integer END AS round
+                          FROM jsonb_array_elements(v_rows) AS e(j)) AS x
+                 GROUP BY x.round) AS g;
+        FOR i IN 1 .. cardinality(v_items) LOOP
+            IF v_items[i] IS NOT NULL THEN
+                v_done := v_done || els._apply_items(v_items[i]);
+            END IF;
+            IF v_regs[i] IS NOT NULL THEN
+                v_done := v_done || els._register_round(v_regs[i]);
+            END IF;
+        END LOOP;
     END IF;
-    RETURN v_results;
+    -- the results in place, in one pass
+    RETURN (SELECT coalesce(array_agg(coalesce(d.done, p_refused[g.i]) ORDER BY g.i), '{}'::jsonb[])
+              FROM generate_series(1, v_n) AS g(i)
+              LEFT JOIN jsonb_to_recordset(v_done) AS d(ord integer, done jsonb) ON d.ord = g.i);
 END
 $$;
 ALTER FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
@@ -462,6 +420,31 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) OWNER TO els_owner;
+CREATE FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    v_unknown text;
+BEGIN
+    IF coalesce(cardinality(p_events), 0) <> coalesce(cardinality(p_kinds), 0)
+       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> cardinality(p_kinds)) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
+    END IF;
+    -- an expression first (no statement): the query only when a kind is unknown or NULL
+    IF array_position(p_kinds, NULL) IS NOT NULL
+       OR NOT p_kinds <@ ARRAY['register_batch', 'provision_content', 'record_validation_failure'] THEN
+        SELECT coalesce(u.kind, 'NULL') INTO v_unknown
+          FROM unnest(p_kinds) WITH ORDINALITY AS u(kind, ord)
+         WHERE (p_refused IS NULL OR p_refused[u.ord::integer] IS NULL)
+           AND (u.kind IS NULL OR u.kind NOT IN ('register_batch', 'provision_content', 'record_validation_failure'))
+         ORDER BY u.ord LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
+        END IF;
+    END IF;
+END
+$$;
+ALTER FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
 CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -516,41 +499,46 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) OWNER TO els_owner;
+CREATE FUNCTION els._complete_batches(p_batch_ids text[], p_reason text) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_result jsonb;
+BEGIN
+    WITH state AS MATERIALIZED (
+        -- one probe of the empty-slot index per batch answers most of them; only the
+        -- columns needed from the tracker (a whole row would detoast essay_ids)
+        SELECT b.batch_id, t.completed_at IS NOT NULL AS was_complete,
+               t.batch_id IS NOT NULL AND t.completed_at IS NULL
+               AND NOT EXISTS (SELECT FROM els.essay_slot AS s
+                                WHERE s.batch_id = b.batch_id AND s.status = 'uploaded')
+               AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id)
+                   = t.expected_count AS closing
+          FROM unnest(p_batch_ids) AS b(batch_id)
+          LEFT JOIN LATERAL (SELECT x.batch_id, x.completed_at, x.expected_count FROM els.batch_tracker AS x
+                              WHERE x.batch_id = b.batch_id OFFSET 0) AS t ON true
+    ), stamped AS (
+        UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
+          FROM state AS s
+         WHERE s.closing AND t.batch_id = s.batch_id
+    )
+    SELECT jsonb_object_agg(s.batch_id, s.closing) INTO v_result
+      FROM state AS s WHERE s.was_complete OR s.closing;
+    RETURN coalesce(v_result, '{}'::jsonb);
+END
+$$;
+ALTER FUNCTION els._complete_batches(p_batch_ids text[], p_reason text) OWNER TO els_owner;
 CREATE FUNCTION els._complete_if_done(p_batch_id text, p_reason text DEFAULT 'all_slots_closed'::text, OUT complete boolean, OUT event_id uuid) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_tracker record;
+    v_completed boolean := (els._complete_batches(ARRAY[p_batch_id], p_reason) ->> p_batch_id)::boolean;
 BEGIN
-    -- Most calls fill a slot that is not the last: one probe of the partial
-    -- index of empty slots answers them without reading the tracker.
-    IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded') THEN
-        complete := false;
-        RETURN;
+    complete := v_completed IS NOT NULL;
+    IF v_completed THEN
+        event_id := (els._emit_events(jsonb_build_array(els._completion_spec(p_batch_id, p_reason))))[1];
     END IF;
-    -- Only the columns needed: a whole row would detoast essay_ids (up to
-    -- 10,000 ids) on every content event of a big batch.
-    SELECT t.completed_at, t.expected_count
-      INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
-    IF NOT FOUND THEN
-        complete := false;
-        RETURN;
-    END IF;
-    IF v_tracker.completed_at IS NOT NULL THEN
-        complete := true;
-        RETURN;
-    END IF;
-    -- Complete means no slot is empty and every expected slot exists: a
-    -- tracker whose slots an older writer left missing (all or some) is not.
-    IF (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
-       <> v_tracker.expected_count THEN
-        complete := false;
-        RETURN;
-    END IF;
-    UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
-     WHERE t.batch_id = p_batch_id;
-    event_id := (els._emit_events(jsonb_build_array(els._completion_spec(p_batch_id, p_reason))))[1];
-    complete := true;
 END
 $$;
 ALTER FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
@@ -682,37 +670,30 @@ CREATE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_ex
     AS $$
 DECLARE
     v_created integer;
-    v_owned_essay text;
-    v_owner_batch text;
+    v_owner record;
 BEGIN
-    IF p_some_exist THEN
+    BEGIN
         INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
         SELECT u.id, p_batch_id, u.ord
           FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
-         WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s
+         WHERE NOT p_some_exist
+            OR NOT EXISTS (SELECT FROM els.essay_slot AS s
                             WHERE s.essay_id = u.id AND s.batch_id = p_batch_id)
          ORDER BY u.id;
-    ELSE
-        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-        SELECT u.id, p_batch_id, u.ord
-          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
-         ORDER BY u.id;
+        GET DIAGNOSTICS v_created = ROW_COUNT;
+    EXCEPTION WHEN unique_violation THEN
+        v_created := NULL;
+    END;
+    SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
+      FROM els._essay_owner_elsewhere(p_batch_id, p_essay_ids) AS o;
+    IF FOUND THEN
+        PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+                            els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged));
+    ELSIF v_created IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+            MESSAGE = format('slots of batch %s: a unique violation without another owner', p_batch_id);
     END IF;
-    GET DIAGNOSTICS v_created = ROW_COUNT;
     RETURN v_created;
-EXCEPTION WHEN unique_violation THEN
-    SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
-      FROM els.essay_slot AS s
-     WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
-     ORDER BY s.essay_id
-     LIMIT 1;
-    IF NOT FOUND THEN
-        RAISE;
-    END IF;
-    PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
-        jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
-                           'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
-    RETURN NULL;
 END
 $$;
 ALTER FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean) OWNER TO els_owner;
@@ -809,6 +790,55 @@ CREATE FUNCTION els._essay_id_items(p_essay_ids jsonb) RETURNS TABLE(bad_ord big
            WITH ORDINALITY AS x(item, ord)
 $$;
 ALTER FUNCTION els._essay_id_items(p_essay_ids jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch', 'essay_id', p_essay_id, 'owner_batch_id', p_owner_batch_id) || CASE WHEN p_purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END);
+ALTER FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) OWNER TO els_owner;
+CREATE TABLE els.batch_tombstone (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text NOT NULL,
+    correlation_id text NOT NULL,
+    registered_at timestamp with time zone NOT NULL,
+    completed_at timestamp with time zone NOT NULL,
+    completion_reason text NOT NULL,
+    filled_count integer NOT NULL,
+    failed_count integer NOT NULL,
+    timed_out_count integer NOT NULL,
+    purged_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_late_item_at timestamp with time zone,
+    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
+);
+ALTER TABLE els.batch_tombstone OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
+COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
+CREATE FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) RETURNS TABLE(essay_id text, batch_id text, purged boolean)
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT o.essay_id,
+     o.batch_id,
+     o.purged
+    FROM ( SELECT s.essay_id,
+             s.batch_id,
+             false AS purged
+            FROM els.essay_slot s
+           WHERE ((s.essay_id = ANY (_essay_owner_elsewhere.p_essay_ids)) AND (s.batch_id <> _essay_owner_elsewhere.p_batch_id))
+         UNION ALL
+          SELECT e.id,
+             b.batch_id,
+             true
+            FROM (els.batch_tombstone b
+              CROSS JOIN LATERAL unnest(b.essay_ids) e(id))
+           WHERE ((b.essay_ids && _essay_owner_elsewhere.p_essay_ids) AND (b.batch_id <> _essay_owner_elsewhere.p_batch_id) AND (e.id = ANY (_essay_owner_elsewhere.p_essay_ids)))) o
+   ORDER BY o.purged, o.essay_id
+  LIMIT 1;
+END;
+ALTER FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) OWNER TO els_owner;
 CREATE FUNCTION els._event_digest(p_event_type text, p_identity jsonb) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN decode(md5(((('els:'::text || p_event_type) || ':'::text) || (p_identity)::text)), 'hex'::text);
@@ -871,6 +901,58 @@ CREATE FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) R
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'number'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'integer', 'actual', jsonb_typeof(p_value))) WHEN ((p_value #>> '{}'::text[]) ~ '[.eE]'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', p_value)) WHEN ((((p_value #>> '{}'::text[]))::numeric < p_min) OR (((p_value #>> '{}'::text[]))::numeric > ('9223372036854775807'::bigint)::numeric)) THEN els._fault('ELV03'::text, format('field %s is out of range'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'out_of_range', 'min', p_min, 'actual', p_value)) ELSE NULL::jsonb END;
 ALTER FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) OWNER TO els_owner;
+CREATE FUNCTION els._judge_registrations(p_regs jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_judged jsonb;
+BEGIN
+    SELECT jsonb_agg(jsonb_build_object(
+               'ord', j.ord, 'batch_id', j.batch_id, 'purged', j.purged,
+               'outcome', CASE WHEN j.conflict IS NOT NULL THEN 'conflict'
+                               WHEN j.purged OR j.existing = j.known_count THEN 'duplicate'
+                               WHEN j.known_count IS NOT NULL THEN 'repaired'
+                               ELSE 'registered' END,
+               'conflict', j.conflict, 'existing', j.existing,
+               'class_type', coalesce(j.known_class_type,
+                                      CASE WHEN j.class_id IS NULL THEN 'GUEST' ELSE 'REGULAR' END),
+               'expected_count', coalesce(j.known_count, j.expected_count),
+               'complete', j.purged OR j.known_complete))
+      INTO v_judged
+      FROM (SELECT r.ord, r.batch_id, r.class_id, r.expected_count, k.purged,
+                   k.expected_count AS known_count, k.class_type AS known_class_type,
+                   k.complete AS known_complete,
+                   CASE WHEN k.batch_id IS NULL THEN NULL
+                        WHEN k.essay_ids IS DISTINCT FROM ARRAY(SELECT jsonb_array_elements_text(r.essay_ids))
+                            THEN 'essay_ids'
+                        WHEN k.expected_count IS DISTINCT FROM r.expected_count THEN 'expected_essay_count'
+                        WHEN k.course_code IS DISTINCT FROM r.course_code THEN 'course_code'
+                        WHEN k.user_id IS DISTINCT FROM r.user_id THEN 'user_id'
+                        WHEN k.org_id IS DISTINCT FROM r.org_id THEN 'org_id'
+                        WHEN k.class_id IS DISTINCT FROM r.class_id THEN 'class_id'
+                   END AS conflict,
+                   CASE WHEN k.batch_id IS NOT NULL AND NOT k.purged THEN
+                        (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = r.batch_id) END AS existing
+              FROM jsonb_to_recordset(p_regs) AS r(ord integer, batch_id text, expected_count integer,
+                                                   essay_ids jsonb, course_code text, user_id text,
+                                                   org_id text, class_id text)
+              -- the tracker, else the tombstone: one primary-key probe each
+              LEFT JOIN LATERAL (
+                    SELECT t.batch_id, t.essay_ids, t.expected_count, t.course_code, t.user_id,
+                           t.org_id, t.class_id, t.class_type, t.completed_at IS NOT NULL AS complete,
+                           false AS purged
+                      FROM els.batch_tracker AS t WHERE t.batch_id = r.batch_id
+                    UNION ALL
+                    SELECT b.batch_id, b.essay_ids, b.expected_count, b.course_code, b.user_id,
+                           b.org_id, b.class_id, b.class_type, true, true
+                      FROM els.batch_tombstone AS b WHERE b.batch_id = r.batch_id
+                     LIMIT 1) AS k ON true
+            OFFSET 0) AS j;
+    RETURN v_judged;
+END
+$$;
+ALTER FUNCTION els._judge_registrations(p_regs jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._lock_batch(p_batch_id text) RETURNS void
     LANGUAGE sql
     BEGIN ATOMIC
@@ -943,203 +1025,201 @@ CREATE FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OU
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_content_excess integer;
-    v_failures_excess integer;
-    v_events jsonb;
+    v_content jsonb := els._reconcile_content(ARRAY[p_batch_id]) -> p_batch_id;
+    v_failures jsonb := els._reconcile_failures(ARRAY[p_batch_id]) -> p_batch_id;
 BEGIN
-    content_assigned := 0;
-    v_content_excess := 0;
-    failures_applied := 0;
-    v_failures_excess := 0;
-    -- Each set-based statement only when there is something pending: most
-    -- registrations find nothing, and one index probe is far cheaper than
-    -- starting the statement (docs/BENCHMARKS.md).
-    IF EXISTS (SELECT FROM els.essay_content AS c
-                WHERE c.batch_id = p_batch_id AND c.disposition = 'pending') THEN
-        WITH empty_slot AS (
-            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-            FROM els.essay_slot AS s
-            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-        ), pending AS (
-            SELECT c.text_storage_id, row_number() OVER (ORDER BY c.arrival_seq, c.text_storage_id) AS rn
-            FROM els.essay_content AS c
-            WHERE c.batch_id = p_batch_id AND c.disposition = 'pending'
-        ), disposed AS (
-            UPDATE els.essay_content AS c
-            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-                essay_id = e.essay_id,
-                disposed_at = now()
-            FROM pending AS p
-            LEFT JOIN empty_slot AS e ON e.rn = p.rn
-            WHERE c.batch_id = p_batch_id AND c.text_storage_id = p.text_storage_id
-            RETURNING c.*
-        ), filled AS (
-            UPDATE els.essay_slot AS s
-            SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
-            FROM disposed AS d
-            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-            RETURNING s.essay_id
-        )
-        SELECT (SELECT count(*) FROM filled)::integer,
-               (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
-               jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
-                             els._slot_assigned_spec(p_batch_id, d.essay_id, d.file_upload_id,
-                                                     d.text_storage_id, d.original_file_name,
-                                                     d.correlation_id)
-                         ELSE
-                             els._excess_spec(p_batch_id, d.original_file_name, d.text_storage_id,
-                                              d.correlation_id)
-                         END ORDER BY d.arrival_seq, d.text_storage_id)
-          INTO content_assigned, v_content_excess, v_events
-          FROM disposed AS d;
-    END IF;
-    IF EXISTS (SELECT FROM els.validation_failure AS f
-                WHERE f.batch_id = p_batch_id AND f.disposition = 'pending') THEN
-        WITH empty_slot AS (
-            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-            FROM els.essay_slot AS s
-            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-        ), pending AS (
-            SELECT f.file_upload_id, row_number() OVER (ORDER BY f.arrival_seq, f.file_upload_id) AS rn
-            FROM els.validation_failure AS f
-            WHERE f.batch_id = p_batch_id AND f.disposition = 'pending'
-        ), disposed AS (
-            UPDATE els.validation_failure AS f
-            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-                essay_id = e.essay_id,
-                disposed_at = now()
-            FROM pending AS p
-            LEFT JOIN empty_slot AS e ON e.rn = p.rn
-            WHERE f.batch_id = p_batch_id AND f.file_upload_id = p.file_upload_id
-            RETURNING f.essay_id, f.file_upload_id
-        ), closed AS (
-            UPDATE els.essay_slot AS s
-            SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id,
-                filled_at = now()
-            FROM disposed AS d
-            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-            RETURNING s.essay_id
-        )
-        SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
-          INTO failures_applied, v_failures_excess
-          FROM disposed AS d;
-    END IF;
-    excess := v_content_excess + v_failures_excess;
-    event_ids := CASE WHEN v_events IS NULL THEN '{}'::uuid[] ELSE els._emit_events(v_events) END;
+    content_assigned := coalesce((v_content ->> 'assigned')::integer, 0);
+    failures_applied := coalesce((v_failures ->> 'applied')::integer, 0);
+    excess := coalesce((v_content ->> 'excess')::integer, 0) + coalesce((v_failures ->> 'excess')::integer, 0);
+    event_ids := CASE WHEN v_content IS NULL THEN '{}'::uuid[] ELSE els._emit_events(v_content -> 'specs') END;
 END
 $$;
 ALTER FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) OWNER TO els_owner;
-CREATE FUNCTION els._register_guarded(p_reg jsonb) RETURNS jsonb
+CREATE FUNCTION els._reconcile_content(p_batch_ids text[]) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_context text;
+    v_pending text[];
+    v_result jsonb;
 BEGIN
-    RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
-EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
-    RETURN els._rejection(v_state, v_message, v_detail, v_context);
+    -- a probe of the pending index per batch: most registrations find nothing
+    SELECT array_agg(b.batch_id) INTO v_pending
+      FROM unnest(p_batch_ids) AS b(batch_id)
+     WHERE EXISTS (SELECT FROM els.essay_content AS c
+                    WHERE c.batch_id = b.batch_id AND c.disposition = 'pending');
+    IF v_pending IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    WITH empty_slot AS MATERIALIZED (
+        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+          FROM unnest(v_pending) AS b(batch_id)
+         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
+    ), pending AS MATERIALIZED (
+        SELECT c.batch_id, c.text_storage_id,
+               row_number() OVER (PARTITION BY c.batch_id ORDER BY c.arrival_seq, c.text_storage_id) AS rn
+          FROM unnest(v_pending) AS b(batch_id)
+         CROSS JOIN LATERAL (SELECT x.batch_id, x.text_storage_id, x.arrival_seq FROM els.essay_content AS x
+                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS c
+    ), disposed AS (
+        UPDATE els.essay_content AS c
+           SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+               essay_id = e.essay_id, disposed_at = now()
+          FROM pending AS p
+          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
+         WHERE c.batch_id = p.batch_id AND c.text_storage_id = p.text_storage_id
+        RETURNING c.*
+    ), filled AS (
+        UPDATE els.essay_slot AS s
+           SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
+          FROM disposed AS d
+         WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+    )
+    SELECT jsonb_object_agg(x.batch_id, jsonb_build_object('assigned', x.assigned, 'excess', x.excess,
+                                                           'specs', x.specs))
+      INTO v_result
+      FROM (SELECT d.batch_id, count(d.essay_id) AS assigned, count(*) - count(d.essay_id) AS excess,
+                   jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
+                                 els._slot_assigned_spec(d.batch_id, d.essay_id, d.file_upload_id,
+                                                         d.text_storage_id, d.original_file_name,
+                                                         d.correlation_id)
+                             ELSE els._excess_spec(d.batch_id, d.original_file_name, d.text_storage_id,
+                                                   d.correlation_id)
+                             END ORDER BY d.arrival_seq, d.text_storage_id) AS specs
+              FROM disposed AS d GROUP BY d.batch_id) AS x;
+    RETURN coalesce(v_result, '{}'::jsonb);
 END
 $$;
-ALTER FUNCTION els._register_guarded(p_reg jsonb) OWNER TO els_owner;
-CREATE FUNCTION els._register_locked(p_reg jsonb) RETURNS jsonb
+ALTER FUNCTION els._reconcile_content(p_batch_ids text[]) OWNER TO els_owner;
+CREATE FUNCTION els._reconcile_failures(p_batch_ids text[]) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_pending text[];
+    v_result jsonb;
+BEGIN
+    SELECT array_agg(b.batch_id) INTO v_pending
+      FROM unnest(p_batch_ids) AS b(batch_id)
+     WHERE EXISTS (SELECT FROM els.validation_failure AS f
+                    WHERE f.batch_id = b.batch_id AND f.disposition = 'pending');
+    IF v_pending IS NULL THEN
+        RETURN '{}'::jsonb;
+    END IF;
+    WITH empty_slot AS MATERIALIZED (
+        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+          FROM unnest(v_pending) AS b(batch_id)
+         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
+    ), pending AS MATERIALIZED (
+        SELECT f.batch_id, f.file_upload_id,
+               row_number() OVER (PARTITION BY f.batch_id ORDER BY f.arrival_seq, f.file_upload_id) AS rn
+          FROM unnest(v_pending) AS b(batch_id)
+         CROSS JOIN LATERAL (SELECT x.batch_id, x.file_upload_id, x.arrival_seq FROM els.validation_failure AS x
+                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS f
+    ), disposed AS (
+        UPDATE els.validation_failure AS f
+           SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
+               essay_id = e.essay_id, disposed_at = now()
+          FROM pending AS p
+          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
+         WHERE f.batch_id = p.batch_id AND f.file_upload_id = p.file_upload_id
+        RETURNING f.batch_id, f.essay_id, f.file_upload_id
+    ), closed AS (
+        UPDATE els.essay_slot AS s
+           SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id, filled_at = now()
+          FROM disposed AS d
+         WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
+    )
+    SELECT jsonb_object_agg(x.batch_id, jsonb_build_object('applied', x.applied, 'excess', x.excess))
+      INTO v_result
+      FROM (SELECT d.batch_id, count(d.essay_id) AS applied, count(*) - count(d.essay_id) AS excess
+              FROM disposed AS d GROUP BY d.batch_id) AS x;
+    RETURN coalesce(v_result, '{}'::jsonb);
+END
+$$;
+ALTER FUNCTION els._reconcile_failures(p_batch_ids text[]) OWNER TO els_owner;
+CREATE FUNCTION els._register_alone(p_reg jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
 DECLARE
     v_batch_id text := p_reg ->> 'batch_id';
-    v_expected integer := (p_reg ->> 'expected_count')::integer;
     v_essay_ids text[] := ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'));
-    v_course_code text := p_reg ->> 'course_code';
-    v_user_id text := p_reg ->> 'user_id';
-    v_org_id text := p_reg ->> 'org_id';
-    v_class_id text := p_reg ->> 'class_id';
-    v_tracker els.batch_tracker;
-    v_tombstone els.batch_tombstone;
-    v_outcome text;
-    v_conflict_field text;
-    v_slots_created integer;
-    v_existing_slots bigint := 0;
-    v_reconciled record;
-    v_completion record;
+    v_owner record;
 BEGIN
-    SELECT * INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = v_batch_id;
-    IF FOUND THEN
-        v_conflict_field := CASE
-            WHEN v_tracker.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-            WHEN v_tracker.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
-            WHEN v_tracker.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
-            WHEN v_tracker.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
-            WHEN v_tracker.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
-            WHEN v_tracker.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
-        END;
-        IF v_conflict_field IS NOT NULL THEN
-            PERFORM els._reject('ELC01', 'batch already registered with a different identity',
-                jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
-                                   'batch_id', v_batch_id));
-        END IF;
-        SELECT count(*) INTO v_existing_slots FROM els.essay_slot AS s WHERE s.batch_id = v_batch_id;
-        IF v_existing_slots = v_tracker.expected_count THEN
-            RETURN jsonb_build_object(
-                'batch_id', v_batch_id, 'outcome', 'duplicate',
-                'class_type', v_tracker.class_type, 'expected_count', v_tracker.expected_count,
-                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
-                'complete', v_tracker.completed_at IS NOT NULL, 'events', '[]'::jsonb);
-        END IF;
-        v_outcome := 'repaired';
-    ELSE
-        SELECT * INTO v_tombstone FROM els.batch_tombstone AS b WHERE b.batch_id = v_batch_id;
-        IF FOUND THEN
-            v_conflict_field := CASE
-                WHEN v_tombstone.essay_ids IS DISTINCT FROM v_essay_ids THEN 'essay_ids'
-                WHEN v_tombstone.expected_count IS DISTINCT FROM v_expected THEN 'expected_essay_count'
-                WHEN v_tombstone.course_code IS DISTINCT FROM v_course_code THEN 'course_code'
-                WHEN v_tombstone.user_id IS DISTINCT FROM v_user_id THEN 'user_id'
-                WHEN v_tombstone.org_id IS DISTINCT FROM v_org_id THEN 'org_id'
-                WHEN v_tombstone.class_id IS DISTINCT FROM v_class_id THEN 'class_id'
-            END;
-            IF v_conflict_field IS NOT NULL THEN
-                PERFORM els._reject('ELC01', 'batch already registered with a different identity',
-                    jsonb_build_object('field', v_conflict_field, 'reason', 'identity_conflict',
-                                       'batch_id', v_batch_id, 'purged', true));
-            END IF;
-            RETURN jsonb_build_object(
-                'batch_id', v_batch_id, 'outcome', 'duplicate',
-                'class_type', v_tombstone.class_type, 'expected_count', v_tombstone.expected_count,
-                'slots_created', 0, 'content_assigned', 0, 'failures_applied', 0, 'excess', 0,
-                'complete', true, 'events', '[]'::jsonb);
-        END IF;
-        INSERT INTO els.batch_tracker AS t (
-            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
-            student_prompt_ref, metadata, correlation_id, registration_event_id)
-        VALUES (v_batch_id, v_expected, v_essay_ids, v_course_code, v_user_id, v_org_id,
-                v_class_id, nullif(p_reg -> 'student_prompt_ref', 'null'::jsonb), p_reg -> 'metadata',
-                p_reg ->> 'correlation_id', p_reg ->> 'source_event_id')
-        RETURNING t.* INTO v_tracker;
-        v_outcome := 'registered';
+    RETURN els._register_set(jsonb_build_array(p_reg)) -> 0;
+EXCEPTION WHEN unique_violation OR SQLSTATE 'ELC02' THEN
+    SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
+      FROM els._essay_owner_elsewhere(v_batch_id, v_essay_ids) AS o;
+    IF NOT FOUND THEN
+        RAISE;
     END IF;
-    v_slots_created := els._create_slots(v_batch_id, v_essay_ids, v_existing_slots > 0);
-    v_reconciled := els._reconcile(v_batch_id);
-    v_completion := els._complete_if_done(v_batch_id);
-    RETURN jsonb_build_object(
-        'batch_id', v_batch_id,
-        'outcome', v_outcome,
-        'class_type', v_tracker.class_type,
-        'expected_count', v_tracker.expected_count,
-        'slots_created', v_slots_created,
-        'content_assigned', v_reconciled.content_assigned,
-        'failures_applied', v_reconciled.failures_applied,
-        'excess', v_reconciled.excess,
-        'complete', v_completion.complete,
-        'events', to_jsonb(v_reconciled.event_ids
-                           || CASE WHEN v_completion.event_id IS NULL THEN '{}'::uuid[]
-                                   ELSE ARRAY[v_completion.event_id] END));
+    RETURN jsonb_build_object('ord', p_reg -> 'ord', 'done', els._rejection(
+        'ELC02', 'an essay id already belongs to another batch',
+        els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged)::text,
+        'els._register_alone: event ' || (p_reg ->> 'ord') || ' of the micro-batch'));
 END
 $$;
-ALTER FUNCTION els._register_locked(p_reg jsonb) OWNER TO els_owner;
+ALTER FUNCTION els._register_alone(p_reg jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._register_round(p_regs jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF jsonb_array_length(p_regs) = 1 THEN
+        RETURN jsonb_build_array(els._register_alone(p_regs -> 0));
+    END IF;
+    BEGIN
+        RETURN els._register_set(p_regs);
+    EXCEPTION WHEN unique_violation OR SQLSTATE 'ELC02' THEN
+        RETURN (SELECT jsonb_agg(els._register_alone(r.reg) ORDER BY (r.reg ->> 'ord')::integer)
+                  FROM jsonb_array_elements(p_regs) AS r(reg));
+    END;
+END
+$$;
+ALTER FUNCTION els._register_round(p_regs jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._register_set(p_regs jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_judged jsonb := els._judge_registrations(p_regs);
+    v_created jsonb := els._write_registrations(p_regs, v_judged);
+    v_batches text[];
+    v_settled jsonb;
+BEGIN
+    SELECT array_agg(j.batch_id ORDER BY j.ord) INTO v_batches
+      FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text)
+     WHERE v_created ? j.batch_id;
+    -- {batch_id: {content_assigned, failures_applied, excess, complete, events}}
+    v_settled := CASE WHEN v_batches IS NULL THEN '{}'::jsonb ELSE els._settle_batches(v_batches) END;
+    RETURN (
+        SELECT jsonb_agg(jsonb_build_object('ord', j.ord, 'done', CASE
+                   WHEN j.outcome = 'conflict' THEN els._rejection(
+                       'ELC01', 'batch already registered with a different identity',
+                       (jsonb_build_object('field', j.conflict, 'reason', 'identity_conflict',
+                                           'batch_id', j.batch_id)
+                        || CASE WHEN j.purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END)::text,
+                       'els._register_set: event ' || j.ord || ' of the micro-batch')
+                   ELSE jsonb_build_object('ok', true, 'result', jsonb_build_object(
+                       'batch_id', j.batch_id,
+                       'outcome', j.outcome,
+                       'class_type', j.class_type,
+                       'expected_count', j.expected_count,
+                       'slots_created', coalesce((v_created ->> j.batch_id)::integer, 0),
+                       'content_assigned', coalesce((s.v ->> 'content_assigned')::integer, 0),
+                       'failures_applied', coalesce((s.v ->> 'failures_applied')::integer, 0),
+                       'excess', coalesce((s.v ->> 'excess')::integer, 0),
+                       'complete', coalesce((s.v ->> 'complete')::boolean, j.complete, false),
+                       'events', coalesce(s.v -> 'events', '[]'::jsonb)))
+               END) ORDER BY j.ord)
+          FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text, outcome text, conflict text,
+                                                 purged boolean, class_type text, expected_count integer,
+                                                 complete boolean)
+          LEFT JOIN LATERAL (SELECT v_settled -> j.batch_id AS v) AS s ON true);
+END
+$$;
+ALTER FUNCTION els._register_set(p_regs jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) RETURNS jsonb
     LANGUAGE plpgsql STABLE PARALLEL SAFE
     AS $$
@@ -1190,6 +1270,21 @@ CREATE FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) RETURNS js
     LANGUAGE sql PARALLEL SAFE
     RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'expected_count', ((p_payload ->> 'expected_essay_count'::text))::integer, 'essay_ids', (p_payload -> 'essay_ids'::text), 'course_code', (p_payload ->> 'course_code'::text), 'user_id', (p_payload ->> 'user_id'::text), 'org_id', (p_payload ->> 'org_id'::text), 'class_id', (p_payload ->> 'class_id'::text), 'student_prompt_ref', NULLIF((p_payload -> 'student_prompt_ref'::text), 'null'::jsonb), 'metadata', COALESCE(NULLIF((p_payload -> 'metadata'::text), 'null'::jsonb), '{}'::jsonb), 'correlation_id', els._correlation_id(p_event, p_payload), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
 ALTER FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._registrations_share_essays(p_rows jsonb) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
+    RETURN EXISTS (
+        SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
+                       FROM jsonb_array_elements(p_rows) AS r(j)
+                      WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
+         CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+         GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1);
+END
+$$;
+ALTER FUNCTION els._registrations_share_essays(p_rows jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1203,6 +1298,45 @@ CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail, 'context', p_context);
 ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) OWNER TO els_owner;
+CREATE FUNCTION els._settle_batches(p_batch_ids text[]) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_content jsonb := els._reconcile_content(p_batch_ids);
+    v_failures jsonb := els._reconcile_failures(p_batch_ids);
+    v_complete jsonb := els._complete_batches(p_batch_ids, 'all_slots_closed');
+    v_events jsonb;
+BEGIN
+    SELECT jsonb_agg(e.spec || jsonb_build_object('event_id', els._event_id(e.spec ->> 'event_type',
+                                                                            e.spec -> 'identity'))
+                     ORDER BY e.batch_ord, e.sub, e.n)
+      INTO v_events
+      FROM (SELECT b.ord AS batch_ord, 0 AS sub, x.n, x.spec
+              FROM unnest(p_batch_ids) WITH ORDINALITY AS b(batch_id, ord)
+             CROSS JOIN LATERAL jsonb_array_elements(v_content -> b.batch_id -> 'specs')
+                   WITH ORDINALITY AS x(spec, n)
+            UNION ALL
+            SELECT b.ord, 1, 1, els._completion_spec(b.batch_id, 'all_slots_closed')
+              FROM unnest(p_batch_ids) WITH ORDINALITY AS b(batch_id, ord)
+             WHERE (v_complete ->> b.batch_id)::boolean) AS e;
+    IF v_events IS NOT NULL THEN
+        PERFORM els._emit_events(v_events);
+    END IF;
+    RETURN (
+        SELECT jsonb_object_agg(b.batch_id, jsonb_build_object(
+                   'content_assigned', coalesce((v_content -> b.batch_id ->> 'assigned')::integer, 0),
+                   'failures_applied', coalesce((v_failures -> b.batch_id ->> 'applied')::integer, 0),
+                   'excess', coalesce((v_content -> b.batch_id ->> 'excess')::integer, 0)
+                             + coalesce((v_failures -> b.batch_id ->> 'excess')::integer, 0),
+                   'complete', v_complete ? b.batch_id,
+                   'events', coalesce((SELECT jsonb_agg(e.ev -> 'event_id')
+                                         FROM jsonb_array_elements(v_events) AS e(ev)
+                                        WHERE e.ev ->> 'key' = b.batch_id), '[]'::jsonb)))
+          FROM unnest(p_batch_ids) AS b(batch_id));
+END
+$$;
+ALTER FUNCTION els._settle_batches(p_batch_ids text[]) OWNER TO els_owner;
 CREATE FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN jsonb_build_object('event_type', 'EssaySlotAssigned', 'key', p_batch_id, 'identity', jsonb_build_array(p_batch_id, p_essay_id, p_text_storage_id), 'correlation_id', p_correlation_id, 'data', jsonb_build_object('batch_id', p_batch_id, 'essay_id', p_essay_id, 'file_upload_id', p_file_upload_id, 'text_storage_id', p_text_storage_id, 'original_file_name', p_original_file_name));
@@ -1221,6 +1355,53 @@ CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
  SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
+CREATE FUNCTION els._write_registrations(p_regs jsonb, p_judged jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_created jsonb;
+BEGIN
+    WITH todo AS MATERIALIZED (
+        SELECT r.*, j.outcome, j.existing
+          FROM jsonb_to_recordset(p_regs) AS r(ord integer, batch_id text, expected_count integer,
+                   essay_ids jsonb, course_code text, user_id text, org_id text, class_id text,
+                   student_prompt_ref jsonb, metadata jsonb, correlation_id text, source_event_id text)
+          JOIN jsonb_to_recordset(p_judged) AS j(ord integer, outcome text, existing bigint)
+            ON j.ord = r.ord
+         WHERE j.outcome IN ('registered', 'repaired')
+    ), trackers AS (
+        INSERT INTO els.batch_tracker (
+            batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,
+            student_prompt_ref, metadata, correlation_id, registration_event_id)
+        SELECT t.batch_id, t.expected_count, ARRAY(SELECT jsonb_array_elements_text(t.essay_ids)),
+               t.course_code, t.user_id, t.org_id, t.class_id, t.student_prompt_ref, t.metadata,
+               t.correlation_id, t.source_event_id
+          FROM todo AS t WHERE t.outcome = 'registered'
+    ), slots AS (
+        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
+        SELECT e.id, t.batch_id, e.ord
+          FROM todo AS t
+         CROSS JOIN LATERAL jsonb_array_elements_text(t.essay_ids) WITH ORDINALITY AS e(id, ord)
+         WHERE t.outcome = 'registered'
+            OR NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.essay_id = e.id AND s.batch_id = t.batch_id)
+         ORDER BY e.id
+        RETURNING essay_slot.batch_id
+    )
+    SELECT coalesce(jsonb_object_agg(c.batch_id, c.n), '{}'::jsonb) INTO v_created
+      FROM (SELECT s.batch_id, count(*) AS n FROM slots AS s GROUP BY s.batch_id) AS c;
+    -- after the slots: a purge that deleted a slot these ids waited for has committed
+    IF EXISTS (SELECT FROM jsonb_to_recordset(p_regs) AS r(batch_id text, essay_ids jsonb)
+                WHERE v_created ? r.batch_id
+                  AND EXISTS (SELECT FROM els.batch_tombstone AS b
+                               WHERE b.essay_ids && ARRAY(SELECT jsonb_array_elements_text(r.essay_ids))
+                                 AND b.batch_id <> r.batch_id)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'ELC02', MESSAGE = 'an essay id already belongs to another batch';
+    END IF;
+    RETURN v_created;
+END
+$$;
+ALTER FUNCTION els._write_registrations(p_regs jsonb, p_judged jsonb) OWNER TO els_owner;
 CREATE FUNCTION els.apply_events(events jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1294,29 +1475,6 @@ CREATE SEQUENCE els.arrival_seq
     NO MAXVALUE
     CACHE 1;
 ALTER TABLE els.arrival_seq OWNER TO els_owner;
-CREATE TABLE els.batch_tombstone (
-    batch_id text NOT NULL,
-    expected_count integer NOT NULL,
-    essay_ids text[] NOT NULL,
-    course_code text NOT NULL,
-    user_id text NOT NULL,
-    org_id text,
-    class_id text,
-    class_type text NOT NULL,
-    correlation_id text NOT NULL,
-    registered_at timestamp with time zone NOT NULL,
-    completed_at timestamp with time zone NOT NULL,
-    completion_reason text NOT NULL,
-    filled_count integer NOT NULL,
-    failed_count integer NOT NULL,
-    timed_out_count integer NOT NULL,
-    purged_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_late_item_at timestamp with time zone,
-    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
-);
-ALTER TABLE els.batch_tombstone OWNER TO els_owner;
-COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
-COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
 CREATE TABLE els.essay_content (
     batch_id text NOT NULL,
     text_storage_id text NOT NULL,
@@ -1916,6 +2074,7 @@ ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_one_per_slot UNIQUE (essay_id);
 ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_pkey PRIMARY KEY (batch_id, file_upload_id);
+CREATE INDEX batch_tombstone_essay_ids_idx ON els.batch_tombstone USING gin (essay_ids);
 CREATE INDEX batch_tombstone_late_idx ON els.batch_tombstone USING btree (last_late_item_at) WHERE (last_late_item_at IS NOT NULL);
 CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker USING btree (completed_at, batch_id) WHERE (completed_at IS NOT NULL);
 CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker USING btree (registered_at, batch_id) WHERE (completed_at IS NULL);
@@ -1965,7 +2124,9 @@ REVOKE ALL ON FUNCTION els._apply_items(p_items jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._apply_one(p_kind text, p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._batch_lock_key(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._complete_batches(p_batch_ids text[], p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
 GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
 GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
@@ -1993,6 +2154,9 @@ REVOKE ALL ON FUNCTION els._envelope(p_event_id uuid, p_event_type text, p_corre
 REVOKE ALL ON FUNCTION els._envelope_type_fault(p_event jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_name text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._essay_id_items(p_essay_ids jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) FROM PUBLIC;
+GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
+REVOKE ALL ON FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_worker;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_readonly;
@@ -2009,23 +2173,30 @@ REVOKE ALL ON FUNCTION els._object_ok(p_value jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._failure_ok(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._failure_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._judge_registrations(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._missing_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._object_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._payload(p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._register_guarded(p_reg jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._register_locked(p_reg jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._reconcile_content(p_batch_ids text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._reconcile_failures(p_batch_ids text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_alone(p_reg jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_round(p_regs jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._register_set(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._registrations_share_essays(p_rows jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._settle_batches(p_batch_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._timestamp_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._write_registrations(p_regs jsonb, p_judged jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.apply_events(events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(events jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.apply_events(kinds text[], events text[]) FROM PUBLIC;
@@ -2033,7 +2204,6 @@ GRANT ALL ON FUNCTION els.apply_events(kinds text[], events text[]) TO els_worke
 REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_worker;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_readonly;
-GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
 GRANT SELECT ON TABLE els.essay_content TO els_readonly;
 GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
 GRANT SELECT ON TABLE els.validation_failure TO els_readonly;

@@ -9,7 +9,7 @@ BEGIN;
 SET LOCAL client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 \ir helpers/common.psql
-SELECT plan(41);
+SELECT plan(45);
 
 -- The outbox counts below start from an empty outbox (rolled back afterwards).
 DELETE FROM els.event_outbox;
@@ -137,6 +137,22 @@ SELECT * FROM pg_temp.rejects($$SELECT els.register_batch(pg_temp.batch('ph-old'
 SELECT * FROM pg_temp.rejects($$SELECT els.register_batch(pg_temp.batch('ph-old', ARRAY['pho-1', 'pho-3', 'pho-2']))$$,
     'ELC01', 'batch already registered with a different identity',
     '{"field": "essay_ids", "reason": "identity_conflict"}', 'registration with the essay ids reordered after the purge');
+-- one batch per essay id, forever: another batch naming a purged batch's essay id
+SELECT * FROM pg_temp.rejects($$SELECT els.register_batch(pg_temp.batch('ph-thief', ARRAY['ph-new-1', 'pho-2']))$$,
+    'ELC02', 'an essay id already belongs to another batch',
+    '{"field": "essay_ids", "reason": "essay_owned_by_other_batch", "essay_id": "pho-2",
+      "owner_batch_id": "ph-old", "purged": true}',
+    'another batch naming an essay id of a purged batch: ELC02 (the tombstone owns it)');
+SELECT is((SELECT jsonb_agg(r -> 'ok' ORDER BY o)
+             FROM jsonb_array_elements(els.apply_events(
+                      ARRAY['register_batch', 'register_batch', 'register_batch'],
+                      ARRAY[pg_temp.batch('ph-mb-1', ARRAY['ph-mb-1a'])::text,
+                            pg_temp.batch('ph-mb-thief', ARRAY['pho-3'])::text,
+                            pg_temp.batch('ph-mb-2', ARRAY['ph-mb-2a'])::text])) WITH ORDINALITY AS x(r, o)),
+          '[true, false, true]'::jsonb,
+          'in a micro-batch: the registration naming a purged essay id is rejected, the others apply');
+SELECT is((SELECT count(*)::integer FROM els.batch_tracker WHERE batch_id LIKE 'ph-mb-%'), 2,
+          'and it left no tracker behind');
 SELECT is(els.provision_content(pg_temp.content('ph-old', 'pho-t1')),
           jsonb_build_object('batch_id', 'ph-old', 'outcome', 'excess', 'essay_id', NULL, 'complete', true,
                              'events', jsonb_build_array(els.stable_event_id('ExcessContentProvisioned', 'ph-old', 'pho-t1'))),

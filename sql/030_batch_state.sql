@@ -36,48 +36,72 @@ BEGIN ATOMIC
     SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id));
 END;
 
--- Creates a registered batch's slots, numbered by the order of essay_ids, in
--- one set-based insert. p_some_exist: an older writer left some slots, so only
--- the missing ones are inserted. An essay id owned by another batch violates
--- the slot primary key; that becomes ELC02 naming both. Rows go in essay id
--- order so that two registrations racing for overlapping ids wait on each
--- other in the same order instead of deadlocking.
+-- The first of p_essay_ids (by id) that a batch other than p_batch_id holds (a slot)
+-- or held (its tombstone, after purge_history: one batch per essay id, forever), that
+-- batch, and whether it was purged. No row: none.
+CREATE OR REPLACE FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[])
+RETURNS TABLE (essay_id text, batch_id text, purged boolean)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT o.essay_id, o.batch_id, o.purged
+      FROM (SELECT s.essay_id, s.batch_id, false AS purged
+              FROM els.essay_slot AS s
+             WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
+            UNION ALL
+            -- the GIN index on essay_ids finds the tombstones, unnest the ids they share
+            SELECT e.id, b.batch_id, true
+              FROM els.batch_tombstone AS b
+             CROSS JOIN LATERAL unnest(b.essay_ids) AS e(id)
+             WHERE b.essay_ids && p_essay_ids AND b.batch_id <> p_batch_id
+               AND e.id = ANY (p_essay_ids)) AS o
+     ORDER BY o.purged, o.essay_id
+     LIMIT 1;
+END;
+
+-- The DETAIL of ELC02 (SPEC 4), the one place it is written.
+CREATE OR REPLACE FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
+                          'essay_id', p_essay_id, 'owner_batch_id', p_owner_batch_id)
+       || CASE WHEN p_purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END;
+
+-- Creates a registered batch's missing slots (a tracker an older writer left without
+-- them, re-driven or closed by a DBA), numbered by the order of essay_ids, in one
+-- set-based insert; p_some_exist: only the missing ones. An essay id another batch
+-- holds (the slot primary key) or held (its tombstone, read after the insert, so that a
+-- purge that committed meanwhile is seen) raises ELC02 naming both. Rows go in essay id
+-- order so that two registrations racing for overlapping ids wait on each other in
+-- the same order instead of deadlocking.
 CREATE OR REPLACE FUNCTION els._create_slots(p_batch_id text, p_essay_ids text[], p_some_exist boolean)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_created integer;
-    v_owned_essay text;
-    v_owner_batch text;
+    v_owner record;
 BEGIN
-    IF p_some_exist THEN
+    BEGIN
         INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
         SELECT u.id, p_batch_id, u.ord
           FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
-         WHERE NOT EXISTS (SELECT FROM els.essay_slot AS s
+         WHERE NOT p_some_exist
+            OR NOT EXISTS (SELECT FROM els.essay_slot AS s
                             WHERE s.essay_id = u.id AND s.batch_id = p_batch_id)
          ORDER BY u.id;
-    ELSE
-        INSERT INTO els.essay_slot (essay_id, batch_id, slot_no)
-        SELECT u.id, p_batch_id, u.ord
-          FROM unnest(p_essay_ids) WITH ORDINALITY AS u(id, ord)
-         ORDER BY u.id;
+        GET DIAGNOSTICS v_created = ROW_COUNT;
+    EXCEPTION WHEN unique_violation THEN
+        v_created := NULL;
+    END;
+    SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
+      FROM els._essay_owner_elsewhere(p_batch_id, p_essay_ids) AS o;
+    IF FOUND THEN
+        PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+                            els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged));
+    ELSIF v_created IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+            MESSAGE = format('slots of batch %s: a unique violation without another owner', p_batch_id);
     END IF;
-    GET DIAGNOSTICS v_created = ROW_COUNT;
     RETURN v_created;
-EXCEPTION WHEN unique_violation THEN
-    SELECT s.essay_id, s.batch_id INTO v_owned_essay, v_owner_batch
-      FROM els.essay_slot AS s
-     WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
-     ORDER BY s.essay_id
-     LIMIT 1;
-    IF NOT FOUND THEN
-        RAISE;
-    END IF;
-    PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
-        jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch',
-                           'essay_id', v_owned_essay, 'owner_batch_id', v_owner_batch));
-    RETURN NULL;
 END
 $fn$;
 
@@ -142,155 +166,8 @@ BEGIN ATOMIC
      WHERE t.batch_id = p_batch_id;
 END;
 
--- Fills a registered batch's empty slots with its pending items, oldest first
--- (arrival order, then id): pending content first, then pending failures.
--- What finds no empty slot becomes excess. Emits EssaySlotAssigned for each
--- filled slot and ExcessContentProvisioned for each excess content.
--- Set-based: two statements whatever the number of items.
-CREATE OR REPLACE FUNCTION els._reconcile(
-    p_batch_id text,
-    OUT content_assigned integer, OUT failures_applied integer, OUT excess integer,
-    OUT event_ids uuid[])
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    v_content_excess integer;
-    v_failures_excess integer;
-    v_events jsonb;
-BEGIN
-    content_assigned := 0;
-    v_content_excess := 0;
-    failures_applied := 0;
-    v_failures_excess := 0;
-    -- Each set-based statement only when there is something pending: most
-    -- registrations find nothing, and one index probe is far cheaper than
-    -- starting the statement (docs/BENCHMARKS.md).
-    IF EXISTS (SELECT FROM els.essay_content AS c
-                WHERE c.batch_id = p_batch_id AND c.disposition = 'pending') THEN
-        WITH empty_slot AS (
-            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-            FROM els.essay_slot AS s
-            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-        ), pending AS (
-            SELECT c.text_storage_id, row_number() OVER (ORDER BY c.arrival_seq, c.text_storage_id) AS rn
-            FROM els.essay_content AS c
-            WHERE c.batch_id = p_batch_id AND c.disposition = 'pending'
-        ), disposed AS (
-            UPDATE els.essay_content AS c
-            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-                essay_id = e.essay_id,
-                disposed_at = now()
-            FROM pending AS p
-            LEFT JOIN empty_slot AS e ON e.rn = p.rn
-            WHERE c.batch_id = p_batch_id AND c.text_storage_id = p.text_storage_id
-            RETURNING c.*
-        ), filled AS (
-            UPDATE els.essay_slot AS s
-            SET status = 'ready_for_processing', text_storage_id = d.text_storage_id, filled_at = now()
-            FROM disposed AS d
-            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-            RETURNING s.essay_id
-        )
-        SELECT (SELECT count(*) FROM filled)::integer,
-               (count(*) FILTER (WHERE d.essay_id IS NULL))::integer,
-               jsonb_agg(CASE WHEN d.essay_id IS NOT NULL THEN
-                             els._slot_assigned_spec(p_batch_id, d.essay_id, d.file_upload_id,
-                                                     d.text_storage_id, d.original_file_name,
-                                                     d.correlation_id)
-                         ELSE
-                             els._excess_spec(p_batch_id, d.original_file_name, d.text_storage_id,
-                                              d.correlation_id)
-                         END ORDER BY d.arrival_seq, d.text_storage_id)
-          INTO content_assigned, v_content_excess, v_events
-          FROM disposed AS d;
-    END IF;
-
-    IF EXISTS (SELECT FROM els.validation_failure AS f
-                WHERE f.batch_id = p_batch_id AND f.disposition = 'pending') THEN
-        WITH empty_slot AS (
-            SELECT s.essay_id, row_number() OVER (ORDER BY s.slot_no) AS rn
-            FROM els.essay_slot AS s
-            WHERE s.batch_id = p_batch_id AND s.status = 'uploaded'
-        ), pending AS (
-            SELECT f.file_upload_id, row_number() OVER (ORDER BY f.arrival_seq, f.file_upload_id) AS rn
-            FROM els.validation_failure AS f
-            WHERE f.batch_id = p_batch_id AND f.disposition = 'pending'
-        ), disposed AS (
-            UPDATE els.validation_failure AS f
-            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
-                essay_id = e.essay_id,
-                disposed_at = now()
-            FROM pending AS p
-            LEFT JOIN empty_slot AS e ON e.rn = p.rn
-            WHERE f.batch_id = p_batch_id AND f.file_upload_id = p.file_upload_id
-            RETURNING f.essay_id, f.file_upload_id
-        ), closed AS (
-            UPDATE els.essay_slot AS s
-            SET status = 'content_ingestion_failed', failed_file_upload_id = d.file_upload_id,
-                filled_at = now()
-            FROM disposed AS d
-            WHERE d.essay_id IS NOT NULL AND s.essay_id = d.essay_id
-            RETURNING s.essay_id
-        )
-        SELECT (SELECT count(*) FROM closed)::integer, (count(*) FILTER (WHERE d.essay_id IS NULL))::integer
-          INTO failures_applied, v_failures_excess
-          FROM disposed AS d;
-    END IF;
-
-    excess := v_content_excess + v_failures_excess;
-    event_ids := CASE WHEN v_events IS NULL THEN '{}'::uuid[] ELSE els._emit_events(v_events) END;
-END
-$fn$;
-
--- If the batch is registered, has its slots, none empty, and has not completed
--- yet: stamp it complete and emit its one BatchContentProvisioningCompleted.
--- Returns whether the batch is complete after the call, and the event id when
--- this call completed it. The completed_at stamp and the outbox's unique index
--- on completions make a second completion impossible. p_reason is the
--- completion_reason (SPEC sections 5 and 10): all_slots_closed when the last
--- item closed the last empty slot (every ingest path), deadline when
--- els.close_batch / els.close_overdue_batches timed the empty slots out.
-CREATE OR REPLACE FUNCTION els._complete_if_done(
-    p_batch_id text, p_reason text DEFAULT 'all_slots_closed', OUT complete boolean, OUT event_id uuid)
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    v_tracker record;
-BEGIN
-    -- Most calls fill a slot that is not the last: one probe of the partial
-    -- index of empty slots answers them without reading the tracker.
-    IF EXISTS (SELECT FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id AND s.status = 'uploaded') THEN
-        complete := false;
-        RETURN;
-    END IF;
-    -- Only the columns needed: a whole row would detoast essay_ids (up to
-    -- 10,000 ids) on every content event of a big batch.
-    SELECT t.completed_at, t.expected_count
-      INTO v_tracker FROM els.batch_tracker AS t WHERE t.batch_id = p_batch_id;
-    IF NOT FOUND THEN
-        complete := false;
-        RETURN;
-    END IF;
-    IF v_tracker.completed_at IS NOT NULL THEN
-        complete := true;
-        RETURN;
-    END IF;
-    -- Complete means no slot is empty and every expected slot exists: a
-    -- tracker whose slots an older writer left missing (all or some) is not.
-    IF (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = p_batch_id)
-       <> v_tracker.expected_count THEN
-        complete := false;
-        RETURN;
-    END IF;
-
-    UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = p_reason
-     WHERE t.batch_id = p_batch_id;
-    event_id := (els._emit_events(jsonb_build_array(els._completion_spec(p_batch_id, p_reason))))[1];
-    complete := true;
-END
-$fn$;
-
 REVOKE ALL ON FUNCTION els._batch_lock_key(text), els._lock_batch(text), els._try_lock_batch(text),
+    els._essay_owner_elsewhere(text, text[]), els._essay_owner_detail(text, text, boolean),
     els._create_slots(text, text[], boolean),
     els._slot_assigned_spec(text, text, text, text, text, text), els._excess_spec(text, text, text, text),
-    els._completion_spec(text, text),
-    els._reconcile(text),
-    els._complete_if_done(text, text) FROM PUBLIC;
+    els._completion_spec(text, text) FROM PUBLIC;

@@ -349,26 +349,6 @@ BEGIN
 END
 $fn$;
 
--- One checked registration under its batch's lock, in a subtransaction (ELC02 is
--- found by the slot insert, after the tracker's): its result, or its rejection
--- with nothing of it left.
-CREATE OR REPLACE FUNCTION els._register_guarded(p_reg jsonb)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $fn$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_context text;
-BEGIN
-    RETURN jsonb_build_object('ok', true, 'result', els._register_locked(p_reg));
-EXCEPTION WHEN SQLSTATE 'ELC01' OR SQLSTATE 'ELC02' THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_context = PG_EXCEPTION_CONTEXT;
-    RETURN els._rejection(v_state, v_message, v_detail, v_context);
-END
-$fn$;
-
 -- The core: applies p_events (p_kinds[i] names the per-event function of event
 -- i: register_batch, provision_content or record_validation_failure) in arrival
 -- order, as that sequence of calls would, and returns one result per event (see
@@ -378,26 +358,93 @@ $fn$;
 -- caller retries or investigates the micro-batch as a whole.
 CREATE OR REPLACE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[] DEFAULT NULL)
 RETURNS jsonb[]
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
-    v_results jsonb[] := coalesce(p_refused, array_fill(NULL::jsonb, ARRAY[v_n]));
-    v_rows jsonb[] := '{}'::jsonb[];
-    v_count integer := 0;
-    v_read record;
-    v_regs jsonb := '{}'::jsonb;   -- batch id -> registrations met so far
-    v_reg_count integer := 0;
-    v_seen integer;
-    v_unknown text;
+    v_done jsonb;       -- [{"ord", "done"}]: the events' results, rejections first
+    v_rows jsonb;       -- the checked events, each with its ord, kind and round
+    v_count integer;
+    v_sequential boolean := false;
+    v_items jsonb[];    -- per round, its content and failures ...
+    v_regs jsonb[];     -- ... and its registrations
     v_row jsonb;
     v_key bigint;
-    v_round integer;
-    v_items jsonb;
-    v_done jsonb := '[]'::jsonb;   -- [{"ord", "done"}] of the rounds' content and failures
-    v_sequential boolean := false;
 BEGIN
-    IF coalesce(cardinality(p_events), 0) <> v_n
-       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> v_n) THEN
+    PERFORM els._check_kinds(p_kinds, p_events, p_refused);
+    -- 1. every event read and checked (els._read_events: one statement per kind, no table
+    --    touched); its round: 2 x (registrations of its batch before it), + 1 for a
+    --    registration
+    WITH r AS MATERIALIZED (
+        SELECT r.ord, r.kind, r.fault, r.event_row, r.event_row ->> 'batch_id' AS batch_id
+          FROM els._read_events(p_kinds, p_events, (SELECT array_agg(f.result IS NOT NULL)
+                                                      FROM unnest(p_refused) AS f(result))) AS r
+    ), rounds AS (
+        SELECT r.*, 2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
+                   PARTITION BY r.batch_id ORDER BY r.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+                   + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END AS round
+          FROM r WHERE r.fault IS NULL
+    )
+    SELECT (SELECT coalesce(jsonb_agg(jsonb_build_object('ord', r.ord, 'done', els._rejection(
+                       r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
+                       'els._read_events: event ' || r.ord || ' of the micro-batch')) ORDER BY r.ord), '[]')
+              FROM r WHERE r.fault IS NOT NULL),
+           jsonb_agg(x.event_row || jsonb_build_object('ord', x.ord, 'kind', x.kind, 'round', x.round)
+                     ORDER BY x.ord),
+           count(*)
+      INTO v_done, v_rows, v_count
+      FROM rounds AS x;
+    -- one event (every per-event call): its lock and its one round, directly
+    IF v_count = 1 THEN
+        v_row := v_rows -> 0;
+        PERFORM els._lock_batch(v_row ->> 'batch_id');
+        v_done := v_done || CASE WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_round(v_rows)
+                                 ELSE els._apply_items(v_rows) END;
+    ELSIF v_count > 1 THEN
+        v_sequential := els._registrations_share_essays(v_rows);
+        -- 2. the locks of every batch, in ascending key order
+        FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
+                       FROM jsonb_array_elements(v_rows) AS r(j) ORDER BY 1 LOOP
+            PERFORM pg_advisory_xact_lock(v_key);
+        END LOOP;
+        -- 3. the rounds, in order: a round's content and failures, then its registrations
+        SELECT array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
+          INTO v_items, v_regs
+          FROM (SELECT x.round,
+                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind <> 'register_batch') AS items,
+                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind = 'register_batch') AS regs
+                  FROM (SELECT e.j, (e.j ->> 'ord')::integer AS ord, e.j ->> 'kind' AS kind,
+                               CASE WHEN v_sequential THEN (e.j ->> 'ord')::integer
+                                    ELSE (e.j ->> 'round')::integer END AS round
+                          FROM jsonb_array_elements(v_rows) AS e(j)) AS x
+                 GROUP BY x.round) AS g;
+        FOR i IN 1 .. cardinality(v_items) LOOP
+            IF v_items[i] IS NOT NULL THEN
+                v_done := v_done || els._apply_items(v_items[i]);
+            END IF;
+            IF v_regs[i] IS NOT NULL THEN
+                v_done := v_done || els._register_round(v_regs[i]);
+            END IF;
+        END LOOP;
+    END IF;
+    -- the results in place, in one pass
+    RETURN (SELECT coalesce(array_agg(coalesce(d.done, p_refused[g.i]) ORDER BY g.i), '{}'::jsonb[])
+              FROM generate_series(1, v_n) AS g(i)
+              LEFT JOIN jsonb_to_recordset(v_done) AS d(ord integer, done jsonb) ON d.ord = g.i);
+END
+$fn$;
+
+-- Refuses (22023, a caller's bug) kinds and events of different lengths and a kind
+-- that is not one of the three, unless that event was refused already.
+CREATE OR REPLACE FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[])
+RETURNS void
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    v_unknown text;
+BEGIN
+    IF coalesce(cardinality(p_events), 0) <> coalesce(cardinality(p_kinds), 0)
+       OR (p_refused IS NOT NULL AND cardinality(p_refused) <> cardinality(p_kinds)) THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'kinds and events differ in length';
     END IF;
     -- an expression first (no statement): the query only when a kind is unknown or NULL
@@ -412,91 +459,25 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
         END IF;
     END IF;
+END
+$fn$;
 
-    -- 1. every event read and checked (els._read_events: one statement per kind, no
-    --    table touched); its round: 2 x (registrations of its batch before it), + 1 for
-    --    a registration
-    FOR v_read IN SELECT r.ord, r.kind, r.fault, r.event_row
-                    FROM els._read_events(p_kinds, p_events,
-                                          (SELECT array_agg(f.result IS NOT NULL)
-                                             FROM unnest(p_refused) AS f(result))) AS r
-                   ORDER BY r.ord LOOP
-        IF v_read.fault IS NOT NULL THEN
-            v_results[v_read.ord] := els._rejection(
-                v_read.fault ->> 'sqlstate', v_read.fault ->> 'message', (v_read.fault -> 'detail')::text,
-                'els._read_events: event ' || v_read.ord || ' of the micro-batch');
-            CONTINUE;
-        END IF;
-        v_seen := coalesce((v_regs ->> (v_read.event_row ->> 'batch_id'))::integer, 0);
-        IF v_read.kind = 'register_batch' THEN
-            v_regs := v_regs || jsonb_build_object(v_read.event_row ->> 'batch_id', v_seen + 1);
-            v_reg_count := v_reg_count + 1;
-        END IF;
-        v_count := v_count + 1;
-        v_rows[v_count] := v_read.event_row || jsonb_build_object(
-            'ord', v_read.ord, 'kind', v_read.kind,
-            'round', 2 * v_seen + CASE WHEN v_read.kind = 'register_batch' THEN 1 ELSE 0 END);
-    END LOOP;
-    IF v_count = 0 THEN
-        RETURN v_results;
-    END IF;
-    -- one event (every per-event call): its lock and its one round, directly
-    IF v_count = 1 THEN
-        v_row := v_rows[1];
-        PERFORM els._lock_batch(v_row ->> 'batch_id');
-        v_results[(v_row ->> 'ord')::integer] := CASE
-            WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_guarded(v_row)
-            ELSE els._apply_items(jsonb_build_array(v_row)) -> 0 -> 'done'
-        END;
-        RETURN v_results;
-    END IF;
-
-    -- registrations of different batches sharing an essay id: the order between
-    -- batches matters (ELC02 for the later one), so one event per round
-    IF v_reg_count > 1 AND (SELECT count(*) FROM jsonb_object_keys(v_regs)) > 1 THEN
-        -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
-        SELECT EXISTS (
-            SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
-                           FROM unnest(v_rows) AS r(j)
-                          WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
-             CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
-             GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1)
-          INTO v_sequential;
-    END IF;
-
-    -- 2. the locks of every batch, in ascending key order
-    FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
-                   FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(v_key);
-    END LOOP;
-
-    -- 3. the rounds, in order
-    FOR v_round IN SELECT DISTINCT CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                                        ELSE (r.j ->> 'round')::integer END AS round
-                     FROM unnest(v_rows) AS r(j) ORDER BY 1 LOOP
-        SELECT jsonb_agg(r.j ORDER BY (r.j ->> 'ord')::integer) INTO v_items
-          FROM unnest(v_rows) AS r(j)
-         WHERE r.j ->> 'kind' <> 'register_batch'
-           AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                    ELSE (r.j ->> 'round')::integer END = v_round;
-        IF v_items IS NOT NULL THEN
-            v_done := v_done || els._apply_items(v_items);
-        END IF;
-        FOR v_row IN SELECT r.j FROM unnest(v_rows) AS r(j)
-                      WHERE r.j ->> 'kind' = 'register_batch'
-                        AND CASE WHEN v_sequential THEN (r.j ->> 'ord')::integer
-                                 ELSE (r.j ->> 'round')::integer END = v_round
-                      ORDER BY (r.j ->> 'ord')::integer LOOP
-            v_results[(v_row ->> 'ord')::integer] := els._register_guarded(v_row);
-        END LOOP;
-    END LOOP;
-    -- the rounds' results of content and failures, in place, in one pass
-    IF jsonb_array_length(v_done) > 0 THEN
-        SELECT array_agg(coalesce(d.done, v_results[g.i]) ORDER BY g.i) INTO v_results
-          FROM generate_series(1, v_n) AS g(i)
-          LEFT JOIN jsonb_to_recordset(v_done) AS d(ord integer, done jsonb) ON d.ord = g.i;
-    END IF;
-    RETURN v_results;
+-- Whether two registrations of different batches among p_rows share an essay id: then
+-- the order between batches matters (ELC02 for the later one), and _apply_events gives
+-- every event its own round.
+CREATE OR REPLACE FUNCTION els._registrations_share_essays(p_rows jsonb)
+RETURNS boolean
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+BEGIN
+    -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
+    RETURN EXISTS (
+        SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
+                       FROM jsonb_array_elements(p_rows) AS r(j)
+                      WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
+         CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+         GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1);
 END
 $fn$;
 
@@ -592,7 +573,7 @@ COMMENT ON FUNCTION els.apply_events(jsonb) IS
     'applied as els.apply_events(text[], text[]) does; one result per event.';
 
 REVOKE ALL ON FUNCTION els._rejection(text, text, text, text), els._apply_items(jsonb),
-    els._register_guarded(jsonb),
-    els._apply_events(text[], jsonb[], jsonb[]), els._apply_one(text, jsonb),
+    els._apply_events(text[], jsonb[], jsonb[]), els._check_kinds(text[], jsonb[], jsonb[]),
+    els._registrations_share_essays(jsonb), els._apply_one(text, jsonb),
     els.apply_events(text[], text[]), els.apply_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]), els.apply_events(jsonb) TO els_worker;

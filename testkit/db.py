@@ -4,9 +4,26 @@ autocommit, so a helper never holds a snapshot or a lock."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import psycopg
+
+_POST_APPLY = Path(__file__).resolve().parent.parent / "migrations" / "post-apply.py"
+
+
+def load_functions(db_url: str, sql_dir: Path) -> None:
+    """Makes the functions and views of schema els exactly those of ``sql_dir`` (another
+    release's, or a benchmark's baseline), as migrations/post-apply.py does for sql/:
+    its own drop statement, then every file whole, as els_owner, in one transaction."""
+    # post-apply.py's drop statement (the module itself only runs inside yoyo)
+    drop_code = _POST_APPLY.read_text().split('DROP_CODE = """', 1)[1].split('"""', 1)[0]
+    with psycopg.connect(db_url) as conn:
+        cur = conn.cursor()
+        cur.execute("SET LOCAL ROLE els_owner")
+        cur.execute(drop_code)
+        for path in sorted(sql_dir.glob("*.sql")):
+            cur.execute(path.read_text(encoding="utf-8"))
 
 
 def query(db_url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:

@@ -19,12 +19,14 @@ from psycopg import sql
 
 import els_migrate
 from testkit import events
+from testkit.db import load_functions
 from testkit.invariants import check_invariants
 from testkit.stack import ROOT
 
 # every migration of this release, in order (a new one must be added here on purpose)
 MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
-              "0004_deadlines_and_retention", "0005_outbox_delivery_proof"]
+              "0004_deadlines_and_retention", "0005_outbox_delivery_proof",
+              "0006_essay_ids_of_purged_batches"]
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -174,7 +176,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        for later in ("0005_outbox_delivery_proof", "0004_deadlines_and_retention"):
+        for later in ("0006_essay_ids_of_purged_batches", "0005_outbox_delivery_proof",
+                      "0004_deadlines_and_retention"):
             backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
     assert els_migrate.applied_migrations(empty_db_url) == [
         "0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
@@ -184,7 +187,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     with other.lock():
         other.apply_migrations_only(MigrationList(
             [m for m in migrations if m.id not in ("0004_deadlines_and_retention",
-                                                    "0005_outbox_delivery_proof")]))
+                                                    "0005_outbox_delivery_proof",
+                                                    "0006_essay_ids_of_purged_batches")]))
     with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
         conn.execute("SET ROLE els_owner")
         for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
@@ -211,7 +215,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     # and forward again, over the previous release's data: completion reasons backfilled,
     # the timed-out slot that the rollback kept as a failure is a timed-out slot again
     assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention",
-                                                          "0005_outbox_delivery_proof"]
+                                                          "0005_outbox_delivery_proof",
+                                                          "0006_essay_ids_of_purged_batches"]
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
                                " ORDER BY batch_id").fetchall()
@@ -247,17 +252,45 @@ def test_rollback_of_delivery_proof_gives_the_previous_release(empty_db_url: str
         events.apply(conn, "register", events.registration("rp-2", ["rp-e2"]))
         events.apply(conn, "content", events.content("rp-2", "rp-t2"))  # rows to publish
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
+    migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        backend.rollback_migrations(MigrationList(
-            [m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
-             if m.id == "0005_outbox_delivery_proof"]))
-    old = _previous_release(tmp_path)
+        for later in ("0006_essay_ids_of_purged_batches", "0005_outbox_delivery_proof"):
+            backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
+    # what deploying that release does: its own functions
+    old = _previous_release(tmp_path, "824e0af")
+    load_functions(empty_db_url, old / "sql")
     assert els_migrate.dump_schema(empty_db_url) == (old / "docs/schema.sql").read_text("utf-8")
     with psycopg.connect(empty_db_url, autocommit=True) as conn, conn.transaction():
         ids = [r[0] for r in conn.execute("SELECT id FROM els.claim_outbox(10)")]
         marked = conn.execute("SELECT els.mark_outbox_published(%(i)s::bigint[])",
                               {"i": ids}).fetchone()
         assert ids and marked == (len(ids),)
+
+
+def test_rollback_of_purged_essay_ids_gives_the_previous_release(empty_db_url: str,
+                                                                 tmp_path: Path) -> None:
+    """0006 rolled back over a purged batch: exactly the previous release's schema."""
+    from yoyo import get_backend, read_migrations
+    from yoyo.migrations import MigrationList
+
+    els_migrate.apply_migrations(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        events.apply(conn, "register", events.registration("rg-1", ["rg-e1"]))
+        conn.execute("SELECT els.close_batch(batch_id => %(b)s::text)", {"b": "rg-1"})
+        conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '2 days'")
+        conn.execute("SELECT els.purge_history('1 day')")
+    backend = get_backend(els_migrate.yoyo_url(empty_db_url))
+    with backend.lock():
+        backend.rollback_migrations(MigrationList(
+            [m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
+             if m.id == "0006_essay_ids_of_purged_batches"]))
+    old = _previous_release(tmp_path)
+    load_functions(empty_db_url, old / "sql")
+    assert els_migrate.dump_schema(empty_db_url) == (old / "docs/schema.sql").read_text("utf-8")
+    # and that release's registration works on the rolled-back schema
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        registered = events.apply(conn, "register", events.registration("rg-2", ["rg-e2"]))
+        assert registered["outcome"] == "registered"
 
 
 def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
@@ -282,16 +315,17 @@ def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-# The last release before the current migrations (main before 0005): a database
-# built by its code must upgrade to exactly what a fresh migrate builds.
-PREVIOUS_RELEASE = "824e0af"
+# The last release before the current migrations (main before 0006): a database
+# built by its code must upgrade to exactly what a fresh migrate builds, and the newest
+# migration rolled back must give exactly its schema.
+PREVIOUS_RELEASE = "a1a8744"
 
 
-def _previous_release(tmp_path: Path) -> Path:
-    out = tmp_path / "previous"
+def _previous_release(tmp_path: Path, release: str = PREVIOUS_RELEASE) -> Path:
+    out = tmp_path / f"previous-{release}"
     out.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE, "els_migrate.py", "migrations",
+        ["git", "-C", str(ROOT), "archive", release, "els_migrate.py", "migrations",
          "sql", "docs/schema.sql"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return out
