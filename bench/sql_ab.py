@@ -7,8 +7,9 @@ Each repetition applies the same stream (registrations of 10-essay batches, each
 followed by its 10 contents) once per variant, in micro-batches of the worker's size,
 in one session on a fresh clone of the seeded template; the order of the variants
 alternates between repetitions, so the machine's drift falls on all of them alike. A
-variant is a revision (``base``: its sql/ loaded into the database, or the working
-tree's) and a mode (``set``: one ``els.apply_events`` call per micro-batch, as the
+variant is a revision (``base``: its sql/ loaded into the database; ``aa``: the same
+again, an A/A arm whose distance from ``base`` is the run's resolution; ``tree``: the
+working tree's) and a mode (``set``: one ``els.apply_events`` call per micro-batch, as the
 worker calls it; ``per_event``: one pipelined call per event, as the worker before the
 set-based core did; ``floor``: the same rows by plain INSERT/UPDATE, no rules). The
 first quarter of the stream warms the session up (generic plans); then the rest is
@@ -68,8 +69,8 @@ def main() -> None:
                     default="registration_first",
                     help="each batch's registration before its contents, as produced, or "
                          "contents first, as a worker mostly meets them (e2e.content_first)")
-    ap.add_argument("--modes", default="base:per_event,base:set,tree:set",
-                    help="variants, each REVISION:MODE with REVISION base or tree")
+    ap.add_argument("--modes", default="base:set,aa:set,tree:set,tree:floor",
+                    help="variants, each REVISION:MODE with REVISION base, aa or tree")
     args = ap.parse_args()
 
     stack = common.stack_from_env()
@@ -87,9 +88,9 @@ def main() -> None:
         archive = subprocess.run(["git", "archive", args.base, "sql"], cwd=common.ROOT,
                                  check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        dirs = {"base": Path(tmp) / "sql", "tree": None}
+        dirs = {"base": Path(tmp) / "sql", "aa": Path(tmp) / "sql", "tree": None}
         for rep in range(args.reps):
-            for variant in (variants if rep % 2 == 0 else variants[::-1]):
+            for variant in common.rotate(variants, rep):
                 revision, mode = variant.split(":")
                 results[variant].append(_run(stack, dirs[revision], mode, chunks, warm))
                 wall, cpu = results[variant][-1]

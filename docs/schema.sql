@@ -14,6 +14,41 @@ CREATE TYPE els.item_disposition AS ENUM (
 );
 ALTER TYPE els.item_disposition OWNER TO els_owner;
 COMMENT ON TYPE els.item_disposition IS 'Where a received content or failure stands: waiting for its batch, in a slot, or without one.';
+CREATE TYPE els.item_step AS (
+	ord integer,
+	kind text,
+	batch_id text,
+	item_key text,
+	file_upload_id text,
+	original_file_name text,
+	raw_file_storage_id text,
+	file_size_bytes bigint,
+	content_md5_hash text,
+	correlation_id text,
+	source_event_id text,
+	event_timestamp text,
+	validation_error_code text,
+	validation_error_detail jsonb,
+	duplicate boolean,
+	in_ledger boolean,
+	known_essay_id text,
+	take_no bigint,
+	new_items bigint,
+	tracked boolean,
+	was_complete boolean,
+	expected_count integer,
+	has_slots boolean,
+	purged boolean,
+	outcome text,
+	slot_essay_id text,
+	result_essay_id text,
+	completing boolean,
+	complete boolean,
+	announced boolean,
+	own_event_id uuid
+);
+ALTER TYPE els.item_step OWNER TO els_owner;
+COMMENT ON TYPE els.item_step IS 'One content or failure of a round of els._apply_items: the item, its judgement and its place.';
 CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused jsonb[] DEFAULT NULL::jsonb[]) RETURNS jsonb[]
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -97,286 +132,28 @@ CREATE FUNCTION els._apply_items(p_items jsonb) RETURNS jsonb
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
-    -- the plan, a column each (the new items: duplicates change nothing)
-    p_ord integer[];
-    p_kind text[];
-    p_batch text[];
-    p_key text[];
-    p_upload text[];
-    p_name text[];
-    p_raw text[];
-    p_size bigint[];
-    p_md5 text[];
-    p_corr text[];
-    p_source text[];
-    p_stamp text[];
-    p_code text[];
-    p_detail jsonb[];
-    p_outcome text[];
-    p_slot text[];
-    p_purged boolean[];
-    p_announced boolean[];
-    p_completing boolean[];
-    p_event uuid[];
-    v_results jsonb;
+    v_steps els.item_step[] := els._place_items(els._judge_items(p_items));
     v_content boolean;
     v_failures boolean;
     v_fills boolean;
     v_purged boolean;
     v_completes boolean;
+    v_events boolean;
 BEGIN
-    WITH item AS MATERIALIZED (
-        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
-            ord integer, kind text, batch_id text, item_key text, file_upload_id text,
-            original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
-            content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
-            validation_error_code text, validation_error_detail jsonb)
-    ), seen AS MATERIALIZED (
-        -- LATERAL: one primary-key probe per item, whatever the planner guesses of
-        -- the input's size (a hash join would read the whole ledger)
-        SELECT i.*,
-               k.item_key IS NOT NULL AS in_ledger,
-               k.essay_id AS known_essay_id,
-               row_number() OVER (PARTITION BY i.batch_id, i.kind, i.item_key ORDER BY i.ord) AS occurrence
-          FROM item AS i
-          LEFT JOIN LATERAL (
-                SELECT c.text_storage_id AS item_key, c.essay_id FROM els.essay_content AS c
-                 WHERE i.kind = 'provision_content' AND c.batch_id = i.batch_id
-                   AND c.text_storage_id = i.item_key
-                UNION ALL
-                SELECT f.file_upload_id, f.essay_id FROM els.validation_failure AS f
-                 WHERE i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
-                   AND f.file_upload_id = i.item_key
-                 LIMIT 1) AS k ON true
-    ), fresh AS MATERIALIZED (
-        SELECT s.*, (s.in_ledger OR s.occurrence > 1) AS duplicate,
-               CASE WHEN NOT (s.in_ledger OR s.occurrence > 1) THEN
-                   row_number() OVER (PARTITION BY s.batch_id, (s.in_ledger OR s.occurrence > 1)
-                                      ORDER BY s.ord) END AS take_no
-          FROM seen AS s
-    ), batch AS MATERIALIZED (
-        SELECT b.batch_id, b.new_items,
-               t.batch_id IS NOT NULL AS tracked,
-               coalesce(t.completed_at IS NOT NULL, false) AS was_complete,
-               t.expected_count,
-               sl.batch_id IS NOT NULL AS has_slots,
-               bt.batch_id IS NOT NULL AS purged
-          FROM (SELECT f.batch_id, count(*) FILTER (WHERE NOT f.duplicate) AS new_items
-                  FROM fresh AS f GROUP BY f.batch_id) AS b
-          -- LIMIT 1 (primary keys): kept as per-batch probes, never flattened into a
-          -- join that could read the table
-          LEFT JOIN LATERAL (SELECT t.batch_id, t.completed_at, t.expected_count
-                               FROM els.batch_tracker AS t WHERE t.batch_id = b.batch_id
-                              LIMIT 1) AS t ON true
-          LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
-                              WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
-          -- a probe of essay_slot_batch_slot_no_key per batch: as EXISTS, the planner
-          -- hashed every slot of the table (a SubPlan), and each call grew with it
-          LEFT JOIN LATERAL (SELECT s.batch_id FROM els.essay_slot AS s
-                              WHERE s.batch_id = b.batch_id LIMIT 1) AS sl ON true
-    ), empty_slot AS MATERIALIZED (
-        -- the first empty slots of each batch, one more than it has new items (to
-        -- tell whether the round closes them all)
-        SELECT b.batch_id, e.essay_id,
-               row_number() OVER (PARTITION BY b.batch_id ORDER BY e.slot_no) AS take_no
-          FROM batch AS b
-         CROSS JOIN LATERAL (
-                SELECT s.essay_id, s.slot_no FROM els.essay_slot AS s
-                 WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
-                 ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
-         WHERE b.has_slots AND b.new_items > 0
-    ), closing AS MATERIALIZED (
-        -- the new item that leaves its batch without an empty slot completes it
-        -- (the first one when none was left: as _complete_if_done would)
-        SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
-          FROM batch AS b
-          LEFT JOIN empty_slot AS e ON e.batch_id = b.batch_id
-         WHERE b.has_slots AND NOT b.was_complete AND b.new_items > 0
-         GROUP BY b.batch_id, b.new_items, b.expected_count
-        HAVING count(e.essay_id) <= b.new_items
-           AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
-    ), placed AS MATERIALIZED (
-        SELECT f.*, b.tracked, b.was_complete, b.has_slots, b.purged,
-               e.essay_id AS slot_essay_id,
-               coalesce(f.take_no = cl.completing_take, false) AS completing
-          FROM fresh AS f
-          JOIN batch AS b ON b.batch_id = f.batch_id
-          LEFT JOIN empty_slot AS e ON e.batch_id = f.batch_id AND e.take_no = f.take_no
-          LEFT JOIN closing AS cl ON cl.batch_id = f.batch_id
-    ), judged AS MATERIALIZED (
-        SELECT p.*,
-               max(p.ord) FILTER (WHERE p.completing) OVER (PARTITION BY p.batch_id) AS completing_ord,
-               CASE WHEN p.duplicate THEN 'duplicate'
-                    WHEN p.has_slots THEN
-                        CASE WHEN p.slot_essay_id IS NULL THEN 'excess'
-                             WHEN p.kind = 'provision_content' THEN 'assigned'
-                             ELSE 'recorded' END
-                    WHEN p.purged THEN 'excess'
-                    ELSE 'pending' END AS outcome,
-               CASE WHEN p.in_ledger THEN p.known_essay_id
-                    ELSE first_value(p.slot_essay_id) OVER (
-                             PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord) END AS result_essay_id
-          FROM placed AS p
-    ), decided AS MATERIALIZED (
-        SELECT j.*,
-               CASE WHEN j.duplicate THEN
-                        j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
-                    WHEN j.has_slots THEN j.was_complete OR coalesce(j.ord >= j.completing_ord, false)
-                    ELSE j.purged END AS complete,
-               -- a late item of a purged batch: its excess event may be in the outbox already
-               (j.kind = 'provision_content' AND NOT j.duplicate AND NOT j.has_slots AND j.purged
-                AND EXISTS (SELECT FROM els.event_outbox AS o
-                             WHERE o.event_id = els._event_id('ExcessContentProvisioned',
-                                                              jsonb_build_array(j.batch_id, j.item_key))))
-                   AS announced
-          FROM judged AS j
-    ), digested AS MATERIALIZED (
-        -- the digest of the item's own event, computed once (its own step: els._event_id
-        -- inlined would compute it three times)
-        SELECT d.*,
-               CASE WHEN d.kind <> 'provision_content' OR d.outcome NOT IN ('assigned', 'excess')
-                         OR d.announced THEN NULL
-                    WHEN d.outcome = 'assigned' THEN
-                        els._event_digest('EssaySlotAssigned',
-                                          jsonb_build_array(d.batch_id, d.slot_essay_id, d.item_key))
-                    ELSE els._event_digest('ExcessContentProvisioned',
-                                           jsonb_build_array(d.batch_id, d.item_key))
-               END AS own_digest
-          FROM decided AS d
-    ), evented AS MATERIALIZED (
-        SELECT d.*, els._uuid_v3(d.own_digest) AS own_event_id
-          FROM digested AS d
-    )
-    -- the plan's columns: no ORDER BY, each would sort on its own; the arrays of one
-    -- aggregate node are aligned (the same rows in the same order), and every write
-    -- statement orders by ord where the order matters
-    SELECT array_agg(e.ord) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.kind) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.batch_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.item_key) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.file_upload_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.original_file_name) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.raw_file_storage_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.file_size_bytes) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.content_md5_hash) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.correlation_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.source_event_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.event_timestamp) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.validation_error_code) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.validation_error_detail) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.outcome) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.slot_essay_id) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.purged) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.announced) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.completing) FILTER (WHERE NOT e.duplicate),
-           array_agg(e.own_event_id) FILTER (WHERE NOT e.duplicate),
-           jsonb_agg(jsonb_build_object('ord', e.ord, 'done', jsonb_build_object('ok', true, 'result', jsonb_build_object(
-               'batch_id', e.batch_id, 'outcome', e.outcome, 'essay_id', e.result_essay_id,
-               'complete', e.complete,
-               -- as the per-event functions always reported: content that is excess
-               -- lists its own event only
-               'events', to_jsonb(array_remove(ARRAY[
-                   e.own_event_id,
-                   CASE WHEN e.completing AND NOT (e.kind = 'provision_content' AND e.outcome = 'excess')
-                        THEN els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(e.batch_id))
-                   END], NULL)))))),
-           coalesce(bool_or(e.kind = 'provision_content' AND NOT e.duplicate), false),
-           coalesce(bool_or(e.kind = 'record_validation_failure' AND NOT e.duplicate), false),
-           coalesce(bool_or(e.outcome IN ('assigned', 'recorded')), false),
-           coalesce(bool_or(NOT e.duplicate AND e.purged AND NOT e.has_slots), false),
-           coalesce(bool_or(e.completing), false)
-      INTO p_ord, p_kind, p_batch, p_key, p_upload, p_name, p_raw, p_size, p_md5, p_corr, p_source, p_stamp, p_code, p_detail, p_outcome, p_slot, p_purged, p_announced, p_completing, p_event,
-           v_results, v_content, v_failures, v_fills, v_purged, v_completes
-      FROM evented AS e;
-    IF v_content THEN
-        INSERT INTO els.essay_content (
-            batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
-            raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
-            source_event_id, event_timestamp, disposed_at)
-        SELECT p.batch_id, p.item_key, p.outcome::els.item_disposition, p.slot_essay_id,
-               p.file_upload_id, p.original_file_name, p.raw_file_storage_id, p.file_size_bytes,
-               p.content_md5_hash, p.correlation_id, p.source_event_id, p.event_timestamp,
-               CASE WHEN p.outcome <> 'pending' THEN now() END
-          FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_upload, p_name, p_raw,
-                      p_size, p_md5, p_corr, p_source, p_stamp)
-                AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, file_upload_id,
-                     original_file_name, raw_file_storage_id, file_size_bytes, content_md5_hash,
-                     correlation_id, source_event_id, event_timestamp)
-         WHERE p.kind = 'provision_content'
-         ORDER BY p.ord;
+    SELECT coalesce(bool_or(p.kind = 'provision_content' AND NOT p.duplicate), false),
+           coalesce(bool_or(p.kind = 'record_validation_failure' AND NOT p.duplicate), false),
+           coalesce(bool_or(p.outcome IN ('assigned', 'recorded')), false),
+           coalesce(bool_or(NOT p.duplicate AND p.purged AND NOT p.has_slots), false),
+           coalesce(bool_or(p.completing), false),
+           coalesce(bool_or(p.own_event_id IS NOT NULL OR p.completing), false)
+      INTO v_content, v_failures, v_fills, v_purged, v_completes, v_events
+      FROM unnest(v_steps) AS p;
+    PERFORM els._write_item_rows(v_steps, v_content, v_failures);
+    PERFORM els._write_item_effects(v_steps, v_fills, v_purged, v_completes);
+    IF v_events THEN
+        PERFORM els._write_item_events(v_steps);
     END IF;
-    IF v_failures THEN
-        INSERT INTO els.validation_failure (
-            batch_id, file_upload_id, disposition, essay_id, original_file_name,
-            validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
-            correlation_id, source_event_id, event_timestamp, disposed_at)
-        SELECT p.batch_id, p.item_key,
-               (CASE p.outcome WHEN 'recorded' THEN 'assigned' ELSE p.outcome END)::els.item_disposition,
-               p.slot_essay_id, p.original_file_name, p.validation_error_code,
-               p.validation_error_detail, p.raw_file_storage_id, p.file_size_bytes,
-               p.correlation_id, p.source_event_id, p.event_timestamp,
-               CASE WHEN p.outcome <> 'pending' THEN now() END
-          FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_name, p_code, p_detail,
-                      p_raw, p_size, p_corr, p_source, p_stamp)
-                AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, original_file_name,
-                     validation_error_code, validation_error_detail, raw_file_storage_id,
-                     file_size_bytes, correlation_id, source_event_id, event_timestamp)
-         WHERE p.kind = 'record_validation_failure'
-         ORDER BY p.ord;
-    END IF;
-    IF v_fills THEN
-        UPDATE els.essay_slot AS s
-           SET status = CASE WHEN p.kind = 'provision_content' THEN 'ready_for_processing'
-                             ELSE 'content_ingestion_failed' END::els.essay_status,
-               text_storage_id = CASE WHEN p.kind = 'provision_content' THEN p.item_key END,
-               failed_file_upload_id = CASE WHEN p.kind = 'record_validation_failure' THEN p.item_key END,
-               filled_at = now()
-          FROM unnest(p_kind, p_key, p_outcome, p_slot) AS p(kind, item_key, outcome, slot_essay_id)
-         WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
-    END IF;
-    IF v_purged THEN
-        -- the next purge deletes these late rows again (SPEC 10)
-        UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
-         WHERE b.batch_id IN (SELECT p.batch_id FROM unnest(p_batch, p_purged) AS p(batch_id, purged)
-                               WHERE p.purged);
-    END IF;
-    IF v_completes THEN
-        UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
-         WHERE t.batch_id IN (SELECT p.batch_id FROM unnest(p_batch, p_completing) AS p(batch_id, completing)
-                               WHERE p.completing);
-    END IF;
-    IF v_content OR v_completes THEN
-        -- The round's outbox rows, as els._emit_events writes them (the same envelope,
-        -- id and topic functions) but in one statement with the plan's columns: built
-        -- as a JSON list for _emit_events, they cost twice as much. In arrival order,
-        -- each completion right after the event of the item that completed it; a
-        -- completion's data is read after the slot updates above.
-        INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
-        SELECT x.event_id, x.spec ->> 'event_type', els.output_topic(x.spec ->> 'event_type'),
-               x.spec ->> 'key',
-               els._envelope(x.event_id, x.spec ->> 'event_type', x.spec ->> 'correlation_id',
-                             x.spec -> 'data', els._event_timestamp())
-          FROM (SELECT p.ord, 0 AS sub, p.own_event_id AS event_id,
-                       CASE WHEN p.outcome = 'assigned' THEN
-                                els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
-                                                        p.item_key, p.original_file_name, p.correlation_id)
-                            ELSE els._excess_spec(p.batch_id, p.original_file_name, p.item_key,
-                                                  p.correlation_id) END AS spec
-                  FROM unnest(p_ord, p_kind, p_batch, p_key, p_outcome, p_slot, p_upload, p_name,
-                              p_corr, p_announced, p_event)
-                        AS p(ord, kind, batch_id, item_key, outcome, slot_essay_id, file_upload_id,
-                             original_file_name, correlation_id, announced, own_event_id)
-                 WHERE p.kind = 'provision_content' AND p.outcome IN ('assigned', 'excess')
-                   AND NOT p.announced
-                UNION ALL
-                SELECT p.ord, 1,
-                       els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(p.batch_id)),
-                       els._completion_spec(p.batch_id, 'all_slots_closed')
-                  FROM unnest(p_ord, p_batch, p_completing) AS p(ord, batch_id, completing)
-                 WHERE p.completing) AS x
-         ORDER BY x.ord, x.sub;
-    END IF;
-    RETURN v_results;
+    RETURN els._item_results(v_steps);
 END
 $$;
 ALTER FUNCTION els._apply_items(p_items jsonb) OWNER TO els_owner;
@@ -901,6 +678,77 @@ CREATE FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) R
     LANGUAGE sql STABLE PARALLEL SAFE
     RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'number'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'integer', 'actual', jsonb_typeof(p_value))) WHEN ((p_value #>> '{}'::text[]) ~ '[.eE]'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', p_value)) WHEN ((((p_value #>> '{}'::text[]))::numeric < p_min) OR (((p_value #>> '{}'::text[]))::numeric > ('9223372036854775807'::bigint)::numeric)) THEN els._fault('ELV03'::text, format('field %s is out of range'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'out_of_range', 'min', p_min, 'actual', p_value)) ELSE NULL::jsonb END;
 ALTER FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) OWNER TO els_owner;
+CREATE FUNCTION els._item_results(p_steps els.item_step[]) RETURNS jsonb
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT jsonb_agg(jsonb_build_object('ord', p.ord, 'done', jsonb_build_object('ok', true, 'result', jsonb_build_object('batch_id', p.batch_id, 'outcome', p.outcome, 'essay_id', p.result_essay_id, 'complete', p.complete, 'events', to_jsonb(array_remove(ARRAY[p.own_event_id,
+         CASE
+             WHEN (p.completing AND (NOT ((p.kind = 'provision_content'::text) AND (p.outcome = 'excess'::text)))) THEN els._event_id('BatchContentProvisioningCompleted'::text, jsonb_build_array(p.batch_id))
+             ELSE NULL::uuid
+         END], NULL::uuid)))))) AS jsonb_agg
+    FROM unnest(_item_results.p_steps) p(ord, kind, batch_id, item_key, file_upload_id, original_file_name, raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id, source_event_id, event_timestamp, validation_error_code, validation_error_detail, duplicate, in_ledger, known_essay_id, take_no, new_items, tracked, was_complete, expected_count, has_slots, purged, outcome, slot_essay_id, result_essay_id, completing, complete, announced, own_event_id);
+END;
+ALTER FUNCTION els._item_results(p_steps els.item_step[]) OWNER TO els_owner;
+CREATE FUNCTION els._judge_items(p_items jsonb) RETURNS els.item_step[]
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_steps els.item_step[];
+BEGIN
+    WITH item AS MATERIALIZED (
+        SELECT x.* FROM jsonb_to_recordset(p_items) AS x(
+            ord integer, kind text, batch_id text, item_key text, file_upload_id text,
+            original_file_name text, raw_file_storage_id text, file_size_bytes bigint,
+            content_md5_hash text, correlation_id text, source_event_id text, event_timestamp text,
+            validation_error_code text, validation_error_detail jsonb)
+    ), seen AS MATERIALIZED (
+        -- LATERAL: one primary-key probe per item, whatever the planner guesses of the
+        -- input's size (a hash join would read the whole ledger)
+        SELECT i.*, k.item_key IS NOT NULL AS in_ledger, k.essay_id AS known_essay_id,
+               k.item_key IS NOT NULL
+               OR row_number() OVER (PARTITION BY i.batch_id, i.kind, i.item_key ORDER BY i.ord) > 1 AS duplicate
+          FROM item AS i
+          LEFT JOIN LATERAL (
+                SELECT c.text_storage_id AS item_key, c.essay_id FROM els.essay_content AS c
+                 WHERE i.kind = 'provision_content' AND c.batch_id = i.batch_id
+                   AND c.text_storage_id = i.item_key
+                UNION ALL
+                SELECT f.file_upload_id, f.essay_id FROM els.validation_failure AS f
+                 WHERE i.kind = 'record_validation_failure' AND f.batch_id = i.batch_id
+                   AND f.file_upload_id = i.item_key
+                 LIMIT 1) AS k ON true
+    ), fresh AS MATERIALIZED (
+        SELECT s.*, CASE WHEN NOT s.duplicate THEN
+                        row_number() OVER (PARTITION BY s.batch_id, s.duplicate ORDER BY s.ord) END AS take_no
+          FROM seen AS s
+    ), batch AS MATERIALIZED (
+        SELECT b.batch_id, b.new_items, t.batch_id IS NOT NULL AS tracked,
+               coalesce(t.completed_at IS NOT NULL, false) AS was_complete, t.expected_count,
+               sl.batch_id IS NOT NULL AS has_slots, bt.batch_id IS NOT NULL AS purged
+          FROM (SELECT s.batch_id, count(*) FILTER (WHERE NOT s.duplicate) AS new_items
+                  FROM fresh AS s GROUP BY s.batch_id) AS b
+          -- LIMIT 1 (primary keys): per-batch probes, never flattened into a join that
+          -- could read the table; the slot probe as EXISTS hashed every slot of the table
+          LEFT JOIN LATERAL (SELECT t.batch_id, t.completed_at, t.expected_count
+                               FROM els.batch_tracker AS t WHERE t.batch_id = b.batch_id LIMIT 1) AS t ON true
+          LEFT JOIN LATERAL (SELECT x.batch_id FROM els.batch_tombstone AS x
+                              WHERE x.batch_id = b.batch_id LIMIT 1) AS bt ON true
+          LEFT JOIN LATERAL (SELECT s.batch_id FROM els.essay_slot AS s
+                              WHERE s.batch_id = b.batch_id LIMIT 1) AS sl ON true
+    )
+    SELECT array_agg(ROW(
+               s.ord, s.kind, s.batch_id, s.item_key, s.file_upload_id, s.original_file_name,
+               s.raw_file_storage_id, s.file_size_bytes, s.content_md5_hash, s.correlation_id,
+               s.source_event_id, s.event_timestamp, s.validation_error_code, s.validation_error_detail,
+               s.duplicate, s.in_ledger, s.known_essay_id, s.take_no, b.new_items, b.tracked, b.was_complete, b.expected_count, b.has_slots, b.purged,
+               NULL, NULL, NULL, NULL, NULL, NULL, NULL)::els.item_step)
+      INTO v_steps
+      FROM fresh AS s JOIN batch AS b ON b.batch_id = s.batch_id;
+    RETURN v_steps;
+END
+$$;
+ALTER FUNCTION els._judge_items(p_items jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._judge_registrations(p_regs jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     SET plan_cache_mode TO 'force_generic_plan'
@@ -971,6 +819,91 @@ CREATE FUNCTION els._payload(p_event jsonb) RETURNS jsonb
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN ((jsonb_typeof(p_event) = 'object'::text) AND (p_event ? 'data'::text)) THEN (p_event -> 'data'::text) ELSE p_event END;
 ALTER FUNCTION els._payload(p_event jsonb) OWNER TO els_owner;
+CREATE FUNCTION els._place_items(p_steps els.item_step[]) RETURNS els.item_step[]
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_steps els.item_step[];
+BEGIN
+    WITH step AS MATERIALIZED (
+        SELECT * FROM unnest(p_steps)
+    ), batch AS MATERIALIZED (
+        SELECT DISTINCT s.batch_id, s.new_items, s.was_complete, s.expected_count
+          FROM step AS s WHERE s.has_slots AND s.new_items > 0
+    ), empty_slot AS MATERIALIZED (
+        -- the first empty slots of each batch, one more than it has new items (to tell
+        -- whether the round closes them all)
+        SELECT b.batch_id, e.essay_id, row_number() OVER (PARTITION BY b.batch_id ORDER BY e.slot_no) AS take_no
+          FROM batch AS b
+         CROSS JOIN LATERAL (SELECT s.essay_id, s.slot_no FROM els.essay_slot AS s
+                              WHERE s.batch_id = b.batch_id AND s.status = 'uploaded'
+                              ORDER BY s.slot_no LIMIT b.new_items + 1) AS e
+    ), closing AS MATERIALIZED (
+        -- the new item that leaves its batch without an empty slot completes it (the
+        -- first one when none was left)
+        SELECT b.batch_id, greatest(count(e.essay_id), 1) AS completing_take
+          FROM batch AS b LEFT JOIN empty_slot AS e ON e.batch_id = b.batch_id
+         WHERE NOT b.was_complete
+         GROUP BY b.batch_id, b.new_items, b.expected_count
+        HAVING count(e.essay_id) <= b.new_items
+           AND (SELECT count(*) FROM els.essay_slot AS s WHERE s.batch_id = b.batch_id) = b.expected_count
+    ), placed AS MATERIALIZED (
+        SELECT s.*, e.essay_id AS slot, coalesce(s.take_no = cl.completing_take, false) AS closes,
+               CASE WHEN s.duplicate THEN 'duplicate'
+                    WHEN s.has_slots THEN CASE WHEN e.essay_id IS NULL THEN 'excess'
+                                               WHEN s.kind = 'provision_content' THEN 'assigned'
+                                               ELSE 'recorded' END
+                    WHEN s.purged THEN 'excess'
+                    ELSE 'pending' END AS placed_outcome
+          FROM step AS s
+          LEFT JOIN empty_slot AS e ON e.batch_id = s.batch_id AND e.take_no = s.take_no
+          LEFT JOIN closing AS cl ON cl.batch_id = s.batch_id
+    ), judged AS MATERIALIZED (
+        SELECT p.*,
+               max(p.ord) FILTER (WHERE p.closes) OVER (PARTITION BY p.batch_id) AS completing_ord,
+               CASE WHEN p.in_ledger THEN p.known_essay_id
+                    ELSE first_value(p.slot) OVER (PARTITION BY p.batch_id, p.kind, p.item_key ORDER BY p.ord)
+               END AS result_essay
+          FROM placed AS p
+    ), decided AS MATERIALIZED (
+        SELECT j.*,
+               CASE WHEN j.duplicate THEN
+                        j.purged OR (j.tracked AND (j.was_complete OR coalesce(j.completing_ord < j.ord, false)))
+                    WHEN j.has_slots THEN j.was_complete OR coalesce(j.ord >= j.completing_ord, false)
+                    ELSE j.purged END AS is_complete,
+               (j.kind = 'provision_content' AND NOT j.duplicate AND NOT j.has_slots AND j.purged
+                AND EXISTS (SELECT FROM els.event_outbox AS o
+                             WHERE o.event_id = els._event_id('ExcessContentProvisioned',
+                                                              jsonb_build_array(j.batch_id, j.item_key))))
+                   AS is_announced
+          FROM judged AS j
+    ), digested AS MATERIALIZED (
+        -- the digest of the item's own event, its own step (an argument of els._uuid_v3,
+        -- which uses it three times, a column keeps it inlined)
+        SELECT d.*,
+               CASE WHEN d.kind <> 'provision_content' OR d.is_announced
+                         OR d.placed_outcome NOT IN ('assigned', 'excess') THEN NULL
+                    WHEN d.placed_outcome = 'assigned' THEN
+                        els._event_digest('EssaySlotAssigned', jsonb_build_array(d.batch_id, d.slot, d.item_key))
+                    ELSE els._event_digest('ExcessContentProvisioned', jsonb_build_array(d.batch_id, d.item_key))
+               END AS digest
+          FROM decided AS d
+    )
+    SELECT array_agg(ROW(
+               d.ord, d.kind, d.batch_id, d.item_key, d.file_upload_id, d.original_file_name,
+               d.raw_file_storage_id, d.file_size_bytes, d.content_md5_hash, d.correlation_id,
+               d.source_event_id, d.event_timestamp, d.validation_error_code, d.validation_error_detail,
+               d.duplicate, d.in_ledger, d.known_essay_id, d.take_no, d.new_items, d.tracked,
+               d.was_complete, d.expected_count, d.has_slots, d.purged,
+               d.placed_outcome, d.slot, d.result_essay, d.closes, d.is_complete, d.is_announced,
+               els._uuid_v3(d.digest))::els.item_step)
+      INTO v_steps
+      FROM digested AS d;
+    RETURN v_steps;
+END
+$$;
+ALTER FUNCTION els._place_items(p_steps els.item_step[]) OWNER TO els_owner;
 CREATE FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) RETURNS TABLE(ord integer, kind text, fault jsonb, event_row jsonb)
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -1355,6 +1288,96 @@ CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
  SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
+CREATE FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) RETURNS void
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    IF p_fills THEN
+        UPDATE els.essay_slot AS s
+           SET status = CASE WHEN p.kind = 'provision_content' THEN 'ready_for_processing'
+                             ELSE 'content_ingestion_failed' END::els.essay_status,
+               text_storage_id = CASE WHEN p.kind = 'provision_content' THEN p.item_key END,
+               failed_file_upload_id = CASE WHEN p.kind = 'record_validation_failure' THEN p.item_key END,
+               filled_at = now()
+          FROM unnest(p_steps) AS p
+         WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
+    END IF;
+    IF p_purged THEN
+        UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
+         WHERE b.batch_id IN (SELECT p.batch_id FROM unnest(p_steps) AS p
+                               WHERE p.purged AND NOT p.duplicate AND NOT p.has_slots);
+    END IF;
+    IF p_completes THEN
+        UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
+         WHERE t.batch_id IN (SELECT p.batch_id FROM unnest(p_steps) AS p WHERE p.completing);
+    END IF;
+END
+$$;
+ALTER FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) OWNER TO els_owner;
+CREATE FUNCTION els._write_item_events(p_steps els.item_step[]) RETURNS void
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
+    SELECT x.event_id, x.spec ->> 'event_type', els.output_topic(x.spec ->> 'event_type'),
+           x.spec ->> 'key',
+           els._envelope(x.event_id, x.spec ->> 'event_type', x.spec ->> 'correlation_id',
+                         x.spec -> 'data', els._event_timestamp())
+      FROM (SELECT p.ord, 0 AS sub, p.own_event_id AS event_id,
+                   CASE WHEN p.outcome = 'assigned' THEN
+                            els._slot_assigned_spec(p.batch_id, p.slot_essay_id, p.file_upload_id,
+                                                    p.item_key, p.original_file_name, p.correlation_id)
+                        ELSE els._excess_spec(p.batch_id, p.original_file_name, p.item_key,
+                                              p.correlation_id) END AS spec
+              FROM unnest(p_steps) AS p
+             WHERE p.own_event_id IS NOT NULL
+            UNION ALL
+            SELECT p.ord, 1, els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(p.batch_id)),
+                   els._completion_spec(p.batch_id, 'all_slots_closed')
+              FROM unnest(p_steps) AS p
+             WHERE p.completing) AS x
+     ORDER BY x.ord, x.sub;
+END
+$$;
+ALTER FUNCTION els._write_item_events(p_steps els.item_step[]) OWNER TO els_owner;
+CREATE FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) RETURNS void
+    LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    IF p_content THEN
+        INSERT INTO els.essay_content (
+            batch_id, text_storage_id, disposition, essay_id, file_upload_id, original_file_name,
+            raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id,
+            source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key, p.outcome::els.item_disposition, p.slot_essay_id,
+               p.file_upload_id, p.original_file_name, p.raw_file_storage_id, p.file_size_bytes,
+               p.content_md5_hash, p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM unnest(p_steps) AS p
+         WHERE p.kind = 'provision_content' AND NOT p.duplicate
+         ORDER BY p.ord;
+    END IF;
+    IF p_failures THEN
+        INSERT INTO els.validation_failure (
+            batch_id, file_upload_id, disposition, essay_id, original_file_name,
+            validation_error_code, validation_error_detail, raw_file_storage_id, file_size_bytes,
+            correlation_id, source_event_id, event_timestamp, disposed_at)
+        SELECT p.batch_id, p.item_key,
+               (CASE p.outcome WHEN 'recorded' THEN 'assigned' ELSE p.outcome END)::els.item_disposition,
+               p.slot_essay_id, p.original_file_name, p.validation_error_code,
+               p.validation_error_detail, p.raw_file_storage_id, p.file_size_bytes,
+               p.correlation_id, p.source_event_id, p.event_timestamp,
+               CASE WHEN p.outcome <> 'pending' THEN now() END
+          FROM unnest(p_steps) AS p
+         WHERE p.kind = 'record_validation_failure' AND NOT p.duplicate
+         ORDER BY p.ord;
+    END IF;
+END
+$$;
+ALTER FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) OWNER TO els_owner;
 CREATE FUNCTION els._write_registrations(p_regs jsonb, p_judged jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -2173,11 +2196,14 @@ REVOKE ALL ON FUNCTION els._object_ok(p_value jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._failure_ok(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._failure_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._item_results(p_steps els.item_step[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._judge_items(p_items jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._judge_registrations(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._lock_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._missing_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._object_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._payload(p_event jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._place_items(p_steps els.item_step[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._read_events(p_kinds text[], p_events jsonb[], p_skip boolean[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reconcile(p_batch_id text, OUT content_assigned integer, OUT failures_applied integer, OUT excess integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reconcile_content(p_batch_ids text[]) FROM PUBLIC;
@@ -2196,6 +2222,9 @@ REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text,
 REVOKE ALL ON FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._timestamp_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._write_item_events(p_steps els.item_step[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._write_registrations(p_regs jsonb, p_judged jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.apply_events(events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(events jsonb) TO els_worker;

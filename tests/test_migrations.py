@@ -26,7 +26,7 @@ from testkit.stack import ROOT
 # every migration of this release, in order (a new one must be added here on purpose)
 MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
               "0004_deadlines_and_retention", "0005_outbox_delivery_proof",
-              "0006_essay_ids_of_purged_batches"]
+              "0006_essay_ids_of_purged_batches", "0007_item_step_type"]
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -176,8 +176,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        for later in ("0006_essay_ids_of_purged_batches", "0005_outbox_delivery_proof",
-                      "0004_deadlines_and_retention"):
+        for later in ("0007_item_step_type", "0006_essay_ids_of_purged_batches",
+                      "0005_outbox_delivery_proof", "0004_deadlines_and_retention"):
             backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
     assert els_migrate.applied_migrations(empty_db_url) == [
         "0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside"]
@@ -188,7 +188,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
         other.apply_migrations_only(MigrationList(
             [m for m in migrations if m.id not in ("0004_deadlines_and_retention",
                                                     "0005_outbox_delivery_proof",
-                                                    "0006_essay_ids_of_purged_batches")]))
+                                                    "0006_essay_ids_of_purged_batches",
+                                                    "0007_item_step_type")]))
     with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
         conn.execute("SET ROLE els_owner")
         for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
@@ -216,7 +217,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     # the timed-out slot that the rollback kept as a failure is a timed-out slot again
     assert els_migrate.apply_migrations(empty_db_url) == ["0004_deadlines_and_retention",
                                                           "0005_outbox_delivery_proof",
-                                                          "0006_essay_ids_of_purged_batches"]
+                                                          "0006_essay_ids_of_purged_batches",
+                                                          "0007_item_step_type"]
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
                                " ORDER BY batch_id").fetchall()
@@ -254,7 +256,8 @@ def test_rollback_of_delivery_proof_gives_the_previous_release(empty_db_url: str
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        for later in ("0006_essay_ids_of_purged_batches", "0005_outbox_delivery_proof"):
+        for later in ("0007_item_step_type", "0006_essay_ids_of_purged_batches",
+                      "0005_outbox_delivery_proof"):
             backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
     # what deploying that release does: its own functions
     old = _previous_release(tmp_path, "824e0af")
@@ -267,9 +270,10 @@ def test_rollback_of_delivery_proof_gives_the_previous_release(empty_db_url: str
         assert ids and marked == (len(ids),)
 
 
-def test_rollback_of_purged_essay_ids_gives_the_previous_release(empty_db_url: str,
-                                                                 tmp_path: Path) -> None:
-    """0006 rolled back over a purged batch: exactly the previous release's schema."""
+def test_rollback_to_the_previous_release_gives_its_schema(empty_db_url: str,
+                                                           tmp_path: Path) -> None:
+    """The migrations since the previous release rolled back over a purged batch, and
+    that release's functions deployed: exactly its schema, and it registers."""
     from yoyo import get_backend, read_migrations
     from yoyo.migrations import MigrationList
 
@@ -280,11 +284,13 @@ def test_rollback_of_purged_essay_ids_gives_the_previous_release(empty_db_url: s
         conn.execute("UPDATE els.batch_tracker SET completed_at = now() - interval '2 days'")
         conn.execute("SELECT els.purge_history('1 day')")
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
-    with backend.lock():
-        backend.rollback_migrations(MigrationList(
-            [m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
-             if m.id == "0006_essay_ids_of_purged_batches"]))
     old = _previous_release(tmp_path)
+    newer = sorted((m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
+                    if m.id not in _migrations_of(old)), key=lambda m: m.id, reverse=True)
+    assert [m.id for m in newer] == ["0007_item_step_type", "0006_essay_ids_of_purged_batches"]
+    with backend.lock():
+        for migration in newer:
+            backend.rollback_migrations(MigrationList([migration]))
     load_functions(empty_db_url, old / "sql")
     assert els_migrate.dump_schema(empty_db_url) == (old / "docs/schema.sql").read_text("utf-8")
     # and that release's registration works on the rolled-back schema
