@@ -5,17 +5,20 @@ side, on the e2e stream, with no Kafka and no worker in between.
 
 Each repetition applies the same stream (registrations of 10-essay batches, each
 followed by its 10 contents) once per variant, in micro-batches of the worker's size,
-in one session on a fresh clone of the seeded template; the order of the variants
-alternates between repetitions, so the machine's drift falls on all of them alike. A
-variant is a revision (``base``: its sql/ loaded into the database; ``aa``: the same
-again, an A/A arm whose distance from ``base`` is the run's resolution; ``tree``: the
-working tree's) and a mode (``set``: one ``els.apply_events`` call per micro-batch, as the
+each variant in its own session on its own fresh clone of the seeded template. The
+variants run side by side, interleaved micro-batch by micro-batch (the order rotating
+with every micro-batch), so that whatever the machine does meanwhile (the other
+tenant, the page cache, a checkpoint) falls on all of them alike within a second,
+where one run after the other let it fall on whichever ran then. A variant is a
+revision (``base``: its sql/ loaded into the database; ``aa``: the same again, an A/A
+arm whose distance from ``base`` is the run's resolution; ``tree``: the working
+tree's) and a mode (``set``: one ``els.apply_events`` call per micro-batch, as the
 worker calls it; ``per_event``: one pipelined call per event, as the worker before the
 set-based core did; ``floor``: the same rows by plain INSERT/UPDATE, no rules). The
-first quarter of the stream warms the session up (generic plans); then the rest is
-timed: wall time and the server process's CPU time (from /proc: the stack runs on
-this machine), per event, medians over the repetitions, and each variant's ratio to
-the first.
+first quarter of the stream warms the sessions up (generic plans); then the rest is
+timed: wall time of each call and each server process's CPU time (from /proc: the
+stack runs on this machine), per event, medians over the repetitions, and each
+variant's ratio to the first.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
@@ -41,23 +45,38 @@ def _backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def _run(stack: common.Stack, sql_dir: Path | None, mode: str,
-         chunks: list[list[tuple[str, str]]], warm: int) -> tuple[float, float]:
-    """Seconds of wall time and of server CPU for the measured part of the stream."""
-    slots: dict[str, list[str]] = {}
-    with common.fresh_database(stack, "sqlab") as url:
-        if sql_dir is not None:
-            load_functions(url, sql_dir)
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+Chunks = list[list[tuple[str, str]]]
+
+
+def _run(stack: common.Stack, variants: list[str], dirs: dict[str, Path | None],
+         chunks: Chunks, warm: int, rep: int) -> dict[str, tuple[float, float]]:
+    """Seconds of wall time and of server CPU per variant for the measured part of the
+    stream, the variants interleaved micro-batch by micro-batch."""
+    with ExitStack() as stack_of:
+        conns: dict[str, psycopg.Connection] = {}
+        pids: dict[str, int] = {}
+        slots: dict[str, dict[str, list[str]]] = {}
+        for variant in variants:
+            revision, _ = variant.split(":")
+            url = stack_of.enter_context(common.fresh_database(stack, "sqlab"))
+            sql_dir = dirs[revision]
+            if sql_dir is not None:
+                load_functions(url, sql_dir)
+            conns[variant] = stack_of.enter_context(psycopg.connect(url, autocommit=True))
+            row = conns[variant].execute("SELECT pg_backend_pid()").fetchone()
             assert row is not None
-            pid = row[0]
-            for chunk in chunks[:warm]:
-                _apply(conn, chunk, mode, slots)
-            cpu0, t0 = _backend_cpu(pid), time.perf_counter()
-            for chunk in chunks[warm:]:
-                _apply(conn, chunk, mode, slots)
-            return time.perf_counter() - t0, _backend_cpu(pid) - cpu0
+            pids[variant], slots[variant] = row[0], {}
+        wall = dict.fromkeys(variants, 0.0)
+        cpu0: dict[str, float] = {}
+        for i, chunk in enumerate(chunks):
+            if i == warm:
+                cpu0 = {v: _backend_cpu(pids[v]) for v in variants}
+            for variant in common.rotate(variants, i + rep):
+                t0 = time.perf_counter()
+                _apply(conns[variant], chunk, variant.split(":")[1], slots[variant])
+                if i >= warm:
+                    wall[variant] += time.perf_counter() - t0
+        return {v: (wall[v], _backend_cpu(pids[v]) - cpu0[v]) for v in variants}
 
 
 def main() -> None:
@@ -90,10 +109,9 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         dirs = {"base": Path(tmp) / "sql", "aa": Path(tmp) / "sql", "tree": None}
         for rep in range(args.reps):
-            for variant in common.rotate(variants, rep):
-                revision, mode = variant.split(":")
-                results[variant].append(_run(stack, dirs[revision], mode, chunks, warm))
-                wall, cpu = results[variant][-1]
+            for variant, result in _run(stack, variants, dirs, chunks, warm, rep).items():
+                results[variant].append(result)
+                wall, cpu = result
                 print(f"rep {rep + 1} {variant}: {wall * 1e6 / measured:.0f} µs/event wall, "
                       f"{cpu * 1e6 / measured:.0f} µs/event server CPU", flush=True)
     print(f"\n{measured} events measured per run ({args.batches} batches, {args.order}, "

@@ -83,7 +83,6 @@ SELECT results_eq(
              ('els._registration_fault(jsonb,jsonb,bigint,bigint,text)', false, false),
              ('els._registration_ok(jsonb,jsonb,bigint,bigint,text)', false, false),
              ('els._registration_row(jsonb,jsonb)', false, false),
-             ('els._registrations_share_essays(jsonb)', false, false),
              ('els._reject(text,text,jsonb)', false, false),
              ('els._rejection(text,text,text,text)', false, false),
              ('els._settle_batches(text[])', false, false),

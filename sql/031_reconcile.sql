@@ -29,24 +29,27 @@ BEGIN
     IF v_pending IS NULL THEN
         RETURN '{}'::jsonb;
     END IF;
-    WITH empty_slot AS MATERIALIZED (
-        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+    WITH placed AS MATERIALIZED (
+        -- per batch (LATERAL), its k-th pending content and its k-th empty slot: paired
+        -- across the round's batches at once, a join of every pending row with every
+        -- empty slot
+        SELECT b.batch_id, a.text_storage_id, a.essay_id
           FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
-                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
-    ), pending AS MATERIALIZED (
-        SELECT c.batch_id, c.text_storage_id,
-               row_number() OVER (PARTITION BY c.batch_id ORDER BY c.arrival_seq, c.text_storage_id) AS rn
-          FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.text_storage_id, x.arrival_seq FROM els.essay_content AS x
-                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS c
+         CROSS JOIN LATERAL (
+                SELECT p.text_storage_id, e.essay_id
+                  FROM (SELECT x.text_storage_id,
+                               row_number() OVER (ORDER BY x.arrival_seq, x.text_storage_id) AS rn
+                          FROM els.essay_content AS x
+                         WHERE x.batch_id = b.batch_id AND x.disposition = 'pending') AS p
+                  LEFT JOIN (SELECT x.essay_id, row_number() OVER (ORDER BY x.slot_no) AS rn
+                               FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded') AS e ON e.rn = p.rn) AS a
     ), disposed AS (
         UPDATE els.essay_content AS c
            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
                essay_id = e.essay_id, disposed_at = now()
-          FROM pending AS p
-          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
-         WHERE c.batch_id = p.batch_id AND c.text_storage_id = p.text_storage_id
+          FROM placed AS e
+         WHERE c.batch_id = e.batch_id AND c.text_storage_id = e.text_storage_id
         RETURNING c.*
     ), filled AS (
         UPDATE els.essay_slot AS s
@@ -88,24 +91,25 @@ BEGIN
     IF v_pending IS NULL THEN
         RETURN '{}'::jsonb;
     END IF;
-    WITH empty_slot AS MATERIALIZED (
-        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+    WITH placed AS MATERIALIZED (
+        -- per batch, as for content
+        SELECT b.batch_id, a.file_upload_id, a.essay_id
           FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
-                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
-    ), pending AS MATERIALIZED (
-        SELECT f.batch_id, f.file_upload_id,
-               row_number() OVER (PARTITION BY f.batch_id ORDER BY f.arrival_seq, f.file_upload_id) AS rn
-          FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.file_upload_id, x.arrival_seq FROM els.validation_failure AS x
-                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS f
+         CROSS JOIN LATERAL (
+                SELECT p.file_upload_id, e.essay_id
+                  FROM (SELECT x.file_upload_id,
+                               row_number() OVER (ORDER BY x.arrival_seq, x.file_upload_id) AS rn
+                          FROM els.validation_failure AS x
+                         WHERE x.batch_id = b.batch_id AND x.disposition = 'pending') AS p
+                  LEFT JOIN (SELECT x.essay_id, row_number() OVER (ORDER BY x.slot_no) AS rn
+                               FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded') AS e ON e.rn = p.rn) AS a
     ), disposed AS (
         UPDATE els.validation_failure AS f
            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
                essay_id = e.essay_id, disposed_at = now()
-          FROM pending AS p
-          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
-         WHERE f.batch_id = p.batch_id AND f.file_upload_id = p.file_upload_id
+          FROM placed AS e
+         WHERE f.batch_id = e.batch_id AND f.file_upload_id = e.file_upload_id
         RETURNING f.batch_id, f.essay_id, f.file_upload_id
     ), closed AS (
         UPDATE els.essay_slot AS s

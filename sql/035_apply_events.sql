@@ -54,61 +54,54 @@ AS $fn$
 DECLARE
     v_n integer := coalesce(cardinality(p_kinds), 0);
     v_done jsonb;       -- [{"ord", "done"}]: the events' results, rejections first
-    v_rows jsonb;       -- the checked events, each with its ord, kind and round
-    v_count integer;
-    v_sequential boolean := false;
+    v_count integer;    -- the events that passed their checks
+    v_keys bigint[];    -- their batches' lock keys, ascending
     v_items jsonb[];    -- per round, its content and failures ...
     v_regs jsonb[];     -- ... and its registrations
-    v_row jsonb;
-    v_key bigint;
 BEGIN
     PERFORM els._check_kinds(p_kinds, p_events, p_refused);
     -- 1. every event read and checked (els._read_events: one statement per kind, no table
-    --    touched); its round: 2 x (registrations of its batch before it), + 1 for a
-    --    registration
+    --    touched), and the checked ones grouped in rounds: 2 x (registrations of its batch
+    --    before it), + 1 for a registration; every event its own round when two
+    --    registrations of different batches share an essay id
     WITH r AS MATERIALIZED (
         SELECT r.ord, r.kind, r.fault, r.event_row, r.event_row ->> 'batch_id' AS batch_id
           FROM els._read_events(p_kinds, p_events, (SELECT array_agg(f.result IS NOT NULL)
                                                       FROM unnest(p_refused) AS f(result))) AS r
-    ), rounds AS (
-        SELECT r.*, 2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
+    ), checked AS MATERIALIZED (
+        SELECT r.ord, r.kind, r.batch_id, r.event_row || jsonb_build_object('ord', r.ord, 'kind', r.kind) AS j,
+               2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
                    PARTITION BY r.batch_id ORDER BY r.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
                    + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END AS round
           FROM r WHERE r.fault IS NULL
+    ), sequential AS (
+        SELECT EXISTS (SELECT FROM (SELECT c.batch_id, c.j -> 'essay_ids' AS essay_ids FROM checked AS c
+                                     WHERE c.kind = 'register_batch' OFFSET 0) AS g
+                        CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+                        GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1) AS yes
+    ), rounds AS (
+        SELECT CASE WHEN q.yes THEN c.ord ELSE c.round END AS round,
+               jsonb_agg(c.j ORDER BY c.ord) FILTER (WHERE c.kind <> 'register_batch') AS items,
+               jsonb_agg(c.j ORDER BY c.ord) FILTER (WHERE c.kind = 'register_batch') AS regs
+          FROM checked AS c, sequential AS q
+         GROUP BY 1
     )
     SELECT (SELECT coalesce(jsonb_agg(jsonb_build_object('ord', r.ord, 'done', els._rejection(
                        r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
                        'els._read_events: event ' || r.ord || ' of the micro-batch')) ORDER BY r.ord), '[]')
               FROM r WHERE r.fault IS NOT NULL),
-           jsonb_agg(x.event_row || jsonb_build_object('ord', x.ord, 'kind', x.kind, 'round', x.round)
-                     ORDER BY x.ord),
-           count(*)
-      INTO v_done, v_rows, v_count
-      FROM rounds AS x;
-    -- one event (every per-event call): its lock and its one round, directly
-    IF v_count = 1 THEN
-        v_row := v_rows -> 0;
-        PERFORM els._lock_batch(v_row ->> 'batch_id');
-        v_done := v_done || CASE WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_round(v_rows)
-                                 ELSE els._apply_items(v_rows) END;
-    ELSIF v_count > 1 THEN
-        v_sequential := els._registrations_share_essays(v_rows);
-        -- 2. the locks of every batch, in ascending key order
-        FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
-                       FROM jsonb_array_elements(v_rows) AS r(j) ORDER BY 1 LOOP
-            PERFORM pg_advisory_xact_lock(v_key);
+           (SELECT count(*) FROM checked),
+           (SELECT array_agg(DISTINCT els._batch_lock_key(c.batch_id) ORDER BY els._batch_lock_key(c.batch_id))
+              FROM checked AS c),
+           array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
+      INTO v_done, v_count, v_keys, v_items, v_regs
+      FROM rounds AS g;
+    IF v_count > 0 THEN
+        -- 2. the locks of every batch, in ascending key order (two workers never deadlock)
+        FOR i IN 1 .. cardinality(v_keys) LOOP
+            PERFORM pg_advisory_xact_lock(v_keys[i]);
         END LOOP;
         -- 3. the rounds, in order: a round's content and failures, then its registrations
-        SELECT array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
-          INTO v_items, v_regs
-          FROM (SELECT x.round,
-                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind <> 'register_batch') AS items,
-                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind = 'register_batch') AS regs
-                  FROM (SELECT e.j, (e.j ->> 'ord')::integer AS ord, e.j ->> 'kind' AS kind,
-                               CASE WHEN v_sequential THEN (e.j ->> 'ord')::integer
-                                    ELSE (e.j ->> 'round')::integer END AS round
-                          FROM jsonb_array_elements(v_rows) AS e(j)) AS x
-                 GROUP BY x.round) AS g;
         FOR i IN 1 .. cardinality(v_items) LOOP
             IF v_items[i] IS NOT NULL THEN
                 v_done := v_done || els._apply_items(v_items[i]);
@@ -149,25 +142,6 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
         END IF;
     END IF;
-END
-$fn$;
-
--- Whether two registrations of different batches among p_rows share an essay id: then
--- the order between batches matters (ELC02 for the later one), and _apply_events gives
--- every event its own round.
-CREATE OR REPLACE FUNCTION els._registrations_share_essays(p_rows jsonb)
-RETURNS boolean
-LANGUAGE plpgsql STABLE
-SET plan_cache_mode = force_generic_plan
-AS $fn$
-BEGIN
-    -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
-    RETURN EXISTS (
-        SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
-                       FROM jsonb_array_elements(p_rows) AS r(j)
-                      WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
-         CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
-         GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1);
 END
 $fn$;
 
@@ -264,6 +238,6 @@ COMMENT ON FUNCTION els.apply_events(jsonb) IS
 
 REVOKE ALL ON FUNCTION els._rejection(text, text, text, text),
     els._apply_events(text[], jsonb[], jsonb[]), els._check_kinds(text[], jsonb[], jsonb[]),
-    els._registrations_share_essays(jsonb), els._apply_one(text, jsonb),
+    els._apply_one(text, jsonb),
     els.apply_events(text[], text[]), els.apply_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]), els.apply_events(jsonb) TO els_worker;
