@@ -33,7 +33,7 @@ SELECT results_eq(
              ('els._apply_one(text,jsonb)', false, false),
              ('els._batch_lock_key(text)', false, false),
              ('els._check_delivery_coordinates(bigint[],text[],integer[],bigint[])', false, false),
-             ('els._check_kinds(text[],jsonb[],jsonb[])', false, false),
+             ('els._checked_length(text[],jsonb[],jsonb[])', false, false),
              ('els._close_locked_batch(text,boolean)', false, false),
              ('els._complete_batches(text[],text)', false, false),
              ('els._complete_if_done(text,text)', false, false),

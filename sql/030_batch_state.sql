@@ -140,31 +140,37 @@ RETURN jsonb_build_object(
 -- in slot order): called once its last slot is closed, in the same transaction.
 CREATE OR REPLACE FUNCTION els._completion_spec(p_batch_id text, p_reason text)
 RETURNS jsonb
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT jsonb_build_object(
-        'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
-        'identity', jsonb_build_array(p_batch_id),
-        'correlation_id', t.correlation_id,
-        'data', jsonb_build_object(
-            'batch_id', p_batch_id,
-            'provisioned_count', r.ready_count,
-            'expected_count', t.expected_count,
-            'course_code', t.course_code,
-            'user_id', t.user_id,
-            'class_type', t.class_type,
-            'essays_for_processing', r.ready,
-            'completion_reason', p_reason))
-      FROM els.batch_tracker AS t
-     CROSS JOIN LATERAL (
-        SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
-                                                     'text_storage_id', s.text_storage_id)
-                                  ORDER BY s.slot_no), '[]'::jsonb) AS ready,
-               count(*)::integer AS ready_count
-          FROM els.essay_slot AS s
-         WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing') AS r
-     WHERE t.batch_id = p_batch_id;
-END;
+-- PL/pgSQL: its plan is kept for the session (a SQL function's is made again for every
+-- statement that calls it)
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
+            'identity', jsonb_build_array(p_batch_id),
+            'correlation_id', t.correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', p_batch_id,
+                'provisioned_count', r.ready_count,
+                'expected_count', t.expected_count,
+                'course_code', t.course_code,
+                'user_id', t.user_id,
+                'class_type', t.class_type,
+                'essays_for_processing', r.ready,
+                'completion_reason', p_reason))
+          FROM els.batch_tracker AS t
+         CROSS JOIN LATERAL (
+            SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
+                                                         'text_storage_id', s.text_storage_id)
+                                      ORDER BY s.slot_no), '[]'::jsonb) AS ready,
+                   count(*)::integer AS ready_count
+              FROM els.essay_slot AS s
+             WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing') AS r
+         WHERE t.batch_id = p_batch_id);
+END
+$fn$;
 
 REVOKE ALL ON FUNCTION els._batch_lock_key(text), els._lock_batch(text), els._try_lock_batch(text),
     els._essay_owner_elsewhere(text, text[]), els._essay_owner_detail(text, text, boolean),

@@ -52,14 +52,15 @@ LANGUAGE plpgsql VOLATILE
 SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
-    v_n integer := coalesce(cardinality(p_kinds), 0);
+    -- the checks of the arrays, as an expression (PERFORM would be a statement, which a
+    -- per-event call pays for)
+    v_n integer := els._checked_length(p_kinds, p_events, p_refused);
     v_done jsonb;       -- [{"ord", "done"}]: the events' results, rejections first
     v_count integer;    -- the events that passed their checks
     v_keys bigint[];    -- their batches' lock keys, ascending
     v_items jsonb[];    -- per round, its content and failures ...
     v_regs jsonb[];     -- ... and its registrations
 BEGIN
-    PERFORM els._check_kinds(p_kinds, p_events, p_refused);
     -- 1. every event read and checked (els._read_events: one statement per kind, no table
     --    touched), and the checked ones grouped in rounds: 2 x (registrations of its batch
     --    before it), + 1 for a registration; every event its own round when two
@@ -98,9 +99,7 @@ BEGIN
       FROM rounds AS g;
     IF v_count > 0 THEN
         -- 2. the locks of every batch, in ascending key order (two workers never deadlock)
-        FOR i IN 1 .. cardinality(v_keys) LOOP
-            PERFORM pg_advisory_xact_lock(v_keys[i]);
-        END LOOP;
+        PERFORM pg_advisory_xact_lock(k.key) FROM unnest(v_keys) AS k(key);
         -- 3. the rounds, in order: a round's content and failures, then its registrations
         FOR i IN 1 .. cardinality(v_items) LOOP
             IF v_items[i] IS NOT NULL THEN
@@ -118,10 +117,11 @@ BEGIN
 END
 $fn$;
 
--- Refuses (22023, a caller's bug) kinds and events of different lengths and a kind
--- that is not one of the three, unless that event was refused already.
-CREATE OR REPLACE FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[])
-RETURNS void
+-- The number of events, after refusing (22023, a caller's bug) kinds and events of
+-- different lengths and a kind that is not one of the three, unless that event was
+-- refused already.
+CREATE OR REPLACE FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[])
+RETURNS integer
 LANGUAGE plpgsql STABLE AS $fn$
 DECLARE
     v_unknown text;
@@ -142,21 +142,37 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
         END IF;
     END IF;
+    RETURN coalesce(cardinality(p_kinds), 0);
 END
 $fn$;
 
 -- One event through the core, for the per-event functions of SPEC 3: its result,
--- or its rejection raised with the same SQLSTATE, message and detail.
+-- or its rejection raised with the same SQLSTATE, message and detail. The steps of
+-- _apply_events for one event, without the statements that group a micro-batch in
+-- rounds (a per-event call pays for every statement it runs).
 CREATE OR REPLACE FUNCTION els._apply_one(p_kind text, p_event jsonb)
 RETURNS jsonb
-LANGUAGE plpgsql VOLATILE AS $fn$
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
 DECLARE
-    v_result jsonb := (els._apply_events(ARRAY[p_kind], ARRAY[p_event]))[1];
+    v_read record;
+    v_row jsonb;
+    v_done jsonb;
 BEGIN
-    IF NOT (v_result ->> 'ok')::boolean THEN
-        PERFORM els._reject(v_result ->> 'sqlstate', v_result ->> 'message', v_result -> 'detail');
+    SELECT r.fault, r.event_row INTO v_read
+      FROM els._read_events(ARRAY[p_kind], ARRAY[p_event], NULL) AS r;
+    IF v_read.fault IS NOT NULL THEN
+        PERFORM els._reject(v_read.fault ->> 'sqlstate', v_read.fault ->> 'message', v_read.fault -> 'detail');
     END IF;
-    RETURN v_result -> 'result';
+    v_row := v_read.event_row || jsonb_build_object('ord', 1, 'kind', p_kind);
+    PERFORM els._lock_batch(v_row ->> 'batch_id');
+    v_done := CASE WHEN p_kind = 'register_batch' THEN els._register_round(jsonb_build_array(v_row))
+                   ELSE els._apply_items(jsonb_build_array(v_row)) END -> 0 -> 'done';
+    IF NOT (v_done ->> 'ok')::boolean THEN
+        PERFORM els._reject(v_done ->> 'sqlstate', v_done ->> 'message', v_done -> 'detail');
+    END IF;
+    RETURN v_done -> 'result';
 END
 $fn$;
 
@@ -237,7 +253,7 @@ COMMENT ON FUNCTION els.apply_events(jsonb) IS
     'applied as els.apply_events(text[], text[]) does; one result per event.';
 
 REVOKE ALL ON FUNCTION els._rejection(text, text, text, text),
-    els._apply_events(text[], jsonb[], jsonb[]), els._check_kinds(text[], jsonb[], jsonb[]),
+    els._apply_events(text[], jsonb[], jsonb[]), els._checked_length(text[], jsonb[], jsonb[]),
     els._apply_one(text, jsonb),
     els.apply_events(text[], text[]), els.apply_events(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION els.apply_events(text[], text[]), els.apply_events(jsonb) TO els_worker;
