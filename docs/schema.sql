@@ -54,63 +54,55 @@ CREATE FUNCTION els._apply_events(p_kinds text[], p_events jsonb[], p_refused js
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
-    v_n integer := coalesce(cardinality(p_kinds), 0);
+    -- the checks of the arrays, as an expression (PERFORM would be a statement, which a
+    -- per-event call pays for)
+    v_n integer := els._checked_length(p_kinds, p_events, p_refused);
     v_done jsonb;       -- [{"ord", "done"}]: the events' results, rejections first
-    v_rows jsonb;       -- the checked events, each with its ord, kind and round
-    v_count integer;
-    v_sequential boolean := false;
+    v_count integer;    -- the events that passed their checks
+    v_keys bigint[];    -- their batches' lock keys, ascending
     v_items jsonb[];    -- per round, its content and failures ...
     v_regs jsonb[];     -- ... and its registrations
-    v_row jsonb;
-    v_key bigint;
 BEGIN
-    PERFORM els._check_kinds(p_kinds, p_events, p_refused);
     -- 1. every event read and checked (els._read_events: one statement per kind, no table
-    --    touched); its round: 2 x (registrations of its batch before it), + 1 for a
-    --    registration
+    --    touched), and the checked ones grouped in rounds: 2 x (registrations of its batch
+    --    before it), + 1 for a registration; every event its own round when two
+    --    registrations of different batches share an essay id
     WITH r AS MATERIALIZED (
         SELECT r.ord, r.kind, r.fault, r.event_row, r.event_row ->> 'batch_id' AS batch_id
           FROM els._read_events(p_kinds, p_events, (SELECT array_agg(f.result IS NOT NULL)
                                                       FROM unnest(p_refused) AS f(result))) AS r
-    ), rounds AS (
-        SELECT r.*, 2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
+    ), checked AS MATERIALIZED (
+        SELECT r.ord, r.kind, r.batch_id, r.event_row || jsonb_build_object('ord', r.ord, 'kind', r.kind) AS j,
+               2 * count(*) FILTER (WHERE r.kind = 'register_batch') OVER (
                    PARTITION BY r.batch_id ORDER BY r.ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
                    + CASE WHEN r.kind = 'register_batch' THEN 1 ELSE 0 END AS round
           FROM r WHERE r.fault IS NULL
+    ), sequential AS (
+        SELECT EXISTS (SELECT FROM (SELECT c.batch_id, c.j -> 'essay_ids' AS essay_ids FROM checked AS c
+                                     WHERE c.kind = 'register_batch' OFFSET 0) AS g
+                        CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
+                        GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1) AS yes
+    ), rounds AS (
+        SELECT CASE WHEN q.yes THEN c.ord ELSE c.round END AS round,
+               jsonb_agg(c.j ORDER BY c.ord) FILTER (WHERE c.kind <> 'register_batch') AS items,
+               jsonb_agg(c.j ORDER BY c.ord) FILTER (WHERE c.kind = 'register_batch') AS regs
+          FROM checked AS c, sequential AS q
+         GROUP BY 1
     )
     SELECT (SELECT coalesce(jsonb_agg(jsonb_build_object('ord', r.ord, 'done', els._rejection(
                        r.fault ->> 'sqlstate', r.fault ->> 'message', (r.fault -> 'detail')::text,
                        'els._read_events: event ' || r.ord || ' of the micro-batch')) ORDER BY r.ord), '[]')
               FROM r WHERE r.fault IS NOT NULL),
-           jsonb_agg(x.event_row || jsonb_build_object('ord', x.ord, 'kind', x.kind, 'round', x.round)
-                     ORDER BY x.ord),
-           count(*)
-      INTO v_done, v_rows, v_count
-      FROM rounds AS x;
-    -- one event (every per-event call): its lock and its one round, directly
-    IF v_count = 1 THEN
-        v_row := v_rows -> 0;
-        PERFORM els._lock_batch(v_row ->> 'batch_id');
-        v_done := v_done || CASE WHEN v_row ->> 'kind' = 'register_batch' THEN els._register_round(v_rows)
-                                 ELSE els._apply_items(v_rows) END;
-    ELSIF v_count > 1 THEN
-        v_sequential := els._registrations_share_essays(v_rows);
-        -- 2. the locks of every batch, in ascending key order
-        FOR v_key IN SELECT DISTINCT els._batch_lock_key(r.j ->> 'batch_id')
-                       FROM jsonb_array_elements(v_rows) AS r(j) ORDER BY 1 LOOP
-            PERFORM pg_advisory_xact_lock(v_key);
-        END LOOP;
+           (SELECT count(*) FROM checked),
+           (SELECT array_agg(DISTINCT els._batch_lock_key(c.batch_id) ORDER BY els._batch_lock_key(c.batch_id))
+              FROM checked AS c),
+           array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
+      INTO v_done, v_count, v_keys, v_items, v_regs
+      FROM rounds AS g;
+    IF v_count > 0 THEN
+        -- 2. the locks of every batch, in ascending key order (two workers never deadlock)
+        PERFORM pg_advisory_xact_lock(k.key) FROM unnest(v_keys) AS k(key);
         -- 3. the rounds, in order: a round's content and failures, then its registrations
-        SELECT array_agg(g.items ORDER BY g.round), array_agg(g.regs ORDER BY g.round)
-          INTO v_items, v_regs
-          FROM (SELECT x.round,
-                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind <> 'register_batch') AS items,
-                       jsonb_agg(x.j ORDER BY x.ord) FILTER (WHERE x.kind = 'register_batch') AS regs
-                  FROM (SELECT e.j, (e.j ->> 'ord')::integer AS ord, e.j ->> 'kind' AS kind,
-                               CASE WHEN v_sequential THEN (e.j ->> 'ord')::integer
-                                    ELSE (e.j ->> 'round')::integer END AS round
-                          FROM jsonb_array_elements(v_rows) AS e(j)) AS x
-                 GROUP BY x.round) AS g;
         FOR i IN 1 .. cardinality(v_items) LOOP
             IF v_items[i] IS NOT NULL THEN
                 v_done := v_done || els._apply_items(v_items[i]);
@@ -135,23 +127,32 @@ DECLARE
     v_steps els.item_step[] := els._place_items(els._judge_items(p_items));
     v_content boolean;
     v_failures boolean;
-    v_fills boolean;
     v_purged boolean;
     v_completes boolean;
-    v_events boolean;
+    v_new integer;      -- rows the plan adds to the ledgers ...
+    v_fills integer;    -- ... slots it fills or closes ...
+    v_events integer;   -- ... and outbox rows it writes
 BEGIN
     SELECT coalesce(bool_or(p.kind = 'provision_content' AND NOT p.duplicate), false),
            coalesce(bool_or(p.kind = 'record_validation_failure' AND NOT p.duplicate), false),
-           coalesce(bool_or(p.outcome IN ('assigned', 'recorded')), false),
            coalesce(bool_or(NOT p.duplicate AND p.purged AND NOT p.has_slots), false),
            coalesce(bool_or(p.completing), false),
-           coalesce(bool_or(p.own_event_id IS NOT NULL OR p.completing), false)
-      INTO v_content, v_failures, v_fills, v_purged, v_completes, v_events
+           count(*) FILTER (WHERE NOT p.duplicate),
+           count(*) FILTER (WHERE p.outcome IN ('assigned', 'recorded')),
+           count(p.own_event_id) + count(*) FILTER (WHERE p.completing)
+      INTO v_content, v_failures, v_purged, v_completes, v_new, v_fills, v_events
       FROM unnest(v_steps) AS p;
-    PERFORM els._write_item_rows(v_steps, v_content, v_failures);
-    PERFORM els._write_item_effects(v_steps, v_fills, v_purged, v_completes);
-    IF v_events THEN
-        PERFORM els._write_item_events(v_steps);
+    -- The writes in this order (a slot names its content row, a completion reads the
+    -- slots), as expressions (a PERFORM is a statement of its own, which a per-event call
+    -- pays for), each checked against the plan: under the batches' locks nothing else
+    -- changes these rows, so a difference is a bug, and the round fails whole.
+    v_new := v_new - els._write_item_rows(v_steps, v_content, v_failures);
+    v_fills := v_fills - els._write_item_effects(v_steps, v_fills > 0, v_purged, v_completes);
+    v_events := v_events - CASE WHEN v_events > 0 THEN els._write_item_events(v_steps) ELSE 0 END;
+    IF v_new <> 0 OR v_fills <> 0 OR v_events <> 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = 'a round of content and failures wrote other rows than its plan',
+            DETAIL = format('rows %s, slots %s, events %s more than written', v_new, v_fills, v_events);
     END IF;
     RETURN els._item_results(v_steps);
 END
@@ -159,14 +160,26 @@ $$;
 ALTER FUNCTION els._apply_items(p_items jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._apply_one(p_kind text, p_event jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
-    v_result jsonb := (els._apply_events(ARRAY[p_kind], ARRAY[p_event]))[1];
+    v_read record;
+    v_row jsonb;
+    v_done jsonb;
 BEGIN
-    IF NOT (v_result ->> 'ok')::boolean THEN
-        PERFORM els._reject(v_result ->> 'sqlstate', v_result ->> 'message', v_result -> 'detail');
+    SELECT r.fault, r.event_row INTO v_read
+      FROM els._read_events(ARRAY[p_kind], ARRAY[p_event], NULL) AS r;
+    IF v_read.fault IS NOT NULL THEN
+        PERFORM els._reject(v_read.fault ->> 'sqlstate', v_read.fault ->> 'message', v_read.fault -> 'detail');
     END IF;
-    RETURN v_result -> 'result';
+    v_row := v_read.event_row || jsonb_build_object('ord', 1, 'kind', p_kind);
+    PERFORM els._lock_batch(v_row ->> 'batch_id');
+    v_done := CASE WHEN p_kind = 'register_batch' THEN els._register_round(jsonb_build_array(v_row))
+                   ELSE els._apply_items(jsonb_build_array(v_row)) END -> 0 -> 'done';
+    IF NOT (v_done ->> 'ok')::boolean THEN
+        PERFORM els._reject(v_done ->> 'sqlstate', v_done ->> 'message', v_done -> 'detail');
+    END IF;
+    RETURN v_done -> 'result';
 END
 $$;
 ALTER FUNCTION els._apply_one(p_kind text, p_event jsonb) OWNER TO els_owner;
@@ -197,7 +210,7 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) OWNER TO els_owner;
-CREATE FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) RETURNS void
+CREATE FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[]) RETURNS integer
     LANGUAGE plpgsql STABLE
     AS $$
 DECLARE
@@ -219,9 +232,10 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('unknown event kind %s', v_unknown);
         END IF;
     END IF;
+    RETURN coalesce(cardinality(p_kinds), 0);
 END
 $$;
-ALTER FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
+ALTER FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
 CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -319,70 +333,36 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) OWNER TO els_owner;
-CREATE TABLE els.batch_tracker (
-    batch_id text NOT NULL,
-    expected_count integer NOT NULL,
-    essay_ids text[] NOT NULL,
-    course_code text NOT NULL,
-    user_id text NOT NULL,
-    org_id text,
-    class_id text,
-    class_type text GENERATED ALWAYS AS (
-CASE
-    WHEN (class_id IS NULL) THEN 'GUEST'::text
-    ELSE 'REGULAR'::text
-END) STORED,
-    student_prompt_ref jsonb,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    correlation_id text NOT NULL,
-    registration_event_id text,
-    registered_at timestamp with time zone DEFAULT now() NOT NULL,
-    completed_at timestamp with time zone,
-    completion_reason text,
-    CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
-    CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
-    CONSTRAINT batch_tracker_completion_has_reason CHECK (((completed_at IS NULL) = (completion_reason IS NULL))),
-    CONSTRAINT batch_tracker_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text]))),
-    CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
-    CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
-);
-ALTER TABLE els.batch_tracker OWNER TO els_owner;
-COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
-COMMENT ON COLUMN els.batch_tracker.completion_reason IS 'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, els.close_overdue_batches). NULL while incomplete.';
-CREATE TABLE els.essay_slot (
-    essay_id text NOT NULL,
-    batch_id text NOT NULL,
-    slot_no integer NOT NULL,
-    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
-    text_storage_id text,
-    failed_file_upload_id text,
-    filled_at timestamp with time zone,
-    failure_code text,
-    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
-    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
-    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
-    CONSTRAINT essay_slot_status_matches_filling CHECK (
-CASE status
-    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
-    ELSE NULL::boolean
-END)
-);
-ALTER TABLE els.essay_slot OWNER TO els_owner;
-COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
-COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE FUNCTION els._completion_spec(p_batch_id text, p_reason text) RETURNS jsonb
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT jsonb_build_object('event_type', 'BatchContentProvisioningCompleted', 'key', _completion_spec.p_batch_id, 'identity', jsonb_build_array(_completion_spec.p_batch_id), 'correlation_id', t.correlation_id, 'data', jsonb_build_object('batch_id', _completion_spec.p_batch_id, 'provisioned_count', r.ready_count, 'expected_count', t.expected_count, 'course_code', t.course_code, 'user_id', t.user_id, 'class_type', t.class_type, 'essays_for_processing', r.ready, 'completion_reason', _completion_spec.p_reason)) AS jsonb_build_object
-    FROM (els.batch_tracker t
-      CROSS JOIN LATERAL ( SELECT COALESCE(jsonb_agg(jsonb_build_object('essay_id', s.essay_id, 'text_storage_id', s.text_storage_id) ORDER BY s.slot_no), '[]'::jsonb) AS ready,
-             (count(*))::integer AS ready_count
-            FROM els.essay_slot s
-           WHERE ((s.batch_id = _completion_spec.p_batch_id) AND (s.status = 'ready_for_processing'::els.essay_status))) r)
-   WHERE (t.batch_id = _completion_spec.p_batch_id);
-END;
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_build_object(
+            'event_type', 'BatchContentProvisioningCompleted', 'key', p_batch_id,
+            'identity', jsonb_build_array(p_batch_id),
+            'correlation_id', t.correlation_id,
+            'data', jsonb_build_object(
+                'batch_id', p_batch_id,
+                'provisioned_count', r.ready_count,
+                'expected_count', t.expected_count,
+                'course_code', t.course_code,
+                'user_id', t.user_id,
+                'class_type', t.class_type,
+                'essays_for_processing', r.ready,
+                'completion_reason', p_reason))
+          FROM els.batch_tracker AS t
+         CROSS JOIN LATERAL (
+            SELECT coalesce(jsonb_agg(jsonb_build_object('essay_id', s.essay_id,
+                                                         'text_storage_id', s.text_storage_id)
+                                      ORDER BY s.slot_no), '[]'::jsonb) AS ready,
+                   count(*)::integer AS ready_count
+              FROM els.essay_slot AS s
+             WHERE s.batch_id = p_batch_id AND s.status = 'ready_for_processing') AS r
+         WHERE t.batch_id = p_batch_id);
+END
+$$;
 ALTER FUNCTION els._completion_spec(p_batch_id text, p_reason text) OWNER TO els_owner;
 CREATE FUNCTION els._content_fault(p_event jsonb, p_payload jsonb) RETURNS jsonb
     LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -594,6 +574,29 @@ CREATE TABLE els.batch_tombstone (
 ALTER TABLE els.batch_tombstone OWNER TO els_owner;
 COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
 COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
+CREATE TABLE els.essay_slot (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL,
+    slot_no integer NOT NULL,
+    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
+    text_storage_id text,
+    failed_file_upload_id text,
+    filled_at timestamp with time zone,
+    failure_code text,
+    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
+    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
+    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
+    CONSTRAINT essay_slot_status_matches_filling CHECK (
+CASE status
+    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
+    ELSE NULL::boolean
+END)
+);
+ALTER TABLE els.essay_slot OWNER TO els_owner;
+COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
+COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) RETURNS TABLE(essay_id text, batch_id text, purged boolean)
     LANGUAGE sql STABLE
     BEGIN ATOMIC
@@ -679,15 +682,23 @@ CREATE FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) R
     RETURN CASE WHEN ((p_value IS NULL) OR (jsonb_typeof(p_value) = 'null'::text)) THEN NULL::jsonb WHEN (jsonb_typeof(p_value) <> 'number'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'wrong_type', 'expected', 'integer', 'actual', jsonb_typeof(p_value))) WHEN ((p_value #>> '{}'::text[]) ~ '[.eE]'::text) THEN els._fault('ELV03'::text, format('field %s must be an integer'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'not_an_integer', 'actual', p_value)) WHEN ((((p_value #>> '{}'::text[]))::numeric < p_min) OR (((p_value #>> '{}'::text[]))::numeric > ('9223372036854775807'::bigint)::numeric)) THEN els._fault('ELV03'::text, format('field %s is out of range'::text, p_field), jsonb_build_object('field', p_field, 'reason', 'out_of_range', 'min', p_min, 'actual', p_value)) ELSE NULL::jsonb END;
 ALTER FUNCTION els._integer_fault(p_value jsonb, p_field text, p_min numeric) OWNER TO els_owner;
 CREATE FUNCTION els._item_results(p_steps els.item_step[]) RETURNS jsonb
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT jsonb_agg(jsonb_build_object('ord', p.ord, 'done', jsonb_build_object('ok', true, 'result', jsonb_build_object('batch_id', p.batch_id, 'outcome', p.outcome, 'essay_id', p.result_essay_id, 'complete', p.complete, 'events', to_jsonb(array_remove(ARRAY[p.own_event_id,
-         CASE
-             WHEN (p.completing AND (NOT ((p.kind = 'provision_content'::text) AND (p.outcome = 'excess'::text)))) THEN els._event_id('BatchContentProvisioningCompleted'::text, jsonb_build_array(p.batch_id))
-             ELSE NULL::uuid
-         END], NULL::uuid)))))) AS jsonb_agg
-    FROM unnest(_item_results.p_steps) p(ord, kind, batch_id, item_key, file_upload_id, original_file_name, raw_file_storage_id, file_size_bytes, content_md5_hash, correlation_id, source_event_id, event_timestamp, validation_error_code, validation_error_detail, duplicate, in_ledger, known_essay_id, take_no, new_items, tracked, was_complete, expected_count, has_slots, purged, outcome, slot_essay_id, result_essay_id, completing, complete, announced, own_event_id);
-END;
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_agg(jsonb_build_object('ord', p.ord, 'done', jsonb_build_object('ok', true, 'result',
+                   jsonb_build_object(
+                       'batch_id', p.batch_id, 'outcome', p.outcome, 'essay_id', p.result_essay_id,
+                       'complete', p.complete,
+                       'events', to_jsonb(array_remove(ARRAY[
+                           p.own_event_id,
+                           CASE WHEN p.completing AND NOT (p.kind = 'provision_content' AND p.outcome = 'excess')
+                                THEN els._event_id('BatchContentProvisioningCompleted', jsonb_build_array(p.batch_id))
+                           END], NULL))))))
+          FROM unnest(p_steps) AS p);
+END
+$$;
 ALTER FUNCTION els._item_results(p_steps els.item_step[]) OWNER TO els_owner;
 CREATE FUNCTION els._judge_items(p_items jsonb) RETURNS els.item_step[]
     LANGUAGE plpgsql STABLE
@@ -984,24 +995,27 @@ BEGIN
     IF v_pending IS NULL THEN
         RETURN '{}'::jsonb;
     END IF;
-    WITH empty_slot AS MATERIALIZED (
-        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+    WITH placed AS MATERIALIZED (
+        -- per batch (LATERAL), its k-th pending content and its k-th empty slot: paired
+        -- across the round's batches at once, a join of every pending row with every
+        -- empty slot
+        SELECT b.batch_id, a.text_storage_id, a.essay_id
           FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
-                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
-    ), pending AS MATERIALIZED (
-        SELECT c.batch_id, c.text_storage_id,
-               row_number() OVER (PARTITION BY c.batch_id ORDER BY c.arrival_seq, c.text_storage_id) AS rn
-          FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.text_storage_id, x.arrival_seq FROM els.essay_content AS x
-                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS c
+         CROSS JOIN LATERAL (
+                SELECT p.text_storage_id, e.essay_id
+                  FROM (SELECT x.text_storage_id,
+                               row_number() OVER (ORDER BY x.arrival_seq, x.text_storage_id) AS rn
+                          FROM els.essay_content AS x
+                         WHERE x.batch_id = b.batch_id AND x.disposition = 'pending') AS p
+                  LEFT JOIN (SELECT x.essay_id, row_number() OVER (ORDER BY x.slot_no) AS rn
+                               FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded') AS e ON e.rn = p.rn) AS a
     ), disposed AS (
         UPDATE els.essay_content AS c
            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
                essay_id = e.essay_id, disposed_at = now()
-          FROM pending AS p
-          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
-         WHERE c.batch_id = p.batch_id AND c.text_storage_id = p.text_storage_id
+          FROM placed AS e
+         WHERE c.batch_id = e.batch_id AND c.text_storage_id = e.text_storage_id
         RETURNING c.*
     ), filled AS (
         UPDATE els.essay_slot AS s
@@ -1040,24 +1054,25 @@ BEGIN
     IF v_pending IS NULL THEN
         RETURN '{}'::jsonb;
     END IF;
-    WITH empty_slot AS MATERIALIZED (
-        SELECT s.batch_id, s.essay_id, row_number() OVER (PARTITION BY s.batch_id ORDER BY s.slot_no) AS rn
+    WITH placed AS MATERIALIZED (
+        -- per batch, as for content
+        SELECT b.batch_id, a.file_upload_id, a.essay_id
           FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.essay_id, x.slot_no FROM els.essay_slot AS x
-                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded' OFFSET 0) AS s
-    ), pending AS MATERIALIZED (
-        SELECT f.batch_id, f.file_upload_id,
-               row_number() OVER (PARTITION BY f.batch_id ORDER BY f.arrival_seq, f.file_upload_id) AS rn
-          FROM unnest(v_pending) AS b(batch_id)
-         CROSS JOIN LATERAL (SELECT x.batch_id, x.file_upload_id, x.arrival_seq FROM els.validation_failure AS x
-                              WHERE x.batch_id = b.batch_id AND x.disposition = 'pending' OFFSET 0) AS f
+         CROSS JOIN LATERAL (
+                SELECT p.file_upload_id, e.essay_id
+                  FROM (SELECT x.file_upload_id,
+                               row_number() OVER (ORDER BY x.arrival_seq, x.file_upload_id) AS rn
+                          FROM els.validation_failure AS x
+                         WHERE x.batch_id = b.batch_id AND x.disposition = 'pending') AS p
+                  LEFT JOIN (SELECT x.essay_id, row_number() OVER (ORDER BY x.slot_no) AS rn
+                               FROM els.essay_slot AS x
+                              WHERE x.batch_id = b.batch_id AND x.status = 'uploaded') AS e ON e.rn = p.rn) AS a
     ), disposed AS (
         UPDATE els.validation_failure AS f
            SET disposition = CASE WHEN e.essay_id IS NULL THEN 'excess' ELSE 'assigned' END::els.item_disposition,
                essay_id = e.essay_id, disposed_at = now()
-          FROM pending AS p
-          LEFT JOIN empty_slot AS e ON e.batch_id = p.batch_id AND e.rn = p.rn
-         WHERE f.batch_id = p.batch_id AND f.file_upload_id = p.file_upload_id
+          FROM placed AS e
+         WHERE f.batch_id = e.batch_id AND f.file_upload_id = e.file_upload_id
         RETURNING f.batch_id, f.essay_id, f.file_upload_id
     ), closed AS (
         UPDATE els.essay_slot AS s
@@ -1203,21 +1218,6 @@ CREATE FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) RETURNS js
     LANGUAGE sql PARALLEL SAFE
     RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'expected_count', ((p_payload ->> 'expected_essay_count'::text))::integer, 'essay_ids', (p_payload -> 'essay_ids'::text), 'course_code', (p_payload ->> 'course_code'::text), 'user_id', (p_payload ->> 'user_id'::text), 'org_id', (p_payload ->> 'org_id'::text), 'class_id', (p_payload ->> 'class_id'::text), 'student_prompt_ref', NULLIF((p_payload -> 'student_prompt_ref'::text), 'null'::jsonb), 'metadata', COALESCE(NULLIF((p_payload -> 'metadata'::text), 'null'::jsonb), '{}'::jsonb), 'correlation_id', els._correlation_id(p_event, p_payload), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
 ALTER FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) OWNER TO els_owner;
-CREATE FUNCTION els._registrations_share_essays(p_rows jsonb) RETURNS boolean
-    LANGUAGE plpgsql STABLE
-    SET plan_cache_mode TO 'force_generic_plan'
-    AS $$
-BEGIN
-    -- each registration's batch id and essay ids read once (OFFSET 0: not per essay)
-    RETURN EXISTS (
-        SELECT FROM (SELECT r.j ->> 'batch_id' AS batch_id, r.j -> 'essay_ids' AS essay_ids
-                       FROM jsonb_array_elements(p_rows) AS r(j)
-                      WHERE r.j ->> 'kind' = 'register_batch' OFFSET 0) AS g
-         CROSS JOIN LATERAL jsonb_array_elements_text(g.essay_ids) AS e(id)
-         GROUP BY e.id HAVING count(DISTINCT g.batch_id) > 1);
-END
-$$;
-ALTER FUNCTION els._registrations_share_essays(p_rows jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) RETURNS void
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1288,10 +1288,12 @@ CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
  SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
-CREATE FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) RETURNS void
+CREATE FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) RETURNS integer
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
+DECLARE
+    v_slots integer := 0;
 BEGIN
     IF p_fills THEN
         UPDATE els.essay_slot AS s
@@ -1302,6 +1304,7 @@ BEGIN
                filled_at = now()
           FROM unnest(p_steps) AS p
          WHERE p.outcome IN ('assigned', 'recorded') AND s.essay_id = p.slot_essay_id;
+        GET DIAGNOSTICS v_slots = ROW_COUNT;
     END IF;
     IF p_purged THEN
         UPDATE els.batch_tombstone AS b SET last_late_item_at = now()
@@ -1312,13 +1315,16 @@ BEGIN
         UPDATE els.batch_tracker AS t SET completed_at = now(), completion_reason = 'all_slots_closed'
          WHERE t.batch_id IN (SELECT p.batch_id FROM unnest(p_steps) AS p WHERE p.completing);
     END IF;
+    RETURN v_slots;
 END
 $$;
 ALTER FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) OWNER TO els_owner;
-CREATE FUNCTION els._write_item_events(p_steps els.item_step[]) RETURNS void
+CREATE FUNCTION els._write_item_events(p_steps els.item_step[]) RETURNS integer
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
+DECLARE
+    v_rows integer;
 BEGIN
     INSERT INTO els.event_outbox (event_id, event_type, topic, message_key, envelope)
     SELECT x.event_id, x.spec ->> 'event_type', els.output_topic(x.spec ->> 'event_type'),
@@ -1339,13 +1345,18 @@ BEGIN
               FROM unnest(p_steps) AS p
              WHERE p.completing) AS x
      ORDER BY x.ord, x.sub;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    RETURN v_rows;
 END
 $$;
 ALTER FUNCTION els._write_item_events(p_steps els.item_step[]) OWNER TO els_owner;
-CREATE FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) RETURNS void
+CREATE FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) RETURNS integer
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
+DECLARE
+    v_content integer := 0;
+    v_failures integer := 0;
 BEGIN
     IF p_content THEN
         INSERT INTO els.essay_content (
@@ -1359,6 +1370,7 @@ BEGIN
           FROM unnest(p_steps) AS p
          WHERE p.kind = 'provision_content' AND NOT p.duplicate
          ORDER BY p.ord;
+        GET DIAGNOSTICS v_content = ROW_COUNT;
     END IF;
     IF p_failures THEN
         INSERT INTO els.validation_failure (
@@ -1374,7 +1386,9 @@ BEGIN
           FROM unnest(p_steps) AS p
          WHERE p.kind = 'record_validation_failure' AND NOT p.duplicate
          ORDER BY p.ord;
+        GET DIAGNOSTICS v_failures = ROW_COUNT;
     END IF;
+    RETURN v_content + v_failures;
 END
 $$;
 ALTER FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) OWNER TO els_owner;
@@ -1481,6 +1495,36 @@ END
 $$;
 ALTER FUNCTION els.apply_events(kinds text[], events text[]) OWNER TO els_owner;
 COMMENT ON FUNCTION els.apply_events(kinds text[], events text[]) IS 'A micro-batch of input events in arrival order (kinds[i]: register_batch, provision_content or record_validation_failure) applied set-based by the same core as the per-event functions; one result per event: {ok: true, result} or {ok: false, sqlstate, message, detail}. Rejected events change nothing; the others are applied.';
+CREATE TABLE els.batch_tracker (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text GENERATED ALWAYS AS (
+CASE
+    WHEN (class_id IS NULL) THEN 'GUEST'::text
+    ELSE 'REGULAR'::text
+END) STORED,
+    student_prompt_ref jsonb,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    correlation_id text NOT NULL,
+    registration_event_id text,
+    registered_at timestamp with time zone DEFAULT now() NOT NULL,
+    completed_at timestamp with time zone,
+    completion_reason text,
+    CONSTRAINT batch_tracker_batch_id_check CHECK (((length(batch_id) >= 1) AND (length(batch_id) <= 255))),
+    CONSTRAINT batch_tracker_check CHECK ((cardinality(essay_ids) = expected_count)),
+    CONSTRAINT batch_tracker_completion_has_reason CHECK (((completed_at IS NULL) = (completion_reason IS NULL))),
+    CONSTRAINT batch_tracker_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text]))),
+    CONSTRAINT batch_tracker_course_code_check CHECK ((course_code = ANY (ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]))),
+    CONSTRAINT batch_tracker_expected_count_check CHECK (((expected_count >= 1) AND (expected_count <= 10000)))
+);
+ALTER TABLE els.batch_tracker OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tracker IS 'One row per registered batch: its identity (batch id, ordered essay ids, count, course, user, org, class) and when it completed.';
+COMMENT ON COLUMN els.batch_tracker.completion_reason IS 'Why the batch completed: all_slots_closed (its last item) or deadline (els.close_batch, els.close_overdue_batches). NULL while incomplete.';
 CREATE FUNCTION els.batch_health(stuck_after interval) RETURNS jsonb
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2147,12 +2191,10 @@ REVOKE ALL ON FUNCTION els._apply_items(p_items jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._apply_one(p_kind text, p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._batch_lock_key(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._check_kinds(p_kinds text[], p_events jsonb[], p_refused jsonb[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_batches(p_batch_ids text[], p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
-GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
-GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 REVOKE ALL ON FUNCTION els._completion_spec(p_batch_id text, p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._content_fault(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_ok(p_value jsonb, p_max integer) FROM PUBLIC;
@@ -2179,6 +2221,7 @@ REVOKE ALL ON FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_
 REVOKE ALL ON FUNCTION els._essay_id_items(p_essay_ids jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) FROM PUBLIC;
 GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
+GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 REVOKE ALL ON FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_worker;
@@ -2214,7 +2257,6 @@ REVOKE ALL ON FUNCTION els._register_set(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
-REVOKE ALL ON FUNCTION els._registrations_share_essays(p_rows jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._settle_batches(p_batch_ids text[]) FROM PUBLIC;
@@ -2230,6 +2272,7 @@ REVOKE ALL ON FUNCTION els.apply_events(events jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(events jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.apply_events(kinds text[], events text[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.apply_events(kinds text[], events text[]) TO els_worker;
+GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_worker;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_readonly;

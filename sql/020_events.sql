@@ -12,7 +12,7 @@
 -- set to 3 and the variant bits to 10. Written as one expression (no subquery)
 -- so that the planner inlines it into the statement that calls it: a SQL
 -- function with a subquery is run through the function executor on every call,
--- which cost ~40 µs per emitted event; inlined it costs ~1 µs (docs/BENCHMARKS.md).
+-- which costs far more per emitted event than the inlined expression (docs/BENCHMARKS.md).
 CREATE OR REPLACE FUNCTION els._event_digest(p_event_type text, p_identity jsonb)
 RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE

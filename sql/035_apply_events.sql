@@ -7,7 +7,7 @@
 -- through els._apply_events:
 --
 -- 1. every event is read and checked, by one statement per kind of event
---    (els._read_events, 010_validation.sql: no table is touched); a rejected event gets its error
+--    (els._read_events, 013_read_events.sql: no table is touched); a rejected event gets its error
 --    (SQLSTATE, message, JSON detail) as its result and changes nothing;
 -- 2. the advisory locks of all the batches of the micro-batch are taken at once,
 --    in ascending key order, so that two workers can never deadlock on them;
@@ -225,8 +225,8 @@ COMMENT ON FUNCTION els.apply_events(text[], text[]) IS
 
 -- els.apply_events(events): the same micro-batch as one JSON array of
 -- {"kind", "event"} in arrival order (kind as kinds[i] above, event the value as
--- JSON). The worker's usual form: one jsonb parameter costs the client ~2 µs per
--- event where a text[] of 500 values costs ~65 µs per element to send; when
+-- JSON). The worker's usual form: one jsonb parameter costs the client far less to
+-- send than a text[] of 500 values (docs/BENCHMARKS.md); when
 -- PostgreSQL refuses the array (one value it cannot take as jsonb), the worker sends
 -- the text[] form, which reports that value alone.
 CREATE OR REPLACE FUNCTION els.apply_events(events jsonb)

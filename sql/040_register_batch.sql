@@ -15,7 +15,7 @@
 
 -- The rules are applied by els._apply_events (035_apply_events.sql), the one
 -- implementation shared with els.apply_events: a registration is read and checked
--- with its micro-batch (els._read_events, 010_validation.sql, before any lock), then
+-- with its micro-batch (els._read_events, 013_read_events.sql, before any lock), then
 -- applied under its batch's lock with the other registrations of its round
 -- (els._register_round, 045_register_round.sql). els.register_batch is a call of that
 -- core with one event.
