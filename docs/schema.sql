@@ -1129,44 +1129,22 @@ ALTER FUNCTION els._register_round(p_regs jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._register_set(p_regs jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
-    AS $$
+    AS $_$
 DECLARE
     v_judged jsonb := els._judge_registrations(p_regs);
-    v_created jsonb := els._write_registrations(p_regs, v_judged);
+    v_created jsonb := '{}'::jsonb;
     v_batches text[];
-    v_settled jsonb;
 BEGIN
-    SELECT array_agg(j.batch_id ORDER BY j.ord) INTO v_batches
-      FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text)
-     WHERE v_created ? j.batch_id;
-    -- {batch_id: {content_assigned, failures_applied, excess, complete, events}}
-    v_settled := CASE WHEN v_batches IS NULL THEN '{}'::jsonb ELSE els._settle_batches(v_batches) END;
-    RETURN (
-        SELECT jsonb_agg(jsonb_build_object('ord', j.ord, 'done', CASE
-                   WHEN j.outcome = 'conflict' THEN els._rejection(
-                       'ELC01', 'batch already registered with a different identity',
-                       (jsonb_build_object('field', j.conflict, 'reason', 'identity_conflict',
-                                           'batch_id', j.batch_id)
-                        || CASE WHEN j.purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END)::text,
-                       'els._register_set: event ' || j.ord || ' of the micro-batch')
-                   ELSE jsonb_build_object('ok', true, 'result', jsonb_build_object(
-                       'batch_id', j.batch_id,
-                       'outcome', j.outcome,
-                       'class_type', j.class_type,
-                       'expected_count', j.expected_count,
-                       'slots_created', coalesce((v_created ->> j.batch_id)::integer, 0),
-                       'content_assigned', coalesce((s.v ->> 'content_assigned')::integer, 0),
-                       'failures_applied', coalesce((s.v ->> 'failures_applied')::integer, 0),
-                       'excess', coalesce((s.v ->> 'excess')::integer, 0),
-                       'complete', coalesce((s.v ->> 'complete')::boolean, j.complete, false),
-                       'events', coalesce(s.v -> 'events', '[]'::jsonb)))
-               END) ORDER BY j.ord)
-          FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text, outcome text, conflict text,
-                                                 purged boolean, class_type text, expected_count integer,
-                                                 complete boolean)
-          LEFT JOIN LATERAL (SELECT v_settled -> j.batch_id AS v) AS s ON true);
+    IF jsonb_path_exists(v_judged, '$[*] ? (@.outcome == "registered" || @.outcome == "repaired")') THEN
+        v_created := els._write_registrations(p_regs, v_judged);
+        SELECT array_agg(j.batch_id ORDER BY j.ord) INTO v_batches
+          FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text)
+         WHERE v_created ? j.batch_id;
+    END IF;
+    RETURN els._registration_results(
+        v_judged, v_created, CASE WHEN v_batches IS NULL THEN '{}'::jsonb ELSE els._settle_batches(v_batches) END);
 END
-$$;
+$_$;
 ALTER FUNCTION els._register_set(p_regs jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) RETURNS jsonb
     LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -1214,6 +1192,38 @@ CREATE FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord b
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN CASE WHEN (els._envelope_ok(p_event, 'huleedu.batch.essays.registered.v1'::text, 'batch.essays.registered'::text) AND els._present((p_payload -> 'entity_id'::text)) AND els._text_ok((p_payload -> 'entity_id'::text)) AND (jsonb_typeof((p_payload -> 'expected_essay_count'::text)) = 'number'::text) AND els._integer_ok((p_payload -> 'expected_essay_count'::text), (1)::numeric) AND (jsonb_typeof((p_payload -> 'essay_ids'::text)) = 'array'::text) AND (p_bad_ord IS NULL) AND els._present((p_payload -> 'course_code'::text)) AND els._enum_ok((p_payload -> 'course_code'::text), ARRAY['ENG5'::text, 'ENG6'::text, 'ENG7'::text, 'SV1'::text, 'SV2'::text, 'SV3'::text]) AND els._present((p_payload -> 'user_id'::text)) AND els._text_ok((p_payload -> 'user_id'::text)) AND els._text_ok((p_payload -> 'org_id'::text)) AND els._text_ok((p_payload -> 'class_id'::text)) AND els._object_ok((p_payload -> 'student_prompt_ref'::text)) AND els._object_ok((p_payload -> 'metadata'::text)) AND els._text_ok((p_payload -> 'correlation_id'::text))) THEN (((p_item_count)::numeric = ((p_payload ->> 'expected_essay_count'::text))::numeric) AND (p_duplicate_id IS NULL) AND (((p_payload ->> 'expected_essay_count'::text))::numeric <= (10000)::numeric)) ELSE false END;
 ALTER FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) OWNER TO els_owner;
+CREATE FUNCTION els._registration_results(p_judged jsonb, p_created jsonb, p_settled jsonb) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN (
+        SELECT jsonb_agg(jsonb_build_object('ord', j.ord, 'done', CASE
+                   WHEN j.outcome = 'conflict' THEN els._rejection(
+                       'ELC01', 'batch already registered with a different identity',
+                       (jsonb_build_object('field', j.conflict, 'reason', 'identity_conflict',
+                                           'batch_id', j.batch_id)
+                        || CASE WHEN j.purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END)::text,
+                       'els._register_set: event ' || j.ord || ' of the micro-batch')
+                   ELSE jsonb_build_object('ok', true, 'result', jsonb_build_object(
+                       'batch_id', j.batch_id,
+                       'outcome', j.outcome,
+                       'class_type', j.class_type,
+                       'expected_count', j.expected_count,
+                       'slots_created', coalesce((p_created ->> j.batch_id)::integer, 0),
+                       'content_assigned', coalesce((s.v ->> 'content_assigned')::integer, 0),
+                       'failures_applied', coalesce((s.v ->> 'failures_applied')::integer, 0),
+                       'excess', coalesce((s.v ->> 'excess')::integer, 0),
+                       'complete', coalesce((s.v ->> 'complete')::boolean, j.complete, false),
+                       'events', coalesce(s.v -> 'events', '[]'::jsonb)))
+               END) ORDER BY j.ord)
+          FROM jsonb_to_recordset(p_judged) AS j(ord integer, batch_id text, outcome text, conflict text,
+                                                 purged boolean, class_type text, expected_count integer,
+                                                 complete boolean)
+          LEFT JOIN LATERAL (SELECT p_settled -> j.batch_id AS v) AS s ON true);
+END
+$$;
+ALTER FUNCTION els._registration_results(p_judged jsonb, p_created jsonb, p_settled jsonb) OWNER TO els_owner;
 CREATE FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) RETURNS jsonb
     LANGUAGE sql PARALLEL SAFE
     RETURN jsonb_build_object('batch_id', (p_payload ->> 'entity_id'::text), 'expected_count', ((p_payload ->> 'expected_essay_count'::text))::integer, 'essay_ids', (p_payload -> 'essay_ids'::text), 'course_code', (p_payload ->> 'course_code'::text), 'user_id', (p_payload ->> 'user_id'::text), 'org_id', (p_payload ->> 'org_id'::text), 'class_id', (p_payload ->> 'class_id'::text), 'student_prompt_ref', NULLIF((p_payload -> 'student_prompt_ref'::text), 'null'::jsonb), 'metadata', COALESCE(NULLIF((p_payload -> 'metadata'::text), 'null'::jsonb), '{}'::jsonb), 'correlation_id', els._correlation_id(p_event, p_payload), 'source_event_id', CASE WHEN (p_event ? 'data'::text) THEN (p_event ->> 'event_id'::text) ELSE NULL::text END);
@@ -2256,6 +2266,7 @@ REVOKE ALL ON FUNCTION els._register_round(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._register_set(p_regs jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_fault(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_ok(p_event jsonb, p_payload jsonb, p_bad_ord bigint, p_item_count bigint, p_duplicate_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._registration_results(p_judged jsonb, p_created jsonb, p_settled jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;

@@ -82,6 +82,7 @@ SELECT results_eq(
              ('els._register_set(jsonb)', false, false),
              ('els._registration_fault(jsonb,jsonb,bigint,bigint,text)', false, false),
              ('els._registration_ok(jsonb,jsonb,bigint,bigint,text)', false, false),
+             ('els._registration_results(jsonb,jsonb,jsonb)', false, false),
              ('els._registration_row(jsonb,jsonb)', false, false),
              ('els._reject(text,text,jsonb)', false, false),
              ('els._rejection(text,text,text,text)', false, false),

@@ -132,7 +132,8 @@ END
 $fn$;
 
 -- The round: verdicts, writes, reconciliation, completion and outbox rows, and each
--- registration's result as register_batch returns it: [{ord, done}].
+-- registration's result as register_batch returns it: [{ord, done}]. A round with
+-- nothing to write (duplicates, conflicts) writes nothing and runs no write statement.
 CREATE OR REPLACE FUNCTION els._register_set(p_regs jsonb)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE
@@ -140,15 +141,29 @@ SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
     v_judged jsonb := els._judge_registrations(p_regs);
-    v_created jsonb := els._write_registrations(p_regs, v_judged);
+    v_created jsonb := '{}'::jsonb;
     v_batches text[];
-    v_settled jsonb;
 BEGIN
-    SELECT array_agg(j.batch_id ORDER BY j.ord) INTO v_batches
-      FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text)
-     WHERE v_created ? j.batch_id;
-    -- {batch_id: {content_assigned, failures_applied, excess, complete, events}}
-    v_settled := CASE WHEN v_batches IS NULL THEN '{}'::jsonb ELSE els._settle_batches(v_batches) END;
+    IF jsonb_path_exists(v_judged, '$[*] ? (@.outcome == "registered" || @.outcome == "repaired")') THEN
+        v_created := els._write_registrations(p_regs, v_judged);
+        SELECT array_agg(j.batch_id ORDER BY j.ord) INTO v_batches
+          FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text)
+         WHERE v_created ? j.batch_id;
+    END IF;
+    RETURN els._registration_results(
+        v_judged, v_created, CASE WHEN v_batches IS NULL THEN '{}'::jsonb ELSE els._settle_batches(v_batches) END);
+END
+$fn$;
+
+-- Each registration's result from its verdict (_judge_registrations), the slots created
+-- per batch and what settling the batches did ({batch_id: {content_assigned,
+-- failures_applied, excess, complete, events}}): [{ord, done}].
+CREATE OR REPLACE FUNCTION els._registration_results(p_judged jsonb, p_created jsonb, p_settled jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql STABLE
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+BEGIN
     RETURN (
         SELECT jsonb_agg(jsonb_build_object('ord', j.ord, 'done', CASE
                    WHEN j.outcome = 'conflict' THEN els._rejection(
@@ -162,17 +177,17 @@ BEGIN
                        'outcome', j.outcome,
                        'class_type', j.class_type,
                        'expected_count', j.expected_count,
-                       'slots_created', coalesce((v_created ->> j.batch_id)::integer, 0),
+                       'slots_created', coalesce((p_created ->> j.batch_id)::integer, 0),
                        'content_assigned', coalesce((s.v ->> 'content_assigned')::integer, 0),
                        'failures_applied', coalesce((s.v ->> 'failures_applied')::integer, 0),
                        'excess', coalesce((s.v ->> 'excess')::integer, 0),
                        'complete', coalesce((s.v ->> 'complete')::boolean, j.complete, false),
                        'events', coalesce(s.v -> 'events', '[]'::jsonb)))
                END) ORDER BY j.ord)
-          FROM jsonb_to_recordset(v_judged) AS j(ord integer, batch_id text, outcome text, conflict text,
+          FROM jsonb_to_recordset(p_judged) AS j(ord integer, batch_id text, outcome text, conflict text,
                                                  purged boolean, class_type text, expected_count integer,
                                                  complete boolean)
-          LEFT JOIN LATERAL (SELECT v_settled -> j.batch_id AS v) AS s ON true);
+          LEFT JOIN LATERAL (SELECT p_settled -> j.batch_id AS v) AS s ON true);
 END
 $fn$;
 
@@ -221,4 +236,5 @@ END
 $fn$;
 
 REVOKE ALL ON FUNCTION els._judge_registrations(jsonb), els._write_registrations(jsonb, jsonb),
+    els._registration_results(jsonb, jsonb, jsonb),
     els._register_set(jsonb), els._register_alone(jsonb), els._register_round(jsonb) FROM PUBLIC;
