@@ -1092,14 +1092,13 @@ CREATE FUNCTION els._register_alone(p_reg jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_batch_id text := p_reg ->> 'batch_id';
-    v_essay_ids text[] := ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'));
     v_owner record;
 BEGIN
     RETURN els._register_set(jsonb_build_array(p_reg)) -> 0;
 EXCEPTION WHEN unique_violation OR SQLSTATE 'ELC02' THEN
     SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
-      FROM els._essay_owner_elsewhere(v_batch_id, v_essay_ids) AS o;
+      FROM els._essay_owner_elsewhere(p_reg ->> 'batch_id',
+                                      ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'))) AS o;
     IF NOT FOUND THEN
         RAISE;
     END IF;
@@ -1430,8 +1429,12 @@ BEGIN
         SELECT e.id, t.batch_id, e.ord
           FROM todo AS t
          CROSS JOIN LATERAL jsonb_array_elements_text(t.essay_ids) WITH ORDINALITY AS e(id, ord)
-         WHERE t.outcome = 'registered'
-            OR NOT EXISTS (SELECT FROM els.essay_slot AS s WHERE s.essay_id = e.id AND s.batch_id = t.batch_id)
+         -- a repaired batch's existing slots: a probe each (LIMIT 1), never a hashed
+         -- subplan of every slot of the table, which an OR NOT EXISTS became
+          LEFT JOIN LATERAL (SELECT s.essay_id FROM els.essay_slot AS s
+                              WHERE t.outcome = 'repaired' AND s.essay_id = e.id AND s.batch_id = t.batch_id
+                              LIMIT 1) AS x ON true
+         WHERE x.essay_id IS NULL
          ORDER BY e.id
         RETURNING essay_slot.batch_id
     )
