@@ -13,6 +13,7 @@
 * ``dead_letters``  writing dead letters (and stand-ins for oversize ones)
 * ``relay``         the outbox relay thread
 * ``consumer``      the consume loop: rebalances, offsets, shutdown
+* ``watchdog``      the partition stall watchdog: a partition librdkafka stopped fetching
 * ``maintenance``   deadlines, retention and batch gauges on a schedule, one worker at a time
 * ``audit``         proof of delivery: published outbox rows read back from Kafka (worker.py audit)
 * ``observability`` JSON logs and Prometheus metrics

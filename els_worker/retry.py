@@ -1,7 +1,8 @@
-"""Backoff and the one retry helper: every loop that waits for a fault to pass
-(the micro-batch, the relay, dead-letter delivery, the maintenance loop) waits here,
-so the policy (capped exponential backoff with jitter, counted, logged, interruptible
-by shutdown) changes in one place."""
+"""Backoff and the one retry helper: every loop that waits for a fault to pass (the
+micro-batch, the relay, dead-letter delivery, the systemic-fault backoff of the consume
+loop) waits here, so the policy (capped exponential backoff with jitter, counted,
+logged, interruptible by shutdown) changes in one place. The maintenance loop retries
+nothing: a task that fails is logged and counted, and runs again in its next round."""
 
 from __future__ import annotations
 

@@ -119,7 +119,7 @@ class BatchModel:
         return self.failure(key)
 
     def summary(self) -> dict[str, Any]:
-        """The same shape as tests.invariants.batch_state's summary."""
+        """The same shape as testkit.invariants.batch_state's summary."""
         filled = sum(1 for s in self.slots if s is not None and s[0] == "content")
         timed_out = sum(1 for s in self.slots if s is not None and s[0] == "timeout")
         failed = sum(1 for s in self.slots if s is not None and s[0] == "failure") + timed_out
