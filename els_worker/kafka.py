@@ -79,7 +79,7 @@ def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:
 
 
 def produce(
-    p: Producer, topic: str, key: bytes | None, value: bytes | None, headers: Headers,
+    p: Producer, topic: str, key: str | bytes | None, value: str | bytes | None, headers: Headers,
     on_delivery: DeliveryCallback,
 ) -> KafkaError | None:
     """Queues one message, waiting while the local queue is full. Returns the error when

@@ -5,7 +5,7 @@ the worker never rejects what PostgreSQL accepts (huge integers, deep nesting)."
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -40,7 +40,7 @@ class Item:
     sqlstate: str | None = None
     error_message: str = ""
     error_detail: str = ""
-    diagnostics: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] | None = None
 
     @property
     def correlation_id(self) -> str | None:
@@ -72,7 +72,7 @@ class Item:
         self.sqlstate = sqlstate
         self.error_message = " ".join(message.split())  # one line
         self.error_detail = detail
-        self.diagnostics = diagnostics or {}
+        self.diagnostics = diagnostics
 
     def kill_from_exception(self, exc: BaseException, rule: Rule) -> None:
         diag = pg_diagnostics(exc)
@@ -107,7 +107,7 @@ class Item:
         self.sqlstate = None
         self.error_message = ""
         self.error_detail = ""
-        self.diagnostics = {}
+        self.diagnostics = None
         self.attempts = max(0, self.attempts - 1)
 
     def apply_result(self, res: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,6 +38,21 @@ _JSON_HANDLER: logging.StreamHandler[Any] | None = None  # the one setup_logging
 _ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
+def json_text(value: Any) -> str:
+    """``value`` as the log's encoder writes it, without the encoder for the scalars of
+    a per-event line (it costs more than the line's own work there)."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    return _ENCODE(value)
+
+
 def setup_logging(level: str) -> None:
     global _JSON_HANDLER
     handler = logging.StreamHandler(sys.stderr)
@@ -52,22 +68,36 @@ def log(level: int, msg: str, /, **fields: Any) -> None:
         LOG.log(level, msg, extra={"fields": fields})
 
 
-def log_lines(entries: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
+Fields = dict[str, Any] | str
+
+
+def log_lines(entries: Sequence[tuple[int, str, Fields]]) -> None:
     """Many log lines at once (the per-event lines of a micro-batch): the same JSON
     objects as ``log`` writes, one ``ts`` for all, formatted without a ``LogRecord``
-    each and written with one ``write``. Falls back to ``log`` when logging is not set
-    up by ``setup_logging`` (e.g. inside pytest)."""
+    each and written with one ``write``. An entry's fields are a dict, or already JSON
+    text (the members without braces, built with ``json_text``: the per-event line's
+    hot path). Falls back to ``log`` when logging is not set up by ``setup_logging``
+    (e.g. inside pytest)."""
     handler = _JSON_HANDLER
     if handler is None or logging.getLogger().handlers != [handler] or not LOG.propagate:
         for level, msg, fields in entries:
-            log(level, msg, **fields)
+            log(level, msg, **(json.loads("{" + fields + "}") if isinstance(fields, str)
+                               else fields))
         return
     ts = datetime.now(UTC).isoformat(timespec="milliseconds")
+    heads: dict[tuple[int, str], str] = {}
     lines = []
     for level, msg, fields in entries:
-        if LOG.isEnabledFor(level):
-            out = {"ts": ts, "level": logging.getLevelName(level).lower(), "logger": LOG.name}
-            out["msg"] = msg
+        if not LOG.isEnabledFor(level):
+            continue
+        out = {"ts": ts, "level": logging.getLevelName(level).lower(), "logger": LOG.name}
+        out["msg"] = msg
+        if isinstance(fields, str):
+            head = heads.get((level, msg))
+            if head is None:
+                head = heads[(level, msg)] = _ENCODE(out)[:-1]
+            lines.append(f"{head}, {fields}}}" if fields else head + "}")
+        else:
             out.update(fields)
             lines.append(_ENCODE(out))
     if not lines:
@@ -176,6 +206,9 @@ class Metrics:
 
     def event_counter(self, topic: str, outcome: str) -> Any:
         return self._child(self.events, topic, outcome)
+
+    def registration_counter(self, outcome: str) -> Any:
+        return self._child(self.registrations, outcome)
 
     def dead_letter_counter(self, sqlstate: str) -> Any:
         return self._child(self.dead_letters, sqlstate)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -52,10 +53,10 @@ def produce_rows(producer: Producer, rows: list[Row], topics: list[str]) -> kafk
     deliveries = kafka.Deliveries()
     for row, topic in zip(rows, topics, strict=True):
         _id, event_id, event_type, _row_topic, key, envelope = row
-        headers: kafka.Headers = [(contract.H_EVENT_ID, event_id.encode()),
-                                  (contract.H_EVENT_TYPE, event_type.encode())]
-        err = kafka.produce(producer, topic, key.encode(), envelope.encode(), headers,
-                            deliveries.callback(row))
+        # text as it is: the client encodes str to UTF-8 itself, cheaper than .encode() here
+        headers: kafka.Headers = [(contract.H_EVENT_ID, event_id),
+                                  (contract.H_EVENT_TYPE, event_type)]
+        err = kafka.produce(producer, topic, key, envelope, headers, deliveries.callback(row))
         if err is not None:
             deliveries.refuse(row, err)
     return deliveries
@@ -130,14 +131,17 @@ class Relay:
             if delivered:
                 conn.execute(db.MARK_PUBLISHED, db.delivery_arrays(
                     [(row[0], where) for row, where in delivered]))
-        for row, _where in delivered:
-            self.metrics.outbox_published.labels(event_type=row[2]).inc()
+        for event_type, n in Counter(row[2] for row, _where in delivered).items():
+            self.metrics.outbox_published.labels(event_type=event_type).inc(n)
         self.published += len(delivered)
         return len(rows)
 
     def _produce_all(self, rows: list[Row]) -> tuple[int, kafka.Deliveries]:
-        deliveries = produce_rows(self.producer, rows,
-                                  [self.cfg.output_topic(r[2], r[3]) for r in rows])
+        destinations: dict[tuple[str, str], str] = {}
+        for r in rows:
+            if (r[2], r[3]) not in destinations:
+                destinations[(r[2], r[3])] = self.cfg.output_topic(r[2], r[3])
+        deliveries = produce_rows(self.producer, rows, [destinations[(r[2], r[3])] for r in rows])
         return self.producer.flush(45), deliveries
 
     def _publish(self, rows: list[Row]) -> tuple[list[Delivered], list[tuple[Row, KafkaError]]]:

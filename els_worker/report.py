@@ -9,7 +9,7 @@ from typing import Any
 
 from els_worker import contract
 from els_worker.messages import Item
-from els_worker.observability import Metrics, log_lines
+from els_worker.observability import Fields, Metrics, json_text, log_lines
 
 
 def report(items: Sequence[Item], seconds: float, metrics: Metrics, registered_topic: str,
@@ -19,7 +19,7 @@ def report(items: Sequence[Item], seconds: float, metrics: Metrics, registered_t
     with the batch's weight."""
     duration_ms = round(seconds * 1000, 3)
     counts: dict[tuple[str, str], int] = {}
-    entries: list[tuple[int, str, dict[str, Any]]] = []
+    entries: list[tuple[int, str, Fields]] = []
     for it in items:
         res = it.result or {}
         outcome = "dead_lettered" if it.dead else str(res.get("outcome", "unknown"))
@@ -29,7 +29,7 @@ def report(items: Sequence[Item], seconds: float, metrics: Metrics, registered_t
             if it.dead:
                 metrics.registration_failures.labels(sqlstate=it.sqlstate or "").inc()
             else:
-                metrics.registrations.labels(outcome=outcome).inc()
+                metrics.registration_counter(outcome).inc()
         counts[(it.topic, outcome)] = counts.get((it.topic, outcome), 0) + 1
         if log_events:
             entries.append(_line(it, outcome, res, duration_ms))
@@ -41,7 +41,15 @@ def report(items: Sequence[Item], seconds: float, metrics: Metrics, registered_t
 
 
 def _line(it: Item, outcome: str, res: dict[str, Any],
-          duration_ms: float) -> tuple[int, str, dict[str, Any]]:
+          duration_ms: float) -> tuple[int, str, Fields]:
+    if not it.dead:  # the line of almost every event: its JSON written directly
+        text = json_text
+        return logging.INFO, "event applied", (
+            f'"topic": {text(it.topic)}, "partition": {it.partition}, "offset": {it.offset}, '
+            f'"batch_id": {text(it.batch_id)}, "correlation_id": {text(it.correlation_id)}, '
+            f'"duration_ms": {duration_ms!r}, "outcome": {text(outcome)}, '
+            f'"essay_id": {text(res.get("essay_id"))}, "complete": {text(res.get("complete"))}, '
+            f'"events": {len(res.get("events") or ())}')
     fields: dict[str, Any] = {
         "topic": it.topic,
         "partition": it.partition,
@@ -51,12 +59,8 @@ def _line(it: Item, outcome: str, res: dict[str, Any],
         "duration_ms": duration_ms,
         "outcome": outcome,
     }
-    if it.dead:
-        fields.update(sqlstate=it.sqlstate, error=it.error_message, detail=it.error_detail,
-                      attempts=it.attempts, dlq_topic=contract.dlq_topic(it.topic))
-        if it.diagnostics:
-            fields["pg"] = it.diagnostics
-        return logging.WARNING, "event dead-lettered", fields
-    fields.update(essay_id=res.get("essay_id"), complete=res.get("complete"),
-                  events=len(res.get("events") or ()))
-    return logging.INFO, "event applied", fields
+    fields.update(sqlstate=it.sqlstate, error=it.error_message, detail=it.error_detail,
+                  attempts=it.attempts, dlq_topic=contract.dlq_topic(it.topic))
+    if it.diagnostics:
+        fields["pg"] = it.diagnostics
+    return logging.WARNING, "event dead-lettered", fields
