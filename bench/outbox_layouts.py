@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -42,55 +43,78 @@ TICKS = 100.0  # USER_HZ: /proc's unit of CPU time
 ROWS_PER_ROUND = 500
 ROWS_PER_STATEMENT = 50
 
-_WRITE = ("INSERT INTO {s}.event_outbox (event_id, event_type, topic, message_key, envelope)"
-          " SELECT e.id, 'EssaySlotAssigned', 'huleedu.els.essay.slot.assigned.v1', e.k, e.env"
-          " FROM unnest(%(ids)s::uuid[], %(keys)s::text[], %(envs)s::jsonb[]) AS e (id, k, env)")
-_MARK = ("UPDATE {s}.event_outbox AS o SET published_at = now(), kafka_topic = d.t,"
-         " kafka_partition = d.p, kafka_offset = d.off"
-         " FROM unnest(%(ids)s::bigint[], %(topics)s::text[], %(partitions)s::int[],"
-         " %(offsets)s::bigint[]) AS d (id, t, p, off)"
-         " WHERE o.id = d.id AND o.published_at IS NULL")
-_CLAIMED = "SELECT o.id, o.event_id, o.event_type, o.topic, o.message_key, o.envelope, o.created_at"
+_WRITE = sql.SQL(
+    "INSERT INTO {s}.event_outbox (event_id, event_type, topic, message_key, envelope)"
+    " SELECT e.id, 'EssaySlotAssigned', 'huleedu.els.essay.slot.assigned.v1', e.k, e.env"
+    " FROM unnest(%(ids)s::uuid[], %(keys)s::text[], %(envs)s::jsonb[]) AS e (id, k, env)")
+_MARK = sql.SQL(
+    "UPDATE {s}.event_outbox AS o SET published_at = now(), kafka_topic = d.t,"
+    " kafka_partition = d.p, kafka_offset = d.off"
+    " FROM unnest(%(ids)s::bigint[], %(topics)s::text[], %(partitions)s::int[],"
+    " %(offsets)s::bigint[]) AS d (id, t, p, off)"
+    " WHERE o.id = d.id AND o.published_at IS NULL")
+_QUEUE_DDL = sql.SQL(
+    "CREATE TABLE {s}.event_outbox (LIKE els.event_outbox INCLUDING ALL);"
+    " CREATE TABLE {s}.outbox_queue (id bigint PRIMARY KEY)")
+# the index that keeps the publish update from being HOT
+_UNPUBLISHED_INDEX = ("SELECT c.relname FROM pg_index AS i"
+                      " JOIN pg_class AS c ON c.oid = i.indexrelid"
+                      " WHERE i.indrelid = %(table)s::regclass"
+                      " AND pg_get_expr(i.indpred, i.indrelid) LIKE '%%published_at%%'")
 
-LAYOUTS: dict[str, dict[str, str | list[str]]] = {
-    "update": {
-        "ddl": "CREATE TABLE {s}.event_outbox (LIKE els.event_outbox INCLUDING ALL)",
-        "write": _WRITE,
-        "claim": _CLAIMED + " FROM {s}.event_outbox AS o WHERE o.published_at IS NULL"
-                 " AND (o.retry_after IS NULL OR o.retry_after <= now())"
-                 " ORDER BY o.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-        "mark": [_MARK],
-    },
-    "queue_hot": {
-        "ddl": "CREATE TABLE {s}.event_outbox (LIKE els.event_outbox INCLUDING ALL)"
-               " WITH (fillfactor = 50);"
-               " CREATE TABLE {s}.outbox_queue (id bigint PRIMARY KEY)",
-        "drop": "SELECT i.indexrelid::regclass::text FROM pg_index AS i"
-                " WHERE i.indrelid = %(table)s::regclass"
-                " AND pg_get_expr(i.indpred, i.indrelid) LIKE '%%published_at%%'",
-        "write": "WITH written AS ("
-                 "INSERT INTO {s}.event_outbox (event_id, event_type, topic, message_key, envelope)"
-                 " SELECT e.id, 'EssaySlotAssigned', 'huleedu.els.essay.slot.assigned.v1', e.k,"
-                 " e.env FROM unnest(%(ids)s::uuid[], %(keys)s::text[], %(envs)s::jsonb[])"
-                 " AS e (id, k, env) RETURNING id)"
-                 " INSERT INTO {s}.outbox_queue SELECT id FROM written",
-        # the queued ids first, then their rows by primary key: joined in one step, the
-        # planner merges the queue with the whole outbox from its first id
-        "claim": "WITH q AS (SELECT q.id FROM {s}.outbox_queue AS q ORDER BY q.id"
-                 " LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-                 "SELECT o.id, o.event_id, o.event_type, o.topic, o.message_key, o.envelope,"
-                 " o.created_at FROM q CROSS JOIN LATERAL"
-                 " (SELECT * FROM {s}.event_outbox AS o WHERE o.id = q.id OFFSET 0) AS o"
-                 " WHERE o.retry_after IS NULL OR o.retry_after <= now() ORDER BY o.id",
-        "mark": [_MARK, "DELETE FROM {s}.outbox_queue AS q WHERE q.id = ANY (%(ids)s::bigint[])"],
-    },
+
+@dataclass(frozen=True)
+class Layout:
+    ddl: sql.Composable
+    write: sql.Composable
+    claim: sql.Composable
+    mark: tuple[sql.Composable, ...]
+    queue: bool = False
+    fillfactor: int = 100
+
+
+_QUEUED_WRITE = sql.SQL(
+    "WITH written AS ("
+    "INSERT INTO {s}.event_outbox (event_id, event_type, topic, message_key, envelope)"
+    " SELECT e.id, 'EssaySlotAssigned', 'huleedu.els.essay.slot.assigned.v1', e.k,"
+    " e.env FROM unnest(%(ids)s::uuid[], %(keys)s::text[], %(envs)s::jsonb[])"
+    " AS e (id, k, env) RETURNING id)"
+    " INSERT INTO {s}.outbox_queue SELECT id FROM written")
+# the queued ids first, then their rows by primary key: joined in one step, the
+# planner merges the queue with the whole outbox from its first id
+_QUEUED_CLAIM = sql.SQL(
+    "WITH q AS (SELECT q.id FROM {s}.outbox_queue AS q ORDER BY q.id"
+    " LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " SELECT o.id, o.event_id, o.event_type, o.topic, o.message_key, o.envelope,"
+    " o.created_at FROM q CROSS JOIN LATERAL"
+    " (SELECT * FROM {s}.event_outbox AS o WHERE o.id = q.id OFFSET 0) AS o"
+    " WHERE o.retry_after IS NULL OR o.retry_after <= now() ORDER BY o.id")
+_DEQUEUE = sql.SQL("DELETE FROM {s}.outbox_queue AS q WHERE q.id = ANY (%(ids)s::bigint[])")
+
+
+def _queued(fillfactor: int) -> Layout:
+    return Layout(_QUEUE_DDL, _QUEUED_WRITE, _QUEUED_CLAIM, (_MARK, _DEQUEUE),
+                  queue=True, fillfactor=fillfactor)
+
+
+LAYOUTS: dict[str, Layout] = {
+    "update": Layout(
+        ddl=sql.SQL("CREATE TABLE {s}.event_outbox (LIKE els.event_outbox INCLUDING ALL)"),
+        write=_WRITE,
+        claim=sql.SQL(
+            "SELECT o.id, o.event_id, o.event_type, o.topic, o.message_key, o.envelope,"
+            " o.created_at FROM {s}.event_outbox AS o WHERE o.published_at IS NULL"
+            " AND (o.retry_after IS NULL OR o.retry_after <= now())"
+            " ORDER BY o.id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"),
+        mark=(_MARK,)),
+    "queue_hot": _queued(fillfactor=50),
+    "queue": _queued(fillfactor=100),
 }
-LAYOUTS["queue"] = {**LAYOUTS["queue_hot"],
-                    "ddl": str(LAYOUTS["queue_hot"]["ddl"]).replace(" WITH (fillfactor = 50)", "")}
 
 
-def _sql(template: str, schema: str) -> sql.Composed:
-    return sql.SQL(template).format(s=sql.Identifier(schema))
+def _sql(template: sql.Composable, schema: str) -> sql.Composed:
+    assert isinstance(template, sql.SQL)
+    return template.format(s=sql.Identifier(schema))
 
 
 def _cpu(pid: int) -> float:
@@ -129,12 +153,16 @@ def run(url: str, layouts: list[str], rounds: int) -> dict[str, dict[str, float]
     """Server CPU seconds per layout and step over the measured rounds."""
     with psycopg.connect(url, autocommit=True) as conn:
         for name in layouts:
-            conn.execute(_sql("CREATE SCHEMA {s}", name))
-            conn.execute(_sql(str(LAYOUTS[name]["ddl"]), name))
-            if "drop" in LAYOUTS[name]:  # the index that keeps the publish update from HOT
-                for (index,) in conn.execute(str(LAYOUTS[name]["drop"]),
-                                              {"table": f"{name}.event_outbox"}).fetchall():
-                    conn.execute(sql.SQL("DROP INDEX {}").format(sql.SQL(index)))
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+            layout = LAYOUTS[name]
+            conn.execute(_sql(layout.ddl, name))
+            if layout.queue:
+                for (index,) in conn.execute(_UNPUBLISHED_INDEX,
+                                             {"table": f"{name}.event_outbox"}).fetchall():
+                    conn.execute(sql.SQL("DROP INDEX {}.{}").format(sql.Identifier(name),
+                                                                    sql.Identifier(index)))
+            conn.execute(sql.SQL("ALTER TABLE {}.event_outbox SET (fillfactor = {})").format(
+                sql.Identifier(name), sql.Literal(layout.fillfactor)))
     writers = {n: psycopg.connect(url, autocommit=True) for n in layouts}
     relays = {n: psycopg.connect(url) for n in layouts}
     pids = {n: (_pid(writers[n]), _pid(relays[n])) for n in layouts}
@@ -149,18 +177,18 @@ def run(url: str, layouts: list[str], rounds: int) -> dict[str, dict[str, float]
                 spec, (writer_pid, relay_pid) = LAYOUTS[name], pids[name]
                 t0 = _cpu(writer_pid)
                 for s in range(0, ROWS_PER_ROUND, ROWS_PER_STATEMENT):
-                    writers[name].execute(_sql(str(spec["write"]), name),
+                    writers[name].execute(_sql(spec.write, name),
                                           {k: v[s:s + ROWS_PER_STATEMENT] for k, v in rows.items()})
                 t1, t1r = _cpu(writer_pid), _cpu(relay_pid)
                 with relays[name].transaction():
-                    claimed = relays[name].execute(_sql(str(spec["claim"]), name),
+                    claimed = relays[name].execute(_sql(spec.claim, name),
                                                    {"limit": ROWS_PER_ROUND}).fetchall()
                     t2 = _cpu(relay_pid)
                     ids = [row[0] for row in claimed]
                     assert len(ids) == ROWS_PER_ROUND, (name, len(ids))
                     coordinates = {"ids": ids, "topics": ["t"] * len(ids),
                                    "partitions": [0] * len(ids), "offsets": list(range(len(ids)))}
-                    for statement in spec["mark"]:
+                    for statement in spec.mark:
                         relays[name].execute(_sql(statement, name), coordinates)
                 t3 = _cpu(relay_pid)
                 if r >= warm:
@@ -168,9 +196,9 @@ def run(url: str, layouts: list[str], rounds: int) -> dict[str, dict[str, float]
                     spent[name]["claim"] += t2 - t1r
                     spent[name]["mark"] += t3 - t2
         for name in layouts:  # what a claim does after the run: the plan and its buffers
-            plan = relays[name].execute(
-                _sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + str(LAYOUTS[name]["claim"]), name),
-                {"limit": ROWS_PER_ROUND}).fetchall()
+            explain = sql.SQL("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {}").format(
+                _sql(LAYOUTS[name].claim, name))
+            plan = relays[name].execute(explain, {"limit": ROWS_PER_ROUND}).fetchall()
             relays[name].rollback()
             print(f"{name}: one more claim, on an empty backlog\n"
                   + "\n".join("    " + line for (line,) in plan))
