@@ -14,7 +14,7 @@ STACK  := scripts/stack.sh
 LINT_PATHS := worker.py els_worker els_migrate.py testkit tests bench chaos scripts/demo.py monitoring
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
-        lint fmt psql pgtap plpgsql-check pytest clean schema-snapshot bench chaos \
+        lint fmt psql pgtap plpgsql-check pytest test-unit clean schema-snapshot bench chaos \
         dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha
 
 help: ## list the targets
@@ -41,7 +41,7 @@ stack-down-ha: ## stop the HA topology
 	@$(STACK) --ha down
 
 test-ha: bootstrap stack-up-ha ## the HA tests (PostgreSQL failover, broker loss) on the HA topology
-	@ELS_STACK_TOPOLOGY=ha $(VENV)/bin/pytest -m ha tests/test_ha_stack.py $(PYTEST_ARGS)
+	@ELS_STACK_TOPOLOGY=ha $(VENV)/bin/pytest -m ha tests/chaos/test_ha_stack.py $(PYTEST_ARGS)
 
 stack-down: ## stop the demo worker, PostgreSQL + Kafka; leave no process behind
 	@$(STACK) down
@@ -77,8 +77,16 @@ pgtap: stack-up ## run pgtap_tests/*.sql with pg_prove in a fresh migrated datab
 plpgsql-check: stack-up ## static check of every PL/pgSQL function in schema els
 	@scripts/plpgsql_check.sh
 
-pytest: stack-up ## run the Python test suite (tests/)
-	@$(VENV)/bin/pytest $(PYTEST_ARGS)
+# Test processes of the parallel part (pytest-xdist): the suite mostly waits (on workers,
+# brokers, timeouts), so more processes than cores pay.
+PYTEST_PROCESSES ?= 4
+
+test-unit: bootstrap ## the unit tests alone (tests/unit: no service needed)
+	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+pytest: stack-up ## the Python test suite: in parallel, then alone the tests that disturb the shared stack
+	@$(VENV)/bin/pytest -n $(PYTEST_PROCESSES) -m 'not ha and not serial' $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m 'serial and not ha' $(PYTEST_ARGS)
 
 clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
 	@if [[ -L .stack/pg ]]; then rm -rf "$$(readlink -f .stack/pg)"; fi

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.implicit_ack [--trials 30] [--in-flight 5]
 
-Runs ``testkit.implicit_ack.trial`` (tests/test_implicit_ack_loss.py's trial) N times in
+Runs ``testkit.implicit_ack.trial`` (tests/stack/test_implicit_ack_loss.py's trial) N times in
 a freshly migrated database of its own and counts the trials with a report of success
 without an offset, and the rows the previous relay (which marked every error-free
 report published) would have lost: those whose offset-less copy the broker never

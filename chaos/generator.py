@@ -220,7 +220,7 @@ def _semantic_copy(world: World, kind: str, env: dict[str, Any]) -> dict[str, An
 
 
 # ---------------------------------------------------------------------------
-# The bad-input corpus (tests/test_bad_input_corpus.py)
+# The bad-input corpus (tests/stack/test_bad_input_corpus.py)
 # ---------------------------------------------------------------------------
 
 

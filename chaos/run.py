@@ -39,9 +39,9 @@ SIGKILLs of the broker leading the most input partitions (one of them struck dur
 outbox relay round; the broker is started again). It reports, per kill, the time to the
 first event applied afterwards and to the first output event published afterwards.
 
-The short variant (``--profile short``, used by tests/test_chaos_short.py) uses a
+The short variant (``--profile short``, used by tests/chaos/test_chaos_short.py) uses a
 private PostgreSQL, the shared Kafka, fewer events, a few kills and one
-PostgreSQL restart. ``--profile ha-short`` (also in tests/test_chaos_short.py) is the HA
+PostgreSQL restart. ``--profile ha-short`` (also in tests/chaos/test_chaos_short.py) is the HA
 variant in small: a private HA stack, 30 batches, one worker kill, one primary kill,
 one broker kill.
 """

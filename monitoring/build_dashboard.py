@@ -6,8 +6,8 @@ the JSON is generated, never hand-edited.
     .venv/bin/python monitoring/build_dashboard.py --check   # exit 1 if els.json is stale
 
 Every query uses only the worker's metrics (els_worker/observability.py). Grafana
-provisions the file (monitoring/grafana/provisioning/); tests/test_monitoring_dashboard.py
-checks the committed file is this script's output, and tests/test_monitoring_live.py
+provisions the file (monitoring/grafana/provisioning/); tests/unit/test_monitoring_dashboard.py
+checks the committed file is this script's output, and tests/e2e/test_monitoring_live.py
 evaluates every query against a real Prometheus scraping a real worker.
 """
 

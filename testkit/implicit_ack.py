@@ -1,5 +1,5 @@
 """One trial of librdkafka's implicit-ack loss through the relay, for
-tests/test_implicit_ack_loss.py and bench/implicit_ack.py.
+tests/stack/test_implicit_ack_loss.py and bench/implicit_ack.py.
 
 The window is widened as the reproduction found it widest on this machine: the output
 topic (40 partitions) is created in the same CreateTopics call as 8 topics of 10

@@ -22,7 +22,9 @@ from els_worker import contract
 from testkit.kafka import DEFAULT_TOPICS, Topics
 from testkit.stack import STACK_SH, Stack, discover
 
-TEMPLATE_DB = "els_template"
+# One template per pytest process: under pytest-xdist (make pytest) every worker
+# process builds its own, so none drops a template another is cloning.
+TEMPLATE_DB = "els_template_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
 KAFKA_TIMEOUT_S = 30.0
 
 
@@ -55,8 +57,8 @@ def _drop_database(conn: psycopg.Connection, name: str) -> None:
 
 @pytest.fixture(scope="session")
 def template_db(stack: Stack) -> str:
-    """Database ``els_template``, rebuilt from the current migrations and sql/ once per
-    session and marked as a template. Returns its name."""
+    """Database ``els_template_<process>``, rebuilt from the current migrations and sql/
+    once per session and marked as a template. Returns its name."""
     import els_migrate
 
     with _admin_conn(stack) as conn:

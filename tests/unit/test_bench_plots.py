@@ -13,7 +13,7 @@ import matplotlib.image as mpimg
 
 from bench import e2e, plots
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

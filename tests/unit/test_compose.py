@@ -18,7 +18,7 @@ import yaml
 from els_worker.cli import build_parser
 from els_worker.config import settings_table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 # the code that reads the ELS_* configuration
 CODE_FILES = [ROOT / "els_migrate.py", *sorted((ROOT / "els_worker").glob("*.py"))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from testkit.stack import Stack
 
@@ -47,6 +48,7 @@ def test_stack_urls_point_at_running_services(stack: Stack) -> None:
         assert conn.execute("SELECT current_database()").fetchone() == ("els",)
 
 
+@pytest.mark.serial  # stops or restricts the shared stack's PostgreSQL
 def test_stack_ctl_restarts_postgres(stack: Stack, stack_ctl: Callable[[str], None]) -> None:
     stack_ctl("pg-restart")
     with psycopg.connect(stack.admin_url, autocommit=True) as conn:

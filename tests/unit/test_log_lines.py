@@ -1,6 +1,6 @@
-"""The worker's per-event work written by hand for speed says exactly what the general
-code said: the per-event log line is the JSON object of its fields, byte for byte, and
-the relay's delivery coordinates reach PostgreSQL as the values they were."""
+"""The worker's per-event log line, written by hand for speed, says exactly what the
+general code said: the JSON object of its fields, byte for byte (the relay's delivery
+coordinates, also hand-built: tests/stack/test_delivery_arrays.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
-from els_worker import db, observability, report
+from els_worker import observability, report
 from els_worker.messages import Item
 from els_worker.observability import Metrics
 
@@ -90,18 +89,3 @@ def test_event_applied_lines_reach_a_foreign_log_handler_as_fields(
         "topic": TOPIC, "partition": 2, "offset": 7, "batch_id": "b-1",
         "correlation_id": "c-1", "duration_ms": 1.0, "outcome": "assigned",
         "essay_id": "e-1", "complete": True, "events": 1}
-
-
-def test_delivery_coordinates_reach_postgresql_unchanged(db_url: str) -> None:
-    topics = ["huleedu.els.essay.slot.assigned.v1", 'a"b', "a\\b", "a,b", "{x}", " sp ", "NULL",
-              "\u00e9"]
-    rows = [(i + 1, (t, i, 10**12 + i)) for i, t in enumerate(topics)]
-    with psycopg.connect(db_url) as conn:
-        got = conn.execute("SELECT %(ids)s::bigint[], %(topics)s::text[],"
-                           " %(partitions)s::integer[], %(offsets)s::bigint[]",
-                           db.delivery_arrays(rows)).fetchone()
-        empty = conn.execute("SELECT %(ids)s::bigint[], %(topics)s::text[]",
-                             db.delivery_arrays([])).fetchone()
-    assert got == ([i for i, _ in rows], topics, [w[1] for _, w in rows],
-                   [w[2] for _, w in rows])
-    assert empty == ([], [])

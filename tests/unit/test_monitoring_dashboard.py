@@ -9,7 +9,7 @@ import json
 import re
 
 from monitoring import build_dashboard
-from tests import monitoring_contract as contract
+from testkit import monitoring as contract
 
 REQUIRED_PANELS = {
     # panel title -> a metric its queries must use

@@ -201,6 +201,7 @@ def read_only_switch(db: psycopg.Connection[Any]) -> Iterator[Any]:
         switch(False)
 
 
+@pytest.mark.serial  # stops or restricts the shared stack's PostgreSQL
 def test_read_only_database_for_8_seconds_nothing_dead_lettered(
     db_url: str, read_only_switch: Any, kafka_bootstrap: str, unique_topics: Topics,
     tmp_path: Path

@@ -4,7 +4,6 @@ load function files whole (no statement splitting inside dollar quotes)."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -146,11 +145,6 @@ def test_function_files_are_loaded_whole(empty_db_url: str, tmp_path: Path) -> N
             "SELECT pg_get_userbyid(proowner) FROM pg_proc WHERE proname = 'zz_tricky_body'"
         ).fetchone()
     assert owner == ("els_owner",)
-
-
-def test_function_files_sort_in_dependency_order() -> None:
-    names = [p.name for p in sorted((els_migrate.MIGRATIONS_DIR.parent / "sql").glob("*.sql"))]
-    assert names and all(re.match(r"^\d{3}_[a-z_]+\.sql$", n) for n in names), names
 
 
 def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: str,

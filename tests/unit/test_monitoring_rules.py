@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "monitoring" / "alerts.yml"
 ALERTS_TEST = ROOT / "monitoring" / "alerts_test.yml"
 SEVERITIES = {"critical", "warning", "info"}

@@ -2,8 +2,8 @@
 is els_worker/observability.py; docs/worker.md lists them), and helpers that pull the
 queries out of monitoring/alerts.yml and the Grafana dashboard.
 
-Used by tests/test_monitoring_dashboard.py (statically: no misspelt metric, no label
-the metric does not have) and tests/test_monitoring_live.py (against a real worker)."""
+Used by tests/unit/test_monitoring_dashboard.py (statically: no misspelt metric, no label
+the metric does not have) and tests/e2e/test_monitoring_live.py (against a real worker)."""
 
 from __future__ import annotations
 

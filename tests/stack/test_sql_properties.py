@@ -7,7 +7,7 @@ any event including the registration, all in a random order, and in most
 examples one or two els.close_batch calls at random points of that order (before
 the registration: unknown batch, ELV03; after completion: already_complete). The
 events go through the SQL functions one by one; an independent Python model
-(tests/oracle.py) applies the same sequence. Every outcome, the final counts
+(testkit/batch_model.py) applies the same sequence. Every outcome, the final counts
 (timed-out slots included), which item sits in which slot, exactly one
 completion and its completion_reason, and the SPEC invariants must agree; items
 after a close are excess.
@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from testkit import events
+from testkit.batch_model import BatchModel
 from testkit.invariants import check_invariants
-from tests.oracle import BatchModel
 
 EXAMPLES = int(os.environ.get("ELS_PROPERTY_EXAMPLES", "200"))
 

@@ -38,15 +38,15 @@ from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from testkit import events
+from testkit import monitoring as contract
 from testkit.kafka import DEFAULT_TOPICS, Topics, event_bytes, produce
 from testkit.stack import Stack
 from testkit.worker import WorkerProcess, wait_until, worker_env
-from tests import monitoring_contract as contract
 from tests.conftest import _create_topics
 
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STACK_SH = ROOT / "scripts" / "stack.sh"
 RULES_DIR = ROOT / ".stack" / "prometheus" / "rules"
 # how long every metric named by the monitoring gets to show up in Prometheus: the

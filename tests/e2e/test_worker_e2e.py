@@ -237,6 +237,7 @@ def test_malformed_events_dead_lettered_neighbours_applied(
     assert pg["sqlstate"] == "ELV02" and "context" in pg and "detail" in pg
 
 
+@pytest.mark.serial  # stops or restricts the shared stack's PostgreSQL
 def test_database_down_ten_seconds_nothing_dead_lettered(
     db_url: str, kafka_bootstrap: str, unique_topics: Topics, tmp_path: Path
 ) -> None:

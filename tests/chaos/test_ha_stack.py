@@ -44,7 +44,7 @@ from testkit.kafka import read_topic
 
 pytestmark = pytest.mark.ha
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STACK = [str(ROOT / "scripts" / "stack.sh"), "--ha"]
 
 
