@@ -22,6 +22,21 @@ def _setting(var: str, default: Any, text: str, minimum: int | None = None) -> A
     return field(default=default, metadata=meta)
 
 
+def topic_field(event: contract.InputEvent | contract.OutputEvent) -> str:
+    """The ``Config`` field of an event's topic: its variable without ``ELS_``, in lower
+    case (``ELS_TOPIC_OUT_EXCESS`` -> ``topic_out_excess``)."""
+    return event.env_var.removeprefix("ELS_").lower()
+
+
+def _input_topic(event: contract.InputEvent) -> Any:
+    return _setting(event.env_var, event.topic,
+                    f"Input topic: {event.name} -> els.{event.function}.")
+
+
+def _output_topic(event: contract.OutputEvent) -> Any:
+    return _setting(event.env_var, "", f"Output topic for {event.name} (empty: {event.topic}).")
+
+
 @dataclass
 class Config:
     database_url: str = _setting(
@@ -36,36 +51,13 @@ class Config:
     group_id: str = _setting(
         "ELS_GROUP_ID", "essay-lifecycle-service", "Consumer group id of the worker."
     )
-    topic_batch_registered: str = _setting(
-        "ELS_TOPIC_BATCH_REGISTERED",
-        contract.REGISTERED.topic,
-        "Input topic: BatchEssaysRegistered -> els.register_batch.",
-    )
-    topic_content_provisioned: str = _setting(
-        "ELS_TOPIC_CONTENT_PROVISIONED",
-        contract.CONTENT_PROVISIONED.topic,
-        "Input topic: EssayContentProvisioned -> els.provision_content.",
-    )
-    topic_validation_failed: str = _setting(
-        "ELS_TOPIC_VALIDATION_FAILED",
-        contract.VALIDATION_FAILED.topic,
-        "Input topic: EssayValidationFailed -> els.record_validation_failure.",
-    )
-    topic_out_completed: str = _setting(
-        contract.COMPLETED.env_var,
-        "",
-        f"Output topic for BatchContentProvisioningCompleted (empty: {contract.COMPLETED.topic}).",
-    )
-    topic_out_slot_assigned: str = _setting(
-        contract.SLOT_ASSIGNED.env_var,
-        "",
-        f"Output topic for EssaySlotAssigned (empty: {contract.SLOT_ASSIGNED.topic}).",
-    )
-    topic_out_excess: str = _setting(
-        contract.EXCESS.env_var,
-        "",
-        f"Output topic for ExcessContentProvisioned (empty: {contract.EXCESS.topic}).",
-    )
+    # one field per event of the contract, named by topic_field (a test checks it)
+    topic_batch_registered: str = _input_topic(contract.REGISTERED)
+    topic_content_provisioned: str = _input_topic(contract.CONTENT_PROVISIONED)
+    topic_validation_failed: str = _input_topic(contract.VALIDATION_FAILED)
+    topic_out_completed: str = _output_topic(contract.COMPLETED)
+    topic_out_slot_assigned: str = _output_topic(contract.SLOT_ASSIGNED)
+    topic_out_excess: str = _output_topic(contract.EXCESS)
     metrics_port: int = _setting(
         "ELS_METRICS_PORT", 9095, "HTTP port for /metrics, /healthz, /health/batches (0: any)."
     )
@@ -207,23 +199,19 @@ class Config:
                 values[f.name] = _parse(var, source[var], _default(f), f.metadata["min"])
         return cls(**values)
 
+    def topic(self, event: contract.InputEvent | contract.OutputEvent) -> str:
+        """The topic configured for an event (for an output event, "" means its row's)."""
+        return str(getattr(self, topic_field(event)))
+
     @property
     def routes(self) -> dict[str, str]:
         """Input topic -> the statement that applies one of its message values."""
-        return {
-            self.topic_batch_registered: contract.REGISTERED.statement,
-            self.topic_content_provisioned: contract.CONTENT_PROVISIONED.statement,
-            self.topic_validation_failed: contract.VALIDATION_FAILED.statement,
-        }
+        return {self.topic(event): event.statement for event in contract.INPUTS}
 
     @property
     def route_functions(self) -> dict[str, str]:
         """Input topic -> the els function of its events (the kind els.apply_events takes)."""
-        return {
-            self.topic_batch_registered: contract.REGISTERED.function,
-            self.topic_content_provisioned: contract.CONTENT_PROVISIONED.function,
-            self.topic_validation_failed: contract.VALIDATION_FAILED.function,
-        }
+        return {self.topic(event): event.function for event in contract.INPUTS}
 
     @property
     def input_topics(self) -> list[str]:
@@ -231,12 +219,8 @@ class Config:
 
     def output_topic(self, event_type: str, row_topic: str) -> str:
         """Where an outbox row goes: the configured override, else the row's topic."""
-        override = {
-            contract.COMPLETED.name: self.topic_out_completed,
-            contract.SLOT_ASSIGNED.name: self.topic_out_slot_assigned,
-            contract.EXCESS.name: self.topic_out_excess,
-        }.get(event_type)
-        return override or row_topic
+        event = _OUTPUT_BY_NAME.get(event_type)
+        return (self.topic(event) if event is not None else "") or row_topic
 
     @property
     def output_topics(self) -> list[str]:
@@ -290,3 +274,6 @@ def settings_table() -> list[tuple[str, str, str]]:
         text = str(default).lower() if isinstance(default, bool) else str(default)
         out.append((f.metadata["env"], "" if default == {} else text, f.metadata["help"]))
     return out
+
+
+_OUTPUT_BY_NAME = {event.name: event for event in contract.OUTPUTS}

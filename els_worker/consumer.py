@@ -20,7 +20,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from els_worker import kafka
+from els_worker import contract, kafka
 from els_worker.apply import BatchProcessor, SystemicFault
 from els_worker.config import Config
 from els_worker.dead_letters import DeadLetterWriter
@@ -114,7 +114,7 @@ class ConsumerLoop:
         if dead:
             self.dead_letters.write(dead)
         self.watchdog.delivered(self._commit_offsets(items))
-        report(items, committed - started, self.metrics, self.cfg.topic_batch_registered,
+        report(items, committed - started, self.metrics, self.cfg.topic(contract.REGISTERED),
                self.cfg.log_events)
 
     def _apply_holding(self, items: list[Item]) -> None:

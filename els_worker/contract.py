@@ -14,12 +14,14 @@ SOURCE_SERVICE = "essay_lifecycle_service"
 
 @dataclass(frozen=True)
 class InputEvent:
-    """An input event: its topic, the short name its envelope may carry, its function."""
+    """An input event: its topic, the short name its envelope may carry, its function,
+    and the environment variable that names another topic for it."""
 
     name: str
     topic: str
     short_name: str
     function: str  # the els function that applies one event of this topic
+    env_var: str  # overrides the topic (ELS_TOPIC_*)
 
     @property
     def statement(self) -> str:
@@ -41,18 +43,21 @@ REGISTERED = InputEvent(
     "huleedu.batch.essays.registered.v1",
     "batch.essays.registered",
     "register_batch",
+    "ELS_TOPIC_BATCH_REGISTERED",
 )
 CONTENT_PROVISIONED = InputEvent(
     "EssayContentProvisioned",
     "huleedu.file.essay.content.provisioned.v1",
     "essay.content.provisioned",
     "provision_content",
+    "ELS_TOPIC_CONTENT_PROVISIONED",
 )
 VALIDATION_FAILED = InputEvent(
     "EssayValidationFailed",
     "huleedu.file.essay.validation.failed.v1",
     "essay.validation.failed",
     "record_validation_failure",
+    "ELS_TOPIC_VALIDATION_FAILED",
 )
 INPUTS: tuple[InputEvent, ...] = (REGISTERED, CONTENT_PROVISIONED, VALIDATION_FAILED)
 
