@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         with migrated_database(stack) as url:
             cfg = Config.from_env({"ELS_DATABASE_URL": url,
                                    "ELS_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-                                   "ELS_TOPIC_OUT_COMPLETED": topic,
+                                   contract.COMPLETED.env_var: topic,
                                    "ELS_GROUP_ID": f"{prefix}.els",
                                    "ELS_RELAY_BATCH_SIZE": "5000"})
             if args.relay_inflight:

@@ -31,12 +31,11 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from bench.common import (
     ROOT,
     TOPIC_CONTENT,
-    TOPIC_FAILED,
     TOPIC_REGISTERED,
     Stack,
     content,
@@ -46,6 +45,8 @@ from bench.common import (
 )
 from els_worker import contract, db
 from testkit.db import load_functions
+from testkit.kafka import Topics, create_topics
+from testkit.worker import service_env
 
 # The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
 # functions each run's database gets instead of the template's (bench/worker_ab.py
@@ -55,7 +56,6 @@ SQL_DIR: Path | None = None
 
 ESSAYS = 10
 GROUP = 500  # the worker's default ELS_BATCH_MAX_MESSAGES
-OUTPUTS = {event.env_var: event.topic for event in contract.OUTPUTS}
 SQL_BY_TOPIC = {event.topic: event.statement for event in contract.INPUTS}
 RUN_TIMEOUT_S = 240.0
 
@@ -124,15 +124,6 @@ class RunResult:
 
 def _admin(stack: Stack) -> AdminClient:
     return AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-
-
-def _create_topics(stack: Stack, names: list[str], partitions: int) -> None:
-    admin = _admin(stack)  # must outlive the futures
-    futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names],
-        operation_timeout=30, request_timeout=30)
-    for fut in futures.values():
-        fut.result(timeout=30)
 
 
 def _delete_topics(stack: Stack, prefix: str) -> None:
@@ -220,9 +211,10 @@ def _machine_busy() -> tuple[float, float]:
 def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                 log_dir: Path, extra_env: dict[str, str] | None = None) -> RunResult:
     prefix = f"bench{uuid.uuid4().hex[:8]}."
-    topics = [prefix + t for t in (TOPIC_REGISTERED, TOPIC_CONTENT, TOPIC_FAILED)]
+    topics = Topics.under(prefix.rstrip("."), group_id=f"{prefix}group")
     try:
-        _create_topics(stack, topics, partitions)
+        # the inputs only: the workers create their dead-letter and output topics
+        create_topics(stack.kafka_bootstrap, [topics.of(e) for e in contract.INPUTS], partitions)
         _produce(stack, prefix, stream)
         with fresh_database(stack, f"w{workers}p{partitions}") as url, \
                 psycopg.connect(url, autocommit=True) as watch:
@@ -230,20 +222,8 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                 load_functions(url, SQL_DIR)
             base = watch.execute("SELECT coalesce(max(id), 0) FROM els.event_outbox").fetchone()
             base_id = base[0] if base else 0
-            env = dict(os.environ)
-            env.update({
-                "ELS_DATABASE_URL": url,
-                "ELS_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-                "ELS_GROUP_ID": f"{prefix}group",
-                "ELS_TOPIC_BATCH_REGISTERED": topics[0],
-                "ELS_TOPIC_CONTENT_PROVISIONED": topics[1],
-                "ELS_TOPIC_VALIDATION_FAILED": topics[2],
-                "ELS_METRICS_PORT": "0",
-                "ELS_METRICS_HOST": "127.0.0.1",
-                "ELS_TOPIC_PARTITIONS": str(partitions),
-                **{k: prefix + v for k, v in OUTPUTS.items()},
-                **(extra_env or {}),
-            })
+            env = service_env(url, stack.kafka_bootstrap, topics, ELS_METRICS_PORT="0",
+                              ELS_TOPIC_PARTITIONS=str(partitions), **(extra_env or {}))
             procs: list[subprocess.Popen[bytes]] = []
             logs = []
             broker = _listener_pid(int(stack.kafka_bootstrap.rsplit(":", 1)[1]))

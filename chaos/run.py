@@ -62,13 +62,12 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, Producer
 from confluent_kafka import TopicPartition as TP
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from chaos.config import (
     DEFAULT_TOPICS,
     INPUT_KINDS,
-    MAX_MESSAGE_BYTES,
     PROFILES,
     QUIET,
     WORKER_ROLE,
@@ -82,6 +81,8 @@ from chaos.stack import WorkerSlot
 from chaos.verify_db import DatabaseChecks, read_db
 from chaos.verify_topics import TopicChecks
 from els_worker import contract
+from testkit.kafka import create_topics
+from testkit.worker import service_env
 
 STALL_LOG_LINES = 100  # of each worker's log, printed when a run does not quiesce
 
@@ -122,18 +123,11 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         log(f"database {self.dbname}, kafka {self.bootstrap}, topics chaos.{self.run_id}.*")
 
     def create_topics(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
-        big = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
         rf = 3 if self.ha else 1
-        new = [NewTopic(t, num_partitions=3, replication_factor=rf, config=big)
-               for k in INPUT_KINDS
-               for t in (self.topics[k], contract.dlq_topic(self.topics[k]))]
-        new += [NewTopic(self.topics[k], num_partitions=3, replication_factor=rf)
-                for k in ("completed", "slot_assigned", "excess")]
-        for name, fut in admin.create_topics(new, operation_timeout=30).items():
-            fut.result(timeout=60)
-            del name
-        self.wait_topics_ready(admin, [t.topic for t in new], replicas=rf)
+        names = list(self.topic_set.all)
+        create_topics(self.bootstrap, names, partitions=3, replication_factor=rf)
+        self.wait_topics_ready(AdminClient({"bootstrap.servers": self.bootstrap, **QUIET}),
+                               names, replicas=rf)
 
     def wait_topics_ready(self, admin: AdminClient, names: list[str], replicas: int) -> None:
         """Until every partition has a leader and all its replicas in sync. A stream that
@@ -171,24 +165,10 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         return conf
 
     def worker_env(self, index: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ELS_")}
-        env.update({
-            "ELS_DATABASE_URL": self.worker_db_url,
-            "ELS_KAFKA_BOOTSTRAP": self.bootstrap,
-            "ELS_GROUP_ID": self.group,
-            "ELS_TOPIC_BATCH_REGISTERED": self.topics["register"],
-            "ELS_TOPIC_CONTENT_PROVISIONED": self.topics["content"],
-            "ELS_TOPIC_VALIDATION_FAILED": self.topics["failure"],
-            "ELS_TOPIC_OUT_COMPLETED": self.topics["completed"],
-            "ELS_TOPIC_OUT_SLOT_ASSIGNED": self.topics["slot_assigned"],
-            "ELS_TOPIC_OUT_EXCESS": self.topics["excess"],
+        return service_env(self.worker_db_url, self.bootstrap, self.topic_set, **{
             "ELS_METRICS_PORT": "0",
-            "ELS_METRICS_HOST": "127.0.0.1",
             "ELS_KAFKA_CONSUMER_CONFIG": json.dumps(self.kafka_config(index)),
-            "PYTHONUNBUFFERED": "1",
-        })
-        env.update(self.cfg.worker_env)
-        return env
+            **self.cfg.worker_env})
 
     def lag(self, consumer: Consumer) -> tuple[int, dict[str, int]]:
         self.partition_lag.clear()

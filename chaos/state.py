@@ -20,7 +20,7 @@ from chaos.config import (
     ChaosConfig,
 )
 from chaos.stack import PrivateStack, WorkerSlot
-from testkit.kafka import read_topic
+from testkit.kafka import Topics, read_topic
 
 
 @dataclass
@@ -55,6 +55,9 @@ class RunState:
         self.kafka_stack = self.pg if cfg.kafka == "private" else None
         self.topics = {k: f"chaos.{self.run_id}.{v}" for k, v in DEFAULT_TOPICS.items()}
         self.group = f"chaos.{self.run_id}.els"
+        # the same names as testkit's Topics: what the harness builds worker environments
+        # and topics from
+        self.topic_set = Topics.under(f"chaos.{self.run_id}", group_id=self.group)
         self.dbname = f"chaos_{uuid.uuid4().hex[:10]}"
         self.mismatches: list[str] = []
         self.timings: dict[str, float] = {}

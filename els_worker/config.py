@@ -22,7 +22,7 @@ def _setting(var: str, default: Any, text: str, minimum: int | None = None) -> A
     return field(default=default, metadata=meta)
 
 
-def topic_field(event: contract.InputEvent | contract.OutputEvent) -> str:
+def topic_field(event: contract.Event) -> str:
     """The ``Config`` field of an event's topic: its variable without ``ELS_``, in lower
     case (``ELS_TOPIC_OUT_EXCESS`` -> ``topic_out_excess``)."""
     return event.env_var.removeprefix("ELS_").lower()
@@ -199,7 +199,7 @@ class Config:
                 values[f.name] = _parse(var, source[var], _default(f), f.metadata["min"])
         return cls(**values)
 
-    def topic(self, event: contract.InputEvent | contract.OutputEvent) -> str:
+    def topic(self, event: contract.Event) -> str:
         """The topic configured for an event (for an output event, "" means its row's)."""
         return str(getattr(self, topic_field(event)))
 

@@ -75,6 +75,8 @@ EXCESS = OutputEvent(
     "ELS_TOPIC_OUT_EXCESS",
 )
 OUTPUTS: tuple[OutputEvent, ...] = (COMPLETED, SLOT_ASSIGNED, EXCESS)
+Event = InputEvent | OutputEvent
+EVENTS: tuple[Event, ...] = (*INPUTS, *OUTPUTS)
 
 DLQ_SUFFIX = ".dlq"
 

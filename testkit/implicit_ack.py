@@ -47,7 +47,7 @@ def trial(db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str,
         " jsonb_build_object('n', g) FROM generate_series(1, %(n)s::integer) AS g",
         {"t": target, "k": KEYS, "n": ROWS})
     cfg = Config.from_env({"ELS_DATABASE_URL": db_url, "ELS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-                           "ELS_TOPIC_OUT_SLOT_ASSIGNED": target, "ELS_RELAY_BATCH_SIZE": "300",
+                           contract.SLOT_ASSIGNED.env_var: target, "ELS_RELAY_BATCH_SIZE": "300",
                            "ELS_RETRY_BASE_MS": "10", "ELS_RETRY_MAX_MS": "50"})
     watchers: list[OffsetlessReports] = []
 

@@ -21,16 +21,28 @@ from confluent_kafka import (
 )
 
 from els_worker import contract
-from els_worker.kafka import stored_at
+from els_worker.config import Config
+from els_worker.kafka import ensure_topics, stored_at
 
-DEFAULT_TOPICS = {  # the contract's names (els_worker.contract), keyed as Topics' fields
-    "batch_registered": contract.REGISTERED.topic,
-    "content_provisioned": contract.CONTENT_PROVISIONED.topic,
-    "validation_failed": contract.VALIDATION_FAILED.topic,
-    "completed": contract.COMPLETED.topic,
-    "slot_assigned": contract.SLOT_ASSIGNED.topic,
-    "excess": contract.EXCESS.topic,
-}
+
+def topics_field(event: contract.Event) -> str:
+    """The ``Topics`` field of an event: its variable without ``ELS_TOPIC_`` (and
+    ``OUT_``), in lower case (``ELS_TOPIC_OUT_SLOT_ASSIGNED`` -> ``slot_assigned``)."""
+    return event.env_var.removeprefix("ELS_TOPIC_").removeprefix("OUT_").lower()
+
+
+# the contract's names (els_worker.contract), keyed as Topics' fields
+DEFAULT_TOPICS = {topics_field(event): event.topic for event in contract.EVENTS}
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int = 3,
+                  replication_factor: int = 1, min_insync_replicas: int = 0) -> None:
+    """Creates the missing topics as the worker creates its own (``ensure_topics``: room
+    for the contract's largest event, a leader for every partition before it returns):
+    the one topic creator of tests, chaos runs and benchmarks."""
+    ensure_topics(Config(kafka_bootstrap=bootstrap, topic_partitions=partitions,
+                         topic_replication_factor=replication_factor,
+                         topic_min_insync_replicas=min_insync_replicas), names)
 
 
 @dataclass(frozen=True)
@@ -59,14 +71,22 @@ class Topics:
     def validation_failed_dlq(self) -> str:
         return contract.dlq_topic(self.validation_failed)
 
+    @classmethod
+    def under(cls, prefix: str, group_id: str | None = None) -> Topics:
+        """Every topic of the contract as ``<prefix>.<its name>``, consumer group
+        ``<prefix>.els`` unless given; ``all`` lists them with the dead-letter topics."""
+        names = {key: f"{prefix}.{name}" for key, name in DEFAULT_TOPICS.items()}
+        dlqs = [contract.dlq_topic(names[topics_field(e)]) for e in contract.INPUTS]
+        return cls(**names, group_id=group_id or f"{prefix}.els",
+                   all=(*names.values(), *dlqs))
+
+    def of(self, event: contract.Event) -> str:
+        return str(getattr(self, topics_field(event)))
+
     def env(self) -> dict[str, str]:
-        """Worker environment variables that point it at these topics."""
-        return {
-            "ELS_TOPIC_BATCH_REGISTERED": self.batch_registered,
-            "ELS_TOPIC_CONTENT_PROVISIONED": self.content_provisioned,
-            "ELS_TOPIC_VALIDATION_FAILED": self.validation_failed,
-            "ELS_GROUP_ID": self.group_id,
-        }
+        """Worker environment variables that point it at these topics and group."""
+        return {**{event.env_var: self.of(event) for event in contract.EVENTS},
+                "ELS_GROUP_ID": self.group_id}
 
 
 def produce(

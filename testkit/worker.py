@@ -57,26 +57,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_env(db_url: str, kafka_bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
+def service_env(db_url: str, kafka_bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
+    """The environment of one ``worker.py run`` against these services and topics: the
+    caller's, without its own ``ELS_*`` variables, plus these and ``extra`` (the one
+    environment builder of tests, chaos runs and benchmarks)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELS_")}
     env.update(topics.env())
-    env.update(
-        {
-            "ELS_DATABASE_URL": db_url,
-            "ELS_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "ELS_TOPIC_OUT_COMPLETED": topics.completed,
-            "ELS_TOPIC_OUT_SLOT_ASSIGNED": topics.slot_assigned,
-            "ELS_TOPIC_OUT_EXCESS": topics.excess,
-            "ELS_METRICS_HOST": "127.0.0.1",
-            "ELS_METRICS_PORT": str(free_port()),
-            "ELS_CREATE_TOPICS": "false",
-            "ELS_RETRY_BASE_MS": "50",
-            "ELS_RETRY_MAX_MS": "1000",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env.update({"ELS_DATABASE_URL": db_url, "ELS_KAFKA_BOOTSTRAP": kafka_bootstrap,
+                "ELS_METRICS_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+def worker_env(db_url: str, kafka_bootstrap: str, topics: Topics, **extra: str) -> dict[str, str]:
+    """``service_env`` for a test's worker: an HTTP port of its own, the topics the test
+    created (none created by the worker), retries quick enough for a test's patience."""
+    return service_env(db_url, kafka_bootstrap, topics, **{
+        "ELS_METRICS_PORT": str(free_port()), "ELS_CREATE_TOPICS": "false",
+        "ELS_RETRY_BASE_MS": "50", "ELS_RETRY_MAX_MS": "1000", **extra})
 
 
 class WorkerProcess:

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
-from els_worker import contract
-from testkit.kafka import DEFAULT_TOPICS, Topics
+from testkit.kafka import Topics, create_topics
 from testkit.stack import STACK_SH, Stack, discover
 
 # One template per pytest process: under pytest-xdist (make pytest) every worker
@@ -122,23 +121,8 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
 
 
-def _create_topics(admin: AdminClient, names: list[str], partitions: int) -> None:
-    futures = admin.create_topics(
-        # sized as the worker creates its topics (els_worker.kafka.ensure_topics)
-        [NewTopic(n, num_partitions=partitions, replication_factor=1,
-                  config={"max.message.bytes": str(contract.MAX_MESSAGE_BYTES)}) for n in names],
-        operation_timeout=KAFKA_TIMEOUT_S,
-        request_timeout=KAFKA_TIMEOUT_S,
-    )
-    for name, fut in futures.items():
-        try:
-            fut.result(timeout=KAFKA_TIMEOUT_S)
-        except Exception as exc:
-            raise AssertionError(f"could not create Kafka topic {name}: {exc}") from exc
-
-
 @pytest.fixture
-def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
+def topic_factory(kafka_bootstrap: str, kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
     """``topic_factory(name="x", partitions=3) -> str`` creates a topic whose name is
     unique to this test (``t<hex>.<name>``); all are deleted after the test."""
     created: list[str] = []
@@ -146,7 +130,7 @@ def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
 
     def make(name: str = "topic", partitions: int = 3) -> str:
         topic = f"{prefix}.{name}"
-        _create_topics(kafka_admin, [topic], partitions)
+        create_topics(kafka_bootstrap, [topic], partitions)
         created.append(topic)
         return topic
 
@@ -160,18 +144,13 @@ def topic_factory(kafka_admin: AdminClient) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
-def unique_topics(kafka_admin: AdminClient) -> Iterator[Topics]:
+def unique_topics(kafka_bootstrap: str, kafka_admin: AdminClient) -> Iterator[Topics]:
     """Creates (3 partitions each) the input, DLQ and output topics under a prefix
     unique to this test, plus a unique consumer group id; deletes them afterwards."""
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    names = {key: f"{prefix}.{default}" for key, default in DEFAULT_TOPICS.items()}
-    dlqs = [
-        contract.dlq_topic(names[k])
-        for k in ("batch_registered", "content_provisioned", "validation_failed")
-    ]
-    everything = [*names.values(), *dlqs]
-    _create_topics(kafka_admin, everything, partitions=3)
-    yield Topics(**names, group_id=f"{prefix}.els", all=tuple(everything))
+    topics = Topics.under(f"t{uuid.uuid4().hex[:12]}")
+    everything = list(topics.all)
+    create_topics(kafka_bootstrap, everything, partitions=3)
+    yield topics
     for fut in kafka_admin.delete_topics(everything, operation_timeout=KAFKA_TIMEOUT_S).values():
         try:
             fut.result(timeout=KAFKA_TIMEOUT_S)

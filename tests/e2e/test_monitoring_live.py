@@ -39,10 +39,9 @@ from psycopg import sql
 
 from testkit import events
 from testkit import monitoring as contract
-from testkit.kafka import DEFAULT_TOPICS, Topics, event_bytes, produce
+from testkit.kafka import Topics, create_topics, event_bytes, produce
 from testkit.stack import Stack
 from testkit.worker import WorkerProcess, wait_until, worker_env
-from tests.conftest import _create_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -123,14 +122,10 @@ class Scene:
     stuck_batch: str
 
 
-def _module_topics(admin: AdminClient) -> tuple[Topics, list[str]]:
-    prefix = f"t{uuid.uuid4().hex[:12]}"
-    names = {key: f"{prefix}.{default}" for key, default in DEFAULT_TOPICS.items()}
-    dlqs = [names[k] + ".dlq" for k in ("batch_registered", "content_provisioned",
-                                        "validation_failed")]
-    everything = [*names.values(), *dlqs]
-    _create_topics(admin, everything, partitions=3)
-    return Topics(**names, group_id=f"{prefix}.els", all=tuple(everything)), everything
+def _module_topics(bootstrap: str) -> tuple[Topics, list[str]]:
+    topics = Topics.under(f"t{uuid.uuid4().hex[:12]}")
+    create_topics(bootstrap, list(topics.all), partitions=3)
+    return topics, list(topics.all)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +139,7 @@ def scene(stack: Stack, template_db: str, kafka_admin: AdminClient,
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
             sql.Identifier(name), sql.Identifier(template_db)))
     db_url = stack.url_for(name)
-    topics, created = _module_topics(kafka_admin)
+    topics, created = _module_topics(stack.kafka_bootstrap)
     env = worker_env(db_url, stack.kafka_bootstrap, topics,
                      ELS_STUCK_AFTER_SECONDS="2", ELS_MAINTENANCE_INTERVAL_SECONDS="1")
     worker = WorkerProcess(env, tmp_path_factory.mktemp("live") / "worker.log")

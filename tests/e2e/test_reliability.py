@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 
 import els_migrate
+from els_worker import contract
 from testkit import events as ev
 from testkit.db import all_complete, outbox_unpublished
 from testkit.kafka import Topics, event_bytes, headers_of, produce, read_topic
@@ -380,7 +381,7 @@ def test_a_row_kafka_refuses_is_set_aside_and_the_rows_behind_it_flow(
     msgs += [(topics.content_provisioned, wide.encode(),
               event_bytes(ev.content(wide, str(uuid.uuid4())))) for _ in range(200)]
     later, later_ids = stream(topics, "later", batches=2, essays=1)
-    env = worker_env(db_url, kafka_bootstrap, topics, ELS_TOPIC_OUT_COMPLETED=narrow)
+    env = worker_env(db_url, kafka_bootstrap, topics, **{contract.COMPLETED.env_var: narrow})
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
         produce(kafka_bootstrap, msgs + later)
         wait_until(lambda: all_complete(db_url, [wide, *later_ids]), 60, "batches complete",

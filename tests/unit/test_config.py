@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from els_worker.config import Config
+from els_worker import contract
+from els_worker.config import Config, topic_field
 
 ENV = {
     "ELS_DATABASE_URL": "postgresql://db/els",
@@ -28,3 +29,21 @@ def test_consumer_settings_reach_the_consumers_only() -> None:
     producer = cfg.kafka(**{"acks": "all"})
     assert producer == {"bootstrap.servers": "k1:9092,k2:9092", "security.protocol": "ssl",
                         "session.timeout.ms": 30000, "acks": "all"}
+
+
+def test_every_topic_of_the_contract_is_configured_by_its_variable() -> None:
+    """Each event of els_worker.contract has its Config field, set by the event's own
+    variable, defaulting to the contract's topic (inputs) or to the row's (outputs);
+    routes and output topics follow what is configured."""
+    defaults = Config()
+    assert defaults.routes == {e.topic: e.statement for e in contract.INPUTS}
+    assert defaults.output_topics == [e.topic for e in contract.OUTPUTS]
+    env = {e.env_var: f"custom.{e.name}" for e in contract.EVENTS}
+    cfg = Config.from_env(env)
+    for event in contract.EVENTS:
+        assert cfg.topic(event) == f"custom.{event.name}"
+        assert getattr(cfg, topic_field(event)) == f"custom.{event.name}"
+    assert cfg.route_functions == {f"custom.{e.name}": e.function for e in contract.INPUTS}
+    assert cfg.output_topic(contract.EXCESS.name, contract.EXCESS.topic) == "custom." + (
+        contract.EXCESS.name)
+    assert cfg.output_topic("SomethingElse", "row.topic") == "row.topic"

@@ -207,7 +207,7 @@ def scan_source(source: str) -> list[tuple[int, str, str]]:
 def python_files() -> list[Path]:
     """Every Python file of the repository, not descending into SKIP_DIRS (.stack/ changes
     under the scan while other tests run: Kafka deletes topic directories)."""
-    files = []
+    files: list[Path] = []
     for top, dirs, names in os.walk(ROOT):
         dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info"))
         files.extend(Path(top) / n for n in names if n.endswith(".py"))
