@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from bench import common
@@ -37,6 +37,8 @@ from els_worker import audit, contract, kafka
 from els_worker.config import Config
 from els_worker.observability import Metrics
 from els_worker.relay import Relay
+from testkit import databases
+from testkit.kafka import create_topics
 from testkit.stack import Stack
 
 FILL = """
@@ -70,7 +72,7 @@ def migrated_database(stack: Stack) -> Iterator[str]:
         yield stack.url_for(name)
     finally:
         with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-            common.drop_database(conn, name)
+            databases.drop_database(conn, name)
 
 
 def relay_seconds(cfg: Config, url: str, topic: str, rows: int, in_flight: int) -> float:
@@ -105,10 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = common.stack_from_env()
     prefix = f"abench{uuid.uuid4().hex[:8]}"
     topic = f"{prefix}.{contract.COMPLETED.topic}"
+    create_topics(stack.kafka_bootstrap, [topic], partitions=3)
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
-    for fut in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1, config={
-            "max.message.bytes": str(contract.MAX_MESSAGE_BYTES)})]).values():
-        fut.result(timeout=60)
     try:
         with migrated_database(stack) as url:
             cfg = Config.from_env({"ELS_DATABASE_URL": url,

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-
-from testkit.events import TOPIC_CONTENT, TOPIC_FAILED, TOPIC_REGISTERED, envelope
 
 # the envelope and topic names are the tests' (tests/events.py); the payloads differ
+from testkit import databases
+from testkit.events import TOPIC_CONTENT, TOPIC_FAILED, TOPIC_REGISTERED, envelope
 from testkit.stack import Stack, discover
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,33 +100,22 @@ def _admin(stack: Stack) -> psycopg.Connection:
     return psycopg.connect(stack.admin_url, autocommit=True)
 
 
-def drop_database(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def template_exists(stack: Stack) -> bool:
-    with _admin(stack) as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %(name)s",
-                            {"name": TEMPLATE}).fetchone() is not None
+    return databases.exists(stack, TEMPLATE)
 
 
 def build_template(stack: Stack, log: Callable[[str], None]) -> None:
     """(Re)creates the migrated, seeded template database."""
-    import els_migrate
-
-    ident = sql.Identifier(TEMPLATE)
     with _admin(stack) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE,)).fetchone():
-            conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(ident))
-            drop_database(conn, TEMPLATE)
         # leftovers of an interrupted earlier run
         for (name,) in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (DB_PREFIX + "s%",)
         ).fetchall():
-            drop_database(conn, name)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-    url = stack.url_for(TEMPLATE)
-    els_migrate.apply_migrations(url)
+            databases.drop_database(conn, name)
+    databases.build_template(stack, TEMPLATE, lambda url: _seed(url, log))
+
+
+def _seed(url: str, log: Callable[[str], None]) -> None:
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         # Realistic background: SEED_BATCHES batches of SEED_ESSAYS essays; 80% of them
@@ -166,32 +154,17 @@ def build_template(stack: Stack, log: Callable[[str], None]) -> None:
         conn.execute("VACUUM (ANALYZE)")
     log(f"template {TEMPLATE}: {SEED_BATCHES} batches x {SEED_ESSAYS} essays seeded "
         f"in {time.perf_counter() - t0:.1f}s")
-    with _admin(stack) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()", (TEMPLATE,))
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true").format(ident))
 
 
 @contextmanager
 def fresh_database(stack: Stack, label: str) -> Iterator[str]:
     """A database cloned from the template for one scenario; dropped afterwards."""
-    name = f"{DB_PREFIX}s_{label}_{uuid.uuid4().hex[:8]}"
-    with _admin(stack) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(TEMPLATE)))
-    try:
-        yield stack.url_for(name)
-    finally:
-        with _admin(stack) as conn:
-            drop_database(conn, name)
+    with databases.clone(stack, TEMPLATE, f"{DB_PREFIX}s_{label}_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def drop_template(stack: Stack) -> None:
-    with _admin(stack) as conn:
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false").format(
-            sql.Identifier(TEMPLATE)))
-        drop_database(conn, TEMPLATE)
+    databases.drop_template(stack, TEMPLATE)
 
 
 # ---------------------------------------------------------------- timing

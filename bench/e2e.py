@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -46,7 +45,7 @@ from bench.common import (
 from els_worker import contract, db
 from testkit.db import load_functions
 from testkit.kafka import Topics, create_topics
-from testkit.worker import service_env
+from testkit.worker import service_env, spawn
 
 # The worker tree (worker.py, els_worker/) and, when set, the sql/ directory whose
 # functions each run's database gets instead of the template's (bench/worker_ab.py
@@ -233,9 +232,7 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
             for w in range(workers):
                 logf = open(log_dir / f"{prefix}worker{w}.log", "wb")
                 logs.append(logf)
-                procs.append(subprocess.Popen(
-                    [sys.executable, str(ROOT / "worker.py"), "run"], env=env, cwd=str(ROOT),
-                    stdout=logf, stderr=subprocess.STDOUT))
+                procs.append(spawn(env, logf, root=ROOT))
             first_row_at = tenth_at = ninth_at = 0.0
             try:
                 while True:

@@ -29,6 +29,7 @@ from psycopg import sql
 
 from bench import common
 from bench.common import content, dumps, registration
+from testkit import databases
 from testkit.db import load_functions
 
 ESSAYS = 20
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             with psycopg.connect(stack.admin_url, autocommit=True) as conn:
                 for n in names.values():
-                    common.drop_database(conn, n)
+                    databases.drop_database(conn, n)
     print(f"register_batch + {ESSAYS} provision_content per batch, one session each, "
           "autocommit\n")
     print(common.table(["batches so far", f"base {args.base} ms/call", "working tree ms/call",

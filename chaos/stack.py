@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +15,7 @@ from chaos.config import (
     ROOT,
 )
 from testkit.stack import stack_env
+from testkit.worker import spawn
 
 
 class PrivateStack:
@@ -89,10 +89,7 @@ class WorkerSlot:
         with self.log_path.open("ab") as out:
             out.write(f"--- start #{self.starts} at {datetime.now(UTC).isoformat()}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "worker.py"), "run"],
-                env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, cwd=str(ROOT),
-                start_new_session=True)
+            self.proc = spawn(self.env, out, new_session=True)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -44,7 +44,7 @@ from els_worker import contract  # noqa: E402
 from testkit import events  # noqa: E402
 from testkit.kafka import headers_of, read_topic  # noqa: E402
 from testkit.stack import stack_env  # noqa: E402
-from testkit.worker import http_status  # noqa: E402
+from testkit.worker import http_status, spawn  # noqa: E402
 
 STACK = ROOT / ".stack"
 PID_FILE = STACK / "worker.pid"
@@ -249,15 +249,7 @@ def start_worker(port: int) -> int:
         }
     )
     log = open(LOG_FILE, "ab")  # handed to the detached child
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py"), "run"],
-        env=env,
-        cwd=str(ROOT),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,  # survives `make`
-    )
+    proc = spawn(env, log, new_session=True)  # survives `make`
     PID_FILE.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

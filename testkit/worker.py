@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from testkit.kafka import Topics
 from testkit.stack import ROOT
@@ -77,6 +77,17 @@ def worker_env(db_url: str, kafka_bootstrap: str, topics: Topics, **extra: str) 
         "ELS_RETRY_BASE_MS": "50", "ELS_RETRY_MAX_MS": "1000", **extra})
 
 
+def spawn(env: dict[str, str], log: IO[bytes], root: Path = ROOT,
+          new_session: bool = False) -> subprocess.Popen[bytes]:
+    """``python worker.py run`` of the worker tree ``root`` (a benchmark's baseline is
+    another checkout), its output to ``log``: the one way tests, chaos runs and
+    benchmarks start a worker. ``new_session``: its own process group, out of reach of
+    the terminal's signals (a chaos run kills its workers on its own schedule)."""
+    return subprocess.Popen([sys.executable, str(root / "worker.py"), "run"], env=env,
+                            cwd=str(root), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=new_session)
+
+
 class WorkerProcess:
     """`python worker.py run` in a subprocess; its JSON log goes to a file."""
 
@@ -90,14 +101,7 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "run"],
-            env=self.env,
-            cwd=str(ROOT),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
+        self.proc = spawn(self.env, self._log)
         prometheus_target(self.target_name, f"127.0.0.1:{self.port}")
         wait_until(self.healthy_or_dead, 60, "worker to start and get healthy", self.tail)
         assert self.proc.poll() is None, f"worker exited at start:\n{self.tail()}"

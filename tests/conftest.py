@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
-from psycopg import sql
 
+from testkit import databases
 from testkit.kafka import Topics, create_topics
 from testkit.stack import STACK_SH, Stack, discover
 
@@ -46,62 +46,19 @@ def stack_ctl(stack: Stack) -> Callable[[str], None]:
     return run
 
 
-def _admin_conn(stack: Stack) -> psycopg.Connection:
-    return psycopg.connect(stack.admin_url, autocommit=True)
-
-
-def _drop_database(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="session")
 def template_db(stack: Stack) -> str:
     """Database ``els_template_<process>``, rebuilt from the current migrations and sql/
     once per session and marked as a template. Returns its name."""
-    import els_migrate
-
-    with _admin_conn(stack) as conn:
-        ident = sql.Identifier(TEMPLATE_DB)
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (TEMPLATE_DB,)
-        ).fetchone()
-        if exists:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE false ALLOW_CONNECTIONS true").format(
-                    ident
-                )
-            )
-            _drop_database(conn, TEMPLATE_DB)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(ident))
-        els_migrate.apply_migrations(stack.url_for(TEMPLATE_DB))
-        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template:
-        # close whatever the migration tool left open and keep others out.
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (TEMPLATE_DB,),
-        )
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(ident)
-        )
+    databases.build_template(stack, TEMPLATE_DB)
     return TEMPLATE_DB
 
 
 @pytest.fixture
 def db_url(stack: Stack, template_db: str) -> Iterator[str]:
     """URL of a brand-new database cloned from the migrated template; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex}"
-    with _admin_conn(stack) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    try:
-        yield stack.url_for(name)
-    finally:
-        with _admin_conn(stack) as conn:
-            _drop_database(conn, name)
+    with databases.clone(stack, template_db, f"test_{uuid.uuid4().hex}") as url:
+        yield url
 
 
 @pytest.fixture
