@@ -78,14 +78,15 @@ plpgsql-check: stack-up ## static check of every PL/pgSQL function in schema els
 	@scripts/plpgsql_check.sh
 
 # Test processes of the parallel part (pytest-xdist): the suite mostly waits (on workers,
-# brokers, timeouts), so more processes than cores pay.
+# brokers, timeouts), so more processes than cores pay; worksteal: an idle process takes
+# tests queued for a busy one (the chaos runs take minutes, most tests seconds).
 PYTEST_PROCESSES ?= 4
 
 test-unit: bootstrap ## the unit tests alone (tests/unit: no service needed)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 pytest: stack-up ## the Python test suite: in parallel, then alone the tests that disturb the shared stack
-	@$(VENV)/bin/pytest -n $(PYTEST_PROCESSES) -m 'not ha and not serial' $(PYTEST_ARGS)
+	@$(VENV)/bin/pytest -n $(PYTEST_PROCESSES) --dist worksteal -m 'not ha and not serial' $(PYTEST_ARGS)
 	$(VENV)/bin/pytest -m 'serial and not ha' $(PYTEST_ARGS)
 
 clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
