@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.oracle import TOPIC_NAMES
+from chaos.names import TOPIC_NAMES
 from els_worker import contract
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.oracle import COURSE_CODES, SHORT_NAMES, TOPIC_NAMES
+from chaos.names import COURSE_CODES, SHORT_NAMES, TOPIC_NAMES
 from chaos.world import INJECTIONS, World
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.oracle import COURSE_CODES, SHORT_NAMES, TOPIC_NAMES, VALIDATION_ERROR_CODES
+from chaos.names import COURSE_CODES, SHORT_NAMES, TOPIC_NAMES, VALIDATION_ERROR_CODES
 
 BIG_PAYLOAD_BYTES = 5 * 1024 * 1024
 
