@@ -77,9 +77,9 @@ class TopicChecks(RunState):
                 if absent:
                     self.mismatch(f"DLQ {dlq}@{msg.partition()}:{msg.offset()} lacks {absent}")
                 try:
-                    source = (headers.get("els.source.topic", ""),
-                              int(headers.get("els.source.partition", "-1")),
-                              int(headers.get("els.source.offset", "-1")))
+                    source = (headers.get(contract.H_SOURCE_TOPIC, ""),
+                              int(headers.get(contract.H_SOURCE_PARTITION, "-1")),
+                              int(headers.get(contract.H_SOURCE_OFFSET, "-1")))
                 except ValueError:
                     self.mismatch(f"DLQ {dlq}@{msg.offset()}: bad source headers {headers}")
                     continue
@@ -89,7 +89,7 @@ class TopicChecks(RunState):
                     continue
                 m = messages[seq]
                 seen[seq] += 1
-                state = headers.get("els.error.sqlstate")
+                state = headers.get(contract.H_SQLSTATE)
                 by_state[state or "?"] += 1
                 if m.expect is None:
                     self.mismatch(f"valid message #{seq} ({m.label}, batch {m.batch_id!r}) was "
@@ -102,7 +102,7 @@ class TopicChecks(RunState):
                 if msg.key() != m.key or msg.value() != m.value:
                     self.mismatch(f"#{seq} {m.label}: DLQ key/value differ from the original")
                 try:
-                    detail = json.loads(headers.get("els.error.detail", ""))
+                    detail = json.loads(headers.get(contract.H_DETAIL, ""))
                     if not isinstance(detail, dict):
                         raise ValueError("not an object")
                 except ValueError:
