@@ -19,26 +19,31 @@ from chaos.config import (
     log,
 )
 from chaos.stack import WorkerSlot, pg_client_ports
-from chaos.state import Action
+from chaos.state import Action, RunState
 from chaos.stream import Stream
 
 
-class Controller(Stream):
-    """Schedules and strikes the blows; supervises the workers."""
+class Controller:
+    """Schedules and strikes the blows (pausing the stream for some); supervises the
+    workers. Its actions and workers live in the run's state."""
+
+    def __init__(self, state: RunState, stream: Stream) -> None:
+        self.state = state
+        self.stream = stream
 
     def schedule(self) -> None:
-        cfg, rng = self.cfg, self.rng
+        cfg, rng = self.state.cfg, self.state.rng
         lo, hi = cfg.chaos_start, cfg.produce_seconds + cfg.chaos_tail
         times = sorted(rng.uniform(lo, hi) for _ in range(cfg.kills))
-        self.actions = [Action(t, "kill") for t in times]
+        self.state.actions = [Action(t, "kill") for t in times]
         pg_kinds = ["pg-restart", "pg-crash"]
         for i in range(cfg.pg_restarts):
-            self.actions.append(Action(rng.uniform(lo + 5, max(lo + 6, hi - 10)),
+            self.state.actions.append(Action(rng.uniform(lo + 5, max(lo + 6, hi - 10)),
                                        pg_kinds[i % 2]))
         for _ in range(cfg.kafka_restarts if cfg.kafka == "private" else 0):
-            self.actions.append(Action(rng.uniform(lo + 10, max(lo + 11, hi - 20)),
+            self.state.actions.append(Action(rng.uniform(lo + 10, max(lo + 11, hi - 20)),
                                        "kafka-restart"))
-        if self.ha:
+        if self.state.ha:
             # failovers and broker kills in separate, ordered windows, so that each
             # PostgreSQL kill finds the formation whole again (primary + sync standby)
             n = cfg.pg_failovers + cfg.broker_kills
@@ -47,11 +52,11 @@ class Controller(Stream):
             span = (hi - 15 - (lo + 5)) / max(1, n)
             for i, kind in enumerate(kinds):
                 start = lo + 5 + i * span
-                self.actions.append(Action(rng.uniform(start, start + span * 0.5), kind))
-        self.actions.sort(key=lambda a: a.at)
+                self.state.actions.append(Action(rng.uniform(start, start + span * 0.5), kind))
+        self.state.actions.sort(key=lambda a: a.at)
 
     def supervise(self) -> None:
-        for slot in self.slots:
+        for slot in self.state.slots:
             code = slot.check_exit()
             if code is not None:
                 log(f"worker {slot.index} exited on its own with code {code}: restarting")
@@ -66,7 +71,7 @@ class Controller(Stream):
         locked): els-worker = a micro-batch applied but not committed, els-outbox-relay
         = a relay round between claim (rows locked) and mark."""
         pg_port = conn.info.port  # the primary's, in the HA topology
-        owner = {port: slot for slot in self.slots if slot.alive() and slot.proc is not None
+        owner = {port: slot for slot in self.state.slots if slot.alive() and slot.proc is not None
                  for port in pg_client_ports(slot.proc.pid, pg_port)}
         if not owner:
             return []
@@ -83,7 +88,7 @@ class Controller(Stream):
         blow lands mid-flight; returns who was caught (empty: nobody was)."""
         start = time.monotonic()
         try:
-            with psycopg.connect(self.db_url, autocommit=True, connect_timeout=2) as conn:
+            with psycopg.connect(self.state.db_url, autocommit=True, connect_timeout=2) as conn:
                 while time.monotonic() - start < patience:
                     busy = self.busy(conn)
                     picky = prefer is not None and time.monotonic() - start < patience * 0.75
@@ -98,12 +103,12 @@ class Controller(Stream):
         return []
 
     def perform(self, action: Action) -> None:
-        rng = self.rng
+        rng = self.state.rng
         if action.kind == "kill":
-            kills = sum(1 for a in self.actions if a.kind == "kill" and a.done_at is not None)
+            kills = sum(1 for a in self.state.actions if a.kind == "kill" and a.done_at is not None)
             caught = self.wait_busy(6.0, ("els-worker", "els-outbox-relay")[kills % 2])
             # the worker caught with uncommitted work, else one drawn at random
-            slot = caught[0][0] if caught else rng.choice(self.slots)
+            slot = caught[0][0] if caught else rng.choice(self.state.slots)
             busy = sorted({app for s, app in caught if s is slot})
             pid = slot.proc.pid if slot.proc else None
             if slot.kill():
@@ -117,30 +122,30 @@ class Controller(Stream):
         elif action.kind in ("pg-restart", "pg-crash"):
             down = rng.uniform(1.0, 5.0)
             action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, "els-worker")})
-            self.pg.run("pg-down" if action.kind == "pg-restart" else "pg-kill")
+            self.state.pg.run("pg-down" if action.kind == "pg-restart" else "pg-kill")
             time.sleep(down)
-            self.pg.run("pg-up")
+            self.state.pg.run("pg-up")
             action.detail = f"down {down:.1f} s" + (
                 f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
                 if action.in_transaction else "")
         elif action.kind == "kafka-restart":
-            assert self.kafka_stack is not None
+            assert self.state.kafka_stack is not None
             down = rng.uniform(1.0, 3.0)
-            paused = self.pause_stream()
+            paused = self.stream.pause_stream()
             try:
-                self.kafka_stack.run("kafka-down")
+                self.state.kafka_stack.run("kafka-down")
                 time.sleep(down)
-                self.kafka_stack.run("kafka-up")
+                self.state.kafka_stack.run("kafka-up")
             finally:
-                self.pause_requested.clear()
+                self.state.pause_requested.clear()
             action.detail = f"down {down:.1f} s" + (" (stream paused)" if paused else "")
         elif action.kind == "pg-failover":
             self.wait_rejoined()  # the previous failover's old primary is the standby again
             action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, "els-worker")})
-            old = self.pg.output("pg-primary").split()[0]
+            old = self.state.pg.output("pg-primary").split()[0]
             action.struck_at = t0 = time.time()
-            self.pg.run("pg-kill-primary")
-            new = self.pg.output("pg-wait-failover 180")
+            self.state.pg.run("pg-kill-primary")
+            new = self.state.pg.output("pg-wait-failover 180")
             promoted = time.time() - t0
             action.recovery["kill_to_new_primary_s"] = round(promoted, 1)
 
@@ -148,47 +153,47 @@ class Controller(Stream):
                 # the old primary's keeper, again: it rejoins as the standby (in the
                 # background, so that the other actions keep their schedule)
                 try:
-                    self.pg.run("pg-wait-healthy 600")
+                    self.state.pg.run("pg-wait-healthy 600")
                     action.recovery["kill_to_standby_rejoined_s"] = round(time.time() - t0, 1)
                 except subprocess.CalledProcessError as exc:
-                    self.mismatch(f"harness: the old primary did not rejoin: {exc}")
+                    self.state.mismatch(f"harness: the old primary did not rejoin: {exc}")
 
-            self.rejoin_thread = threading.Thread(target=rejoin, name="rejoin", daemon=True)
-            self.rejoin_thread.start()
+            self.state.rejoin_thread = threading.Thread(target=rejoin, name="rejoin", daemon=True)
+            self.state.rejoin_thread.start()
             action.detail = f"primary {old} killed, {new} promoted after {promoted:.1f} s" + (
                 f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
                 if action.in_transaction else "")
         elif action.kind == "broker-kill":
-            kills = sum(1 for a in self.actions if a.kind == "broker-kill" and a.done_at)
+            kills = sum(1 for a in self.state.actions if a.kind == "broker-kill" and a.done_at)
             prefer = "els-outbox-relay" if kills % 2 == 0 else "els-worker"
             node, led = self.busiest_broker()
             action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, prefer)})
             action.struck_at = t0 = time.time()
-            self.pg.run(f"kafka-kill {node}")
+            self.state.pg.run(f"kafka-kill {node}")
             fenced = time.time() - t0
             down = rng.uniform(1.0, 5.0)
             time.sleep(down)
-            self.pg.run(f"kafka-start {node}")
+            self.state.pg.run(f"kafka-start {node}")
             action.recovery["kill_to_fenced_s"] = round(fenced, 1)
             action.detail = (f"broker {node} (leader of {led} input partitions) killed, "
                              f"fenced after {fenced:.1f} s, down {fenced + down:.1f} s") + (
                 f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
                 if action.in_transaction else "")
-        action.done_at = time.monotonic() - self.stream_started
+        action.done_at = time.monotonic() - self.state.stream_started
         log(f"{action.kind:<13} at {action.done_at:6.1f} s  {action.detail}")
 
     def wait_rejoined(self) -> None:
-        if self.rejoin_thread is not None:
-            self.rejoin_thread.join(timeout=900)
-            self.rejoin_thread = None
+        if self.state.rejoin_thread is not None:
+            self.state.rejoin_thread.join(timeout=900)
+            self.state.rejoin_thread = None
 
     def busiest_broker(self) -> tuple[int, int]:
         """(node id, count) of the broker leading the most partitions of the input topics."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
+        admin = AdminClient({"bootstrap.servers": self.state.bootstrap, **QUIET})
         md = admin.list_topics(timeout=20)
         leaders: Counter[int] = Counter()
         for k in INPUT_KINDS:
-            for p in md.topics[self.topics[k]].partitions.values():
+            for p in md.topics[self.state.topics[k]].partitions.values():
                 if p.leader >= 0:
                     leaders[p.leader] += 1
         node, count = leaders.most_common(1)[0]
@@ -198,10 +203,10 @@ class Controller(Stream):
         """For each PostgreSQL or broker kill: the time from the blow to the first event
         applied afterwards (a row written by a transaction that started after it) and to
         the first output event published afterwards (an outbox row marked published)."""
-        struck = [a for a in self.actions if a.struck_at is not None]
+        struck = [a for a in self.state.actions if a.struck_at is not None]
         if not struck:
             return
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
             for a in struck:
                 t = a.struck_at or 0.0
                 row = conn.execute(
@@ -222,13 +227,13 @@ class Controller(Stream):
                     round(float(published) - t, 1) if published is not None else None)
 
     def control(self) -> None:
-        pending = list(self.actions)
-        give_up = self.cfg.produce_seconds + self.cfg.quiesce_timeout
-        while pending or not self.stream_done.is_set():
-            if time.monotonic() - self.stream_started > give_up:
-                self.mismatch(f"harness: the stream did not finish within {give_up:.0f} s")
+        pending = list(self.state.actions)
+        give_up = self.state.cfg.produce_seconds + self.state.cfg.quiesce_timeout
+        while pending or not self.state.stream_done.is_set():
+            if time.monotonic() - self.state.stream_started > give_up:
+                self.state.mismatch(f"harness: the stream did not finish within {give_up:.0f} s")
                 return
-            now = time.monotonic() - self.stream_started
+            now = time.monotonic() - self.state.stream_started
             while pending and pending[0].at <= now:
                 self.perform(pending.pop(0))
                 self.supervise()

@@ -15,8 +15,11 @@ from chaos.generator import Generated
 from chaos.state import RunState
 
 
-class Reporting(RunState):
-    """Summarises the run."""
+class Reporting:
+    """Summarises the run from its state."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
 
     def worker_log_summary(self) -> dict[str, int]:
         wanted = {
@@ -32,7 +35,7 @@ class Reporting(RunState):
         }
         counts: Counter[str] = Counter()
         tracebacks = 0
-        for slot in self.slots:
+        for slot in self.state.slots:
             with slot.log_path.open("rb") as f:
                 for raw in f:
                     if raw.startswith(b"Traceback"):
@@ -50,46 +53,48 @@ class Reporting(RunState):
         return dict(counts)
 
     def report(self, gen: Generated, summary: dict[str, Any], duration: float) -> dict[str, Any]:
-        kills = [a for a in self.actions if a.kind == "kill" and "was not running" not in a.detail]
+        kills = [a for a in self.state.actions
+                 if a.kind == "kill" and "was not running" not in a.detail]
         logs = self.worker_log_summary()
         report = {
-            "run_id": self.run_id,
-            "profile": self.cfg.name,
-            "seed": self.cfg.seed,
-            "command": " ".join(["python -m chaos.run", f"--profile {self.cfg.name}",
-                                 f"--seed {self.cfg.seed}"]),
-            "events": self.stats,
+            "run_id": self.state.run_id,
+            "profile": self.state.cfg.name,
+            "seed": self.state.cfg.seed,
+            "command": " ".join(["python -m chaos.run", f"--profile {self.state.cfg.name}",
+                                 f"--seed {self.state.cfg.seed}"]),
+            "events": self.state.stats,
             "kills": len(kills),
             "kills_inside_transaction": sum(1 for a in kills if a.in_transaction),
             "kills_inside_consumer_transaction": sum(1 for a in kills
                                                      if "els-worker" in a.in_transaction),
             "kills_inside_relay_transaction": sum(1 for a in kills
                                                   if "els-outbox-relay" in a.in_transaction),
-            "pg_restarts": sum(1 for a in self.actions if a.kind.startswith("pg-")),
-            "kafka_restarts": sum(1 for a in self.actions if a.kind == "kafka-restart"),
-            "topology": self.cfg.topology,
-            "pg_failovers": sum(1 for a in self.actions if a.kind == "pg-failover"),
-            "broker_kills": sum(1 for a in self.actions if a.kind == "broker-kill"),
+            "pg_restarts": sum(1 for a in self.state.actions if a.kind.startswith("pg-")),
+            "kafka_restarts": sum(1 for a in self.state.actions if a.kind == "kafka-restart"),
+            "topology": self.state.cfg.topology,
+            "pg_failovers": sum(1 for a in self.state.actions if a.kind == "pg-failover"),
+            "broker_kills": sum(1 for a in self.state.actions if a.kind == "broker-kill"),
             "recovery": [{"kind": a.kind, "at_s": round(a.done_at or 0, 1), **a.recovery}
-                         for a in self.actions if a.struck_at is not None],
-            "valid_events_per_s": round(self.stats["valid"] / max(
-                1e-9, self.timings.get("stream_s", 0) + self.timings.get("quiesce_s", 0)), 1),
-            "actions": [asdict(a) for a in self.actions],
-            "unexpected_worker_exits": sum(len(s.unexpected_exits) for s in self.slots),
-            "applied": self.stats["valid"],
+                         for a in self.state.actions if a.struck_at is not None],
+            "valid_events_per_s": round(self.state.stats["valid"] / max(
+                1e-9, self.state.timings.get("stream_s", 0)
+                + self.state.timings.get("quiesce_s", 0)), 1),
+            "actions": [asdict(a) for a in self.state.actions],
+            "unexpected_worker_exits": sum(len(s.unexpected_exits) for s in self.state.slots),
+            "applied": self.state.stats["valid"],
             "input": summary["input"],
             "dead_lettered": summary["dlq"],
             "db": summary["db"],
             "outputs": summary["outputs"],
             "worker_logs": logs,
-            "mismatches": len(self.mismatches),
-            "mismatch_list": self.mismatches[:200],
-            "timings_s": {k: round(v, 1) for k, v in self.timings.items()},
+            "mismatches": len(self.state.mismatches),
+            "mismatch_list": self.state.mismatches[:200],
+            "timings_s": {k: round(v, 1) for k, v in self.state.timings.items()},
             "duration_s": round(duration, 1),
-            "artifacts": str(self.out),
+            "artifacts": str(self.state.out),
         }
-        (self.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-        latest = ROOT / "build" / "chaos" / f"last-{self.cfg.name}.json"
+        (self.state.out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        latest = ROOT / "build" / "chaos" / f"last-{self.state.cfg.name}.json"
         latest.parent.mkdir(parents=True, exist_ok=True)
         latest.write_text(json.dumps(report, indent=2, default=str))
         return report

@@ -78,6 +78,8 @@ from chaos.controller import Controller
 from chaos.generator import GenConfig, Generated, generate
 from chaos.report import Reporting, format_report
 from chaos.stack import WorkerSlot
+from chaos.state import RunState
+from chaos.stream import Stream
 from chaos.verify_db import DatabaseChecks, read_db
 from chaos.verify_topics import TopicChecks
 from els_worker import contract
@@ -87,46 +89,58 @@ from testkit.worker import service_env
 STALL_LOG_LINES = 100  # of each worker's log, printed when a run does not quiesce
 
 
-class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
-    """One run: setup, stream + controller, quiescence, checks, report, cleanup."""
+class ChaosRun:
+    """One run: setup, stream + controller, quiescence, checks, report, cleanup. The
+    parts are collaborators that share one explicit state (``RunState``): the stream,
+    the controller (which pauses the stream), the topic and database checks, the
+    report."""
+
+    def __init__(self, cfg: ChaosConfig) -> None:
+        self.state = RunState(cfg)
+        self.stream = Stream(self.state)
+        self.controller = Controller(self.state, self.stream)
+        self.topic_checks = TopicChecks(self.state)
+        self.db_checks = DatabaseChecks(self.state)
+        self.reporting = Reporting(self.state)
 
     def setup(self) -> None:
-        cfg = self.cfg
+        cfg = self.state.cfg
         t0 = time.monotonic()
-        self.pg.prepare()
-        log(f"private stack in {self.pg.root} (log {self.pg.log_path})")
-        self.pg.run("pg-up")
-        if self.kafka_stack is not None:
-            self.kafka_stack.run("kafka-up")
-        self.env = self.pg.env()
+        self.state.pg.prepare()
+        log(f"private stack in {self.state.pg.root} (log {self.state.pg.log_path})")
+        self.state.pg.run("pg-up")
+        if self.state.kafka_stack is not None:
+            self.state.kafka_stack.run("kafka-up")
+        self.state.env = self.state.pg.env()
         if cfg.kafka == "shared":
             if not cfg.kafka_bootstrap:
                 raise SystemExit("--kafka shared needs --kafka-bootstrap")
-            self.bootstrap = cfg.kafka_bootstrap
+            self.state.bootstrap = cfg.kafka_bootstrap
         else:
-            self.bootstrap = self.env["ELS_KAFKA_BOOTSTRAP"]
+            self.state.bootstrap = self.state.env["ELS_KAFKA_BOOTSTRAP"]
         import els_migrate
 
-        with psycopg.connect(self.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.dbname)))
-        self.db_url = self.admin_url(self.dbname)
-        els_migrate.apply_migrations(self.db_url)
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with psycopg.connect(self.state.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.state.dbname)))
+        self.state.db_url = self.state.admin_url(self.state.dbname)
+        els_migrate.apply_migrations(self.state.db_url)
+        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
             conn.execute(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname ="
                 " 'els_chaos_worker') THEN CREATE ROLE els_chaos_worker LOGIN IN ROLE els_worker;"
                 " END IF; END $$")
-        user_url = self.db_url.replace("postgresql://postgres@", f"postgresql://{WORKER_ROLE}@")
-        self.worker_db_url = user_url
+        user_url = self.state.db_url.replace("postgresql://postgres@", f"postgresql://{WORKER_ROLE}@")
+        self.state.worker_db_url = user_url
         self.create_topics()
-        self.timings["setup_s"] = time.monotonic() - t0
-        log(f"database {self.dbname}, kafka {self.bootstrap}, topics chaos.{self.run_id}.*")
+        self.state.timings["setup_s"] = time.monotonic() - t0
+        log(f"database {self.state.dbname}, kafka {self.state.bootstrap}, topics "
+            f"chaos.{self.state.run_id}.*")
 
     def create_topics(self) -> None:
-        rf = 3 if self.ha else 1
-        names = list(self.topic_set.all)
-        create_topics(self.bootstrap, names, partitions=3, replication_factor=rf)
-        self.wait_topics_ready(AdminClient({"bootstrap.servers": self.bootstrap, **QUIET}),
+        rf = 3 if self.state.ha else 1
+        names = list(self.state.topic_set.all)
+        create_topics(self.state.bootstrap, names, partitions=3, replication_factor=rf)
+        self.wait_topics_ready(AdminClient({"bootstrap.servers": self.state.bootstrap, **QUIET}),
                                names, replicas=rf)
 
     def wait_topics_ready(self, admin: AdminClient, names: list[str], replicas: int) -> None:
@@ -148,9 +162,9 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             time.sleep(0.2)
 
     def delete_topics(self) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
-        names = [*self.topics.values(),
-                 *(contract.dlq_topic(self.topics[k]) for k in INPUT_KINDS)]
+        admin = AdminClient({"bootstrap.servers": self.state.bootstrap, **QUIET})
+        names = [*self.state.topics.values(),
+                 *(contract.dlq_topic(self.state.topics[k]) for k in INPUT_KINDS)]
         for fut in admin.delete_topics(names, operation_timeout=30).values():
             try:
                 fut.result(timeout=60)
@@ -158,21 +172,21 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
                 log(f"topic cleanup: {exc}")
 
     def kafka_config(self, index: int) -> dict[str, Any]:
-        conf = dict(self.cfg.worker_kafka_config)
-        static = self.cfg.static_members
+        conf = dict(self.state.cfg.worker_kafka_config)
+        static = self.state.cfg.static_members
         if index < len(static) and static[index]:
-            conf["group.instance.id"] = f"{self.group}.worker-{index}"
+            conf["group.instance.id"] = f"{self.state.group}.worker-{index}"
         return conf
 
     def worker_env(self, index: int) -> dict[str, str]:
-        return service_env(self.worker_db_url, self.bootstrap, self.topic_set, **{
+        return service_env(self.state.worker_db_url, self.state.bootstrap, self.state.topic_set, **{
             "ELS_METRICS_PORT": "0",
             "ELS_KAFKA_CONSUMER_CONFIG": json.dumps(self.kafka_config(index)),
-            **self.cfg.worker_env})
+            **self.state.cfg.worker_env})
 
     def lag(self, consumer: Consumer) -> tuple[int, dict[str, int]]:
-        self.partition_lag.clear()
-        tps = [TP(self.topics[k], p) for k in INPUT_KINDS for p in range(3)]
+        self.state.partition_lag.clear()
+        tps = [TP(self.state.topics[k], p) for k in INPUT_KINDS for p in range(3)]
         committed = consumer.committed(tps, timeout=20)
         total = 0
         for tp in committed:
@@ -180,29 +194,30 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             pos = tp.offset if tp.offset is not None and tp.offset >= 0 else 0
             total += max(0, high - pos)
             if high > pos:
-                self.partition_lag[f"{tp.topic}[{tp.partition}]"] = f"committed {pos} of {high}"
+                self.state.partition_lag[f"{tp.topic}[{tp.partition}]"] = (
+                    f"committed {pos} of {high}")
         dlq_ends = {}
         for k in INPUT_KINDS:
             for p in range(3):
                 dlq_ends[f"{k}.dlq[{p}]"] = consumer.get_watermark_offsets(
-                    TP(contract.dlq_topic(self.topics[k]), p), timeout=20)[1]
+                    TP(contract.dlq_topic(self.state.topics[k]), p), timeout=20)[1]
         return total, dlq_ends
 
     def unpublished(self) -> int:
-        with psycopg.connect(self.db_url, autocommit=True, connect_timeout=5) as conn:
+        with psycopg.connect(self.state.db_url, autocommit=True, connect_timeout=5) as conn:
             row = conn.execute("SELECT count(*) FROM els.event_outbox"
                                " WHERE published_at IS NULL").fetchone()
         return int(row[0]) if row else -1
 
     def quiesce(self) -> bool:
         t0 = time.monotonic()
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
-                             "enable.auto.commit": False, **QUIET})
+        consumer = Consumer({"bootstrap.servers": self.state.bootstrap,
+                             "group.id": self.state.group, "enable.auto.commit": False, **QUIET})
         stable = 0
         last: Any = None
         try:
-            while time.monotonic() - t0 < self.cfg.quiesce_timeout:
-                self.supervise()
+            while time.monotonic() - t0 < self.state.cfg.quiesce_timeout:
+                self.controller.supervise()
                 try:
                     lag, dlq = self.lag(consumer)
                     backlog = self.unpublished()
@@ -214,7 +229,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
                 if lag == 0 and backlog == 0 and state == last:
                     stable += 1
                     if stable >= 2:
-                        self.timings["quiesce_s"] = time.monotonic() - t0
+                        self.state.timings["quiesce_s"] = time.monotonic() - t0
                         return True
                 else:
                     stable = 0
@@ -224,29 +239,30 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
                 time.sleep(3)
         finally:
             consumer.close()
-        self.timings["quiesce_s"] = time.monotonic() - t0
+        self.state.timings["quiesce_s"] = time.monotonic() - t0
         return False
 
     def show_stall(self) -> None:
         """What a run that did not quiesce leaves to look at (CI keeps only the output):
         the partitions behind, and each worker's stacks (SIGUSR1) and last log lines."""
-        log(f"partitions behind: {self.partition_lag}")
+        log(f"partitions behind: {self.state.partition_lag}")
         try:
-            admin = AdminClient({"bootstrap.servers": self.bootstrap, **QUIET})
-            group = admin.describe_consumer_groups([self.group])[self.group].result(timeout=20)
-            log(f"group {self.group}: state {group.state}, members:")
-            kinds = {topic: kind for kind, topic in self.topics.items()}
+            admin = AdminClient({"bootstrap.servers": self.state.bootstrap, **QUIET})
+            group = admin.describe_consumer_groups(
+                [self.state.group])[self.state.group].result(timeout=20)
+            log(f"group {self.state.group}: state {group.state}, members:")
+            kinds = {topic: kind for kind, topic in self.state.topics.items()}
             for m in group.members:
                 owned = [f"{kinds.get(tp.topic, tp.topic)}[{tp.partition}]"
                          for tp in (m.assignment.topic_partitions if m.assignment else [])]
                 log(f"  {m.client_id} {m.member_id} instance {m.group_instance_id}: {owned}")
         except Exception as exc:  # diagnostics only
             log(f"group description failed: {exc}")
-        for slot in self.slots:
+        for slot in self.state.slots:
             if slot.alive() and slot.proc is not None:
                 slot.proc.send_signal(signal.SIGUSR1)
         time.sleep(2)
-        for slot in self.slots:
+        for slot in self.state.slots:
             lines = slot.log_path.read_text(errors="replace").splitlines()[-STALL_LOG_LINES:]
             log(f"worker {slot.index}: last {len(lines)} log lines\n" + "\n".join(lines))
 
@@ -254,19 +270,19 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         t0 = time.monotonic()
         pred = gen.prediction
         summary: dict[str, Any] = {}
-        if self.produce_errors:
-            self.mismatch(f"harness: {len(self.produce_errors)} produce error(s): "
-                          f"{self.produce_errors[:3]}")
-        missing = [m.seq for m in gen.messages if m.seq not in self.delivered]
+        if self.state.produce_errors:
+            self.state.mismatch(f"harness: {len(self.state.produce_errors)} produce error(s): "
+                                f"{self.state.produce_errors[:3]}")
+        missing = [m.seq for m in gen.messages if m.seq not in self.state.delivered]
         if missing:
-            self.mismatch(f"harness: {len(missing)} message(s) without delivery report")
-        summary["input"] = self.verify_input(gen)
-        summary["dlq"] = self.verify_dlq(gen)
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            self.state.mismatch(f"harness: {len(missing)} message(s) without delivery report")
+        summary["input"] = self.topic_checks.verify_input(gen)
+        summary["dlq"] = self.topic_checks.verify_dlq(gen)
+        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
             db_state = read_db(conn)
-            summary["db"] = self.verify_db(pred.batches, db_state, conn)
-        summary["outputs"] = self.verify_outputs(pred.batches, db_state)
-        self.timings["verify_s"] = time.monotonic() - t0
+            summary["db"] = self.db_checks.verify_db(pred.batches, db_state, conn)
+        summary["outputs"] = self.topic_checks.verify_outputs(pred.batches, db_state)
+        self.state.timings["verify_s"] = time.monotonic() - t0
         return summary
 
     def tamper(self, gen: Generated) -> None:
@@ -279,7 +295,7 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
         incomplete = sorted(b for b, e in pred.batches.items() if e.registered
                             and not e.complete)
         valid = next(m for m in gen.messages if m.expect is None and m.kind == "content")
-        with psycopg.connect(self.db_url, autocommit=True) as conn:
+        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
             conn.execute("UPDATE els.essay_content SET original_file_name = 'tampered'"
                          " WHERE (batch_id, text_storage_id) = (SELECT batch_id, text_storage_id"
                          " FROM els.essay_content WHERE batch_id = %(b)s LIMIT 1)",
@@ -290,72 +306,74 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             conn.execute(contract.REGISTERED.statement, {"event": json.dumps({
                 "entity_id": "ghost", "expected_essay_count": 1, "essay_ids": ["ghost-e"],
                 "course_code": "ENG5", "user_id": "nobody"})})
-        producer = Producer({"bootstrap.servers": self.bootstrap, **QUIET})
-        p, o = self.delivered[valid.seq]
-        producer.produce(contract.dlq_topic(self.topics[valid.kind]), key=valid.key,
+        producer = Producer({"bootstrap.servers": self.state.bootstrap, **QUIET})
+        p, o = self.state.delivered[valid.seq]
+        producer.produce(contract.dlq_topic(self.state.topics[valid.kind]), key=valid.key,
                          value=valid.value,
                          headers=[(contract.H_SQLSTATE, b"ELV03"),
                                   (contract.H_MESSAGE, b"tampered"),
                                   (contract.H_DETAIL, b"{}"),
-                                  (contract.H_SOURCE_TOPIC, self.topics[valid.kind].encode()),
+                                  (contract.H_SOURCE_TOPIC, self.state.topics[valid.kind].encode()),
                                   (contract.H_SOURCE_PARTITION, str(p).encode()),
                                   (contract.H_SOURCE_OFFSET, str(o).encode()),
                                   (contract.H_FAILED_AT, b"2026-01-01T00:00:00Z"),
                                   (contract.H_ATTEMPTS, b"1")])
-        producer.produce(self.topics["completed"], key=incomplete[0].encode(), value=json.dumps({
-            "event_id": str(uuid.uuid4()), "event_type": DEFAULT_TOPICS["completed"],
-            "source_service": contract.SOURCE_SERVICE,
-            "data": {"batch_id": incomplete[0]}}).encode())
+        forged = {"event_id": str(uuid.uuid4()), "event_type": DEFAULT_TOPICS["completed"],
+                  "source_service": contract.SOURCE_SERVICE, "data": {"batch_id": incomplete[0]}}
+        producer.produce(self.state.topics["completed"], key=incomplete[0].encode(),
+                         value=json.dumps(forged).encode())
         producer.flush(30)
 
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg = self.state.cfg
         started = time.monotonic()
         gen = generate(GenConfig(seed=cfg.seed, batches=cfg.batches, malformed=cfg.malformed))
-        self.stats = gen.stats()
-        log(f"stream: {self.stats['messages']} messages ({self.stats['malformed']} malformed, "
-            f"{self.stats['redeliveries']} redeliveries), {self.stats['batches']} batches")
+        self.state.stats = gen.stats()
+        stats = self.state.stats
+        log(f"stream: {stats['messages']} messages ({stats['malformed']} malformed, "
+            f"{stats['redeliveries']} redeliveries), {stats['batches']} batches")
         report: dict[str, Any] = {}
         try:
             self.setup()  # inside: a failed setup still stops what it started
-            self.slots = [WorkerSlot(i, self.worker_env(i), self.out / f"worker-{i}.log")
-                          for i in range(cfg.workers)]
-            for slot in self.slots:
+            self.state.slots = [
+                WorkerSlot(i, self.worker_env(i), self.state.out / f"worker-{i}.log")
+                for i in range(cfg.workers)]
+            for slot in self.state.slots:
                 slot.start()
-            self.schedule()
-            self.stream_started = time.monotonic()
-            producer = threading.Thread(target=self.produce, args=(gen,), name="producer",
+            self.controller.schedule()
+            self.state.stream_started = time.monotonic()
+            producer = threading.Thread(target=self.stream.produce, args=(gen,), name="producer",
                                         daemon=True)
             producer.start()
-            self.control()
+            self.controller.control()
             producer.join(timeout=60)
-            self.wait_rejoined()
+            self.controller.wait_rejoined()
             log("stream produced and chaos done; waiting for quiescence")
             quiet = self.quiesce()
             if not quiet:
-                self.mismatch(f"no quiescence within {cfg.quiesce_timeout:.0f} s")
+                self.state.mismatch(f"no quiescence within {cfg.quiesce_timeout:.0f} s")
                 self.show_stall()
-            exit_codes = [slot.stop() for slot in self.slots]
-            for slot, code in zip(self.slots, exit_codes, strict=True):
+            exit_codes = [slot.stop() for slot in self.state.slots]
+            for slot, code in zip(self.state.slots, exit_codes, strict=True):
                 if code not in (0, None):
-                    self.mismatch(f"worker {slot.index} exited with {code} on SIGTERM")
+                    self.state.mismatch(f"worker {slot.index} exited with {code} on SIGTERM")
             log("workers stopped; verifying")
-            self.measure_recovery()
+            self.controller.measure_recovery()
             if cfg.tamper:
                 self.tamper(gen)
             summary = self.verify(gen)
-            report = self.report(gen, summary, time.monotonic() - started)
+            report = self.reporting.report(gen, summary, time.monotonic() - started)
         finally:
-            for slot in self.slots:
+            for slot in self.state.slots:
                 if slot.alive():
                     slot.stop(10)
             self.cleanup()
         return report
 
     def cleanup(self) -> None:
-        if self.cfg.keep:
-            log(f"kept: database {self.dbname}, topics chaos.{self.run_id}.*, stack "
-                f"{self.pg.root}")
+        if self.state.cfg.keep:
+            log(f"kept: database {self.state.dbname}, topics chaos.{self.state.run_id}.*, stack "
+                f"{self.state.pg.root}")
             return
         if hasattr(self, "bootstrap"):  # setup got as far as creating the topics
             try:
@@ -363,23 +381,23 @@ class ChaosRun(Controller, TopicChecks, DatabaseChecks, Reporting):
             except Exception as exc:
                 log(f"topic cleanup failed: {exc}")
             try:
-                with psycopg.connect(self.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
+                with psycopg.connect(self.state.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(self.dbname)))
+                        sql.Identifier(self.state.dbname)))
             except Exception as exc:
                 log(f"database cleanup failed: {exc}")
         # whatever setup started, even when it failed half-way (a private cluster left
         # running would outlive the run)
         try:
-            if self.ha:
-                self.pg.run("down")
+            if self.state.ha:
+                self.state.pg.run("down")
             else:
-                if self.kafka_stack is not None:
-                    self.kafka_stack.run("kafka-down")
-                self.pg.run("pg-down")
+                if self.state.kafka_stack is not None:
+                    self.state.kafka_stack.run("kafka-down")
+                self.state.pg.run("pg-down")
         except subprocess.CalledProcessError as exc:
-            log(f"stack cleanup failed: {exc} (see {self.pg.log_path})")
-        self.pg.remove()
+            log(f"stack cleanup failed: {exc} (see {self.state.pg.log_path})")
+        self.state.pg.remove()
 
 
 def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:

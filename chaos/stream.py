@@ -18,12 +18,15 @@ from els_worker.kafka import stored_at
 RESEND_LIMIT = 5
 
 
-class Stream(RunState):
-    """Produces the stream and records where each message landed."""
+class Stream:
+    """Produces the stream and records where each message landed (in the run's state)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
 
     def new_producer(self) -> Producer:
         return Producer({
-            "bootstrap.servers": self.bootstrap,
+            "bootstrap.servers": self.state.bootstrap,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
@@ -49,28 +52,28 @@ class Stream(RunState):
         self.wait_known(producer)
         messages = gen.messages
         by_seq = {m.seq: m for m in messages}
-        interval = self.cfg.produce_seconds / max(1, len(messages))
+        interval = self.state.cfg.produce_seconds / max(1, len(messages))
         resend: list[int] = []
 
         def on_delivery(seq: int) -> Callable[[KafkaError | None, Message], None]:
             def cb(err: KafkaError | None, msg: Message) -> None:
                 if err is not None:
-                    self.produce_errors.append(f"#{seq}: {err}")
+                    self.state.produce_errors.append(f"#{seq}: {err}")
                     return
                 where = stored_at(msg)
                 if where is None:
-                    self.unconfirmed[seq] = self.unconfirmed.get(seq, 0) + 1
+                    self.state.unconfirmed[seq] = self.state.unconfirmed.get(seq, 0) + 1
                     log(f"message #{seq} acknowledged without an offset: sending it again")
                     resend.append(seq)
                     return
-                self.delivered[seq] = (where[1], where[2])
+                self.state.delivered[seq] = (where[1], where[2])
             return cb
 
         def send(seq: int) -> None:
             m = by_seq[seq]
             while True:
                 try:
-                    producer.produce(self.topics[m.kind], key=m.key, value=m.value,
+                    producer.produce(self.state.topics[m.kind], key=m.key, value=m.value,
                                      on_delivery=on_delivery(seq))
                     break
                 except BufferError:
@@ -80,25 +83,26 @@ class Stream(RunState):
         def send_again() -> None:
             while resend:
                 seq = resend.pop(0)
-                if self.unconfirmed[seq] > RESEND_LIMIT:
-                    self.produce_errors.append(f"#{seq}: acknowledged without an offset "
-                                               f"{self.unconfirmed[seq]} times")
+                if self.state.unconfirmed[seq] > RESEND_LIMIT:
+                    self.state.produce_errors.append(f"#{seq}: acknowledged without an offset "
+                                                     f"{self.state.unconfirmed[seq]} times")
                 else:
                     send(seq)
 
         start = time.monotonic()
         paused_for = 0.0
         for m in messages:
-            if self.pause_requested.is_set():
+            if self.state.pause_requested.is_set():
                 t0 = time.monotonic()
                 left = producer.flush(300)
                 if left:
-                    self.produce_errors.append(f"{left} message(s) not delivered before a pause")
-                self.paused.set()
-                while self.pause_requested.is_set():
+                    self.state.produce_errors.append(f"{left} message(s) not delivered before a "
+                                                     f"pause")
+                self.state.paused.set()
+                while self.state.pause_requested.is_set():
                     time.sleep(0.05)
                 producer = self.new_producer()
-                self.paused.clear()
+                self.state.paused.clear()
                 paused_for += time.monotonic() - t0
             due = start + paused_for + m.seq * interval
             while True:
@@ -111,13 +115,13 @@ class Stream(RunState):
         while True:
             left = producer.flush(600)
             if left:
-                self.produce_errors.append(f"{left} message(s) not delivered after 600 s")
+                self.state.produce_errors.append(f"{left} message(s) not delivered after 600 s")
             if not resend:
                 break
             send_again()
-        self.timings["stream_s"] = time.monotonic() - start
-        self.timings["stream_paused_s"] = paused_for
-        self.stream_done.set()
+        self.state.timings["stream_s"] = time.monotonic() - start
+        self.state.timings["stream_paused_s"] = paused_for
+        self.state.stream_done.set()
 
     def wait_known(self, producer: Producer) -> None:
         """Until every broker, each asked on its own, and the producer's own metadata
@@ -130,12 +134,12 @@ class Stream(RunState):
         the first messages of a partition "acknowledged without an offset", absent)."""
         deadline = time.monotonic() + 30
         askers = [producer] + [AdminClient({"bootstrap.servers": addr, **QUIET})
-                               for addr in self.bootstrap.split(",")]
+                               for addr in self.state.bootstrap.split(",")]
         for asker in askers:
             for kind in INPUT_KINDS:
-                while not self._knows(asker, self.topics[kind]):
+                while not self._knows(asker, self.state.topics[kind]):
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"the brokers do not all see {self.topics[kind]}")
+                        raise RuntimeError(f"the brokers do not all see {self.state.topics[kind]}")
                     time.sleep(0.2)
 
     @staticmethod
@@ -146,9 +150,9 @@ class Stream(RunState):
 
     def pause_stream(self) -> bool:
         """Asks the stream to pause with everything delivered; False if it has ended."""
-        self.pause_requested.set()
-        while not self.paused.wait(0.2):
-            if self.stream_done.is_set():
-                self.pause_requested.clear()
+        self.state.pause_requested.set()
+        while not self.state.paused.wait(0.2):
+            if self.state.stream_done.is_set():
+                self.state.pause_requested.clear()
                 return False
         return True

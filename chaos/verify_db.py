@@ -13,8 +13,12 @@ from chaos.oracle import BatchExpectation
 from chaos.state import RunState
 
 
-class DatabaseChecks(RunState):
-    """Compares the database with the oracle, batch by batch."""
+class DatabaseChecks:
+    """Compares the database with the oracle, batch by batch; mismatches go to the run's
+    state."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
 
     def verify_db(self, batches: dict[str, BatchExpectation], db: dict[str, Any],
                   conn: psycopg.Connection[Any]) -> dict[str, Any]:
@@ -23,18 +27,18 @@ class DatabaseChecks(RunState):
         trackers = db["trackers"]
         unknown = (set(trackers) | set(db["contents"]) | set(db["failures"])) - set(batches)
         for bid in sorted(unknown):
-            self.mismatch(f"batch {bid!r} has rows but no accepted event names it")
+            self.state.mismatch(f"batch {bid!r} has rows but no accepted event names it")
         checked = 0
         for bid, exp in batches.items():
             checked += 1
             try:
                 check_invariants(conn, bid)
             except AssertionError as exc:
-                self.mismatch(f"batch {bid!r}: SPEC rule 3 invariant broken: {exc}")
+                self.state.mismatch(f"batch {bid!r}: SPEC rule 3 invariant broken: {exc}")
             self.compare_batch(exp, db)
         unpublished = sum(1 for o in db["outbox"] if not o["published"])
         if unpublished:
-            self.mismatch(f"{unpublished} outbox row(s) not published")
+            self.state.mismatch(f"{unpublished} outbox row(s) not published")
         return {"batches_checked": checked, "trackers": len(trackers),
                 "slots": sum(len(s) for s in db["slots"].values()),
                 "contents": sum(len(c) for c in db["contents"].values()),
@@ -49,7 +53,8 @@ class DatabaseChecks(RunState):
         failures = db["failures"].get(bid, {})
         where = f"batch {bid!r}"
         if exp.registered != (tracker is not None):
-            self.mismatch(f"{where}: registered {tracker is not None}, expected {exp.registered}")
+            self.state.mismatch(f"{where}: registered {tracker is not None}, expected "
+                                f"{exp.registered}")
             return
         if tracker is not None and exp.registration is not None:
             p = exp.registration.payload
@@ -64,12 +69,13 @@ class DatabaseChecks(RunState):
                 want["correlation_id"] = exp.registration.correlation_id
             for name, value in want.items():
                 if tracker[name] != value:
-                    self.mismatch(f"{where}: tracker.{name} = {tracker[name]!r}, "
-                                  f"expected {value!r}")
+                    self.state.mismatch(f"{where}: tracker.{name} = {tracker[name]!r}, "
+                                        f"expected {value!r}")
             if [s["essay_id"] for s in slots] != p["essay_ids"]:
-                self.mismatch(f"{where}: slots are not the essay ids in order")
+                self.state.mismatch(f"{where}: slots are not the essay ids in order")
             if tracker["complete"] != exp.complete:
-                self.mismatch(f"{where}: complete {tracker['complete']}, expected {exp.complete}")
+                self.state.mismatch(f"{where}: complete {tracker['complete']}, expected "
+                                    f"{exp.complete}")
         status = Counter(s["status"] for s in slots)
         actual = {
             "slots": len(slots),
@@ -85,16 +91,16 @@ class DatabaseChecks(RunState):
         }
         for name, (lo, hi) in exp.counts().items():
             if not lo <= actual[name] <= hi:
-                self.mismatch(f"{where}: {name} = {actual[name]}, expected "
-                              f"{lo if lo == hi else f'{lo}..{hi}'}")
+                self.state.mismatch(f"{where}: {name} = {actual[name]}, expected "
+                                    f"{lo if lo == hi else f'{lo}..{hi}'}")
         if set(contents) != set(exp.contents):
             lost = sorted(set(exp.contents) - set(contents))[:3]
             extra = sorted(set(contents) - set(exp.contents))[:3]
-            self.mismatch(f"{where}: contents {len(contents)} differ from the expected "
-                          f"{len(exp.contents)} (missing {lost}, extra {extra})")
+            self.state.mismatch(f"{where}: contents {len(contents)} differ from the expected "
+                                f"{len(exp.contents)} (missing {lost}, extra {extra})")
         if set(failures) != set(exp.failures):
-            self.mismatch(f"{where}: failures {sorted(failures)[:3]} differ from the expected "
-                          f"{sorted(exp.failures)[:3]}")
+            self.state.mismatch(f"{where}: failures {sorted(failures)[:3]} differ from the "
+                                f"expected {sorted(exp.failures)[:3]}")
         for key, item in exp.contents.items():
             row = contents.get(key)
             if row is None or not item.fields_certain:
@@ -110,8 +116,8 @@ class DatabaseChecks(RunState):
                 want["correlation_id"] = item.correlation_id
             for name, value in want.items():
                 if row[name] != value:
-                    self.mismatch(f"{where}: content {key!r}.{name} = {row[name]!r}, "
-                                  f"expected {value!r}")
+                    self.state.mismatch(f"{where}: content {key!r}.{name} = {row[name]!r}, "
+                                        f"expected {value!r}")
         for key, item in exp.failures.items():
             row = failures.get(key)
             if row is None or not item.fields_certain:
@@ -127,14 +133,14 @@ class DatabaseChecks(RunState):
                 want["correlation_id"] = item.correlation_id
             for name, value in want.items():
                 if row[name] != value:
-                    self.mismatch(f"{where}: failure {key!r}.{name} = {row[name]!r}, "
-                                  f"expected {value!r}")
+                    self.state.mismatch(f"{where}: failure {key!r}.{name} = {row[name]!r}, "
+                                        f"expected {value!r}")
         order = exp.deterministic_slots()
         if order is not None:
             got = [s["text_storage_id"] for s in slots if s["text_storage_id"] is not None]
             if got != order:
-                self.mismatch(f"{where}: slot contents {got[:4]}... differ from the "
-                              f"order-determined {order[:4]}...")
+                self.state.mismatch(f"{where}: slot contents {got[:4]}... differ from the "
+                                    f"order-determined {order[:4]}...")
 
 
 def read_db(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -23,94 +23,102 @@ from els_worker import audit, contract
 from testkit.kafka import headers_of
 
 
-class TopicChecks(RunState):
-    """Compares the input, dead-letter and output topics with the oracle."""
+class TopicChecks:
+    """Compares the input, dead-letter and output topics with the oracle; mismatches go
+    to the run's state."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
 
     def verify_input(self, gen: Generated) -> dict[str, int]:
         """Every message the broker stored is in its input topic, at the offset of its
         delivery report (one reported without an offset was sent again: Stream.produce).
         A failure here is the stream's loss (Kafka or its client, upstream of the
         worker), reported apart from the worker's mismatches that follow from it."""
-        landed = self.landed
+        landed = self.state.landed
         for kind in INPUT_KINDS:
-            for msg in self.read_all(self.topics[kind]):
+            for msg in self.state.read_all(self.state.topics[kind]):
                 landed[(kind, msg.partition() or 0, msg.offset() or 0)] = msg.value()
-        lost = [m for m in gen.messages if m.seq in self.delivered
-                and landed.get((m.kind, *self.delivered[m.seq]), b"\0absent") != m.value]
-        never = [m for m in gen.messages if m.seq not in self.delivered]
+        lost = [m for m in gen.messages if m.seq in self.state.delivered
+                and landed.get((m.kind, *self.state.delivered[m.seq]), b"\0absent") != m.value]
+        never = [m for m in gen.messages if m.seq not in self.state.delivered]
         for m in lost[:5]:
-            p, off = self.delivered[m.seq]
-            self.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}, batch "
-                          f"{m.batch_id!r}) stored at partition {p} offset {off} by its "
-                          "delivery report, which holds other bytes or nothing: lost "
-                          "upstream of the worker")
+            p, off = self.state.delivered[m.seq]
+            self.state.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}, batch "
+                                f"{m.batch_id!r}) stored at partition {p} offset {off} by its "
+                                "delivery report, which holds other bytes or nothing: lost "
+                                "upstream of the worker")
         if len(lost) > 5:
-            self.mismatch(f"stream: {len(lost) - 5} more acknowledged message(s) lost")
+            self.state.mismatch(f"stream: {len(lost) - 5} more acknowledged message(s) lost")
         for m in never[:5]:
-            self.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}) never got an offset")
-        return {"acknowledged": len(self.delivered), "in_topics": len(landed),
+            self.state.mismatch(f"stream: message #{m.seq} ({m.kind}, {m.label}) never got an "
+                                f"offset")
+        return {"acknowledged": len(self.state.delivered), "in_topics": len(landed),
                 "lost": len(lost), "never_stored": len(never),
-                "sent_again_without_offset": sum(self.unconfirmed.values())}
+                "sent_again_without_offset": sum(self.state.unconfirmed.values())}
 
     def verify_dlq(self, gen: Generated) -> dict[str, Any]:
         by_source: dict[tuple[str, int, int], int] = {}
         for m in gen.messages:
-            if m.seq in self.delivered:
-                p, o = self.delivered[m.seq]
-                by_source[(self.topics[m.kind], p, o)] = m.seq
+            if m.seq in self.state.delivered:
+                p, o = self.state.delivered[m.seq]
+                by_source[(self.state.topics[m.kind], p, o)] = m.seq
         # a copy sent again after a report without an offset, or one the broker stored
         # although its report had no offset: known by its bytes
         by_value = {(m.kind, m.value): m.seq for m in gen.messages}
-        for (kind, p, o), value in self.landed.items():
+        for (kind, p, o), value in self.state.landed.items():
             seq = by_value.get((kind, value))
             if seq is not None:
-                by_source.setdefault((self.topics[kind], p, o), seq)
+                by_source.setdefault((self.state.topics[kind], p, o), seq)
         messages = {m.seq: m for m in gen.messages}
         expected = {m.seq for m in gen.messages if m.expect is not None}
         seen: Counter[int] = Counter()
         by_state: Counter[str] = Counter()
         for kind in INPUT_KINDS:
-            dlq = contract.dlq_topic(self.topics[kind])
-            for msg in self.read_all(dlq):
+            dlq = contract.dlq_topic(self.state.topics[kind])
+            for msg in self.state.read_all(dlq):
                 headers = headers_of(msg)
                 absent = [h for h in contract.DLQ_HEADERS if h not in headers]
                 if absent:
-                    self.mismatch(f"DLQ {dlq}@{msg.partition()}:{msg.offset()} lacks {absent}")
+                    self.state.mismatch(f"DLQ {dlq}@{msg.partition()}:{msg.offset()} lacks "
+                                        f"{absent}")
                 try:
                     source = (headers.get(contract.H_SOURCE_TOPIC, ""),
                               int(headers.get(contract.H_SOURCE_PARTITION, "-1")),
                               int(headers.get(contract.H_SOURCE_OFFSET, "-1")))
                 except ValueError:
-                    self.mismatch(f"DLQ {dlq}@{msg.offset()}: bad source headers {headers}")
+                    self.state.mismatch(f"DLQ {dlq}@{msg.offset()}: bad source headers {headers}")
                     continue
                 seq = by_source.get(source)
                 if seq is None:
-                    self.mismatch(f"DLQ {dlq}: unknown source {source}")
+                    self.state.mismatch(f"DLQ {dlq}: unknown source {source}")
                     continue
                 m = messages[seq]
                 seen[seq] += 1
                 state = headers.get(contract.H_SQLSTATE)
                 by_state[state or "?"] += 1
                 if m.expect is None:
-                    self.mismatch(f"valid message #{seq} ({m.label}, batch {m.batch_id!r}) was "
-                                  f"dead-lettered with {state}: {headers.get('els.error.message')}")
+                    self.state.mismatch(f"valid message #{seq} ({m.label}, batch {m.batch_id!r}) "
+                                        f"was dead-lettered with {state}: "
+                                        f"{headers.get(contract.H_MESSAGE)}")
                 elif state != m.expect:
-                    self.mismatch(f"#{seq} {m.label}: dead-lettered with {state}, expected "
-                                  f"{m.expect}: {headers.get('els.error.message')}")
+                    self.state.mismatch(f"#{seq} {m.label}: dead-lettered with {state}, expected "
+                                        f"{m.expect}: {headers.get(contract.H_MESSAGE)}")
                 if contract.dlq_topic(source[0]) != dlq:
-                    self.mismatch(f"#{seq}: dead-lettered to {dlq}, source {source[0]}")
+                    self.state.mismatch(f"#{seq}: dead-lettered to {dlq}, source {source[0]}")
                 if msg.key() != m.key or msg.value() != m.value:
-                    self.mismatch(f"#{seq} {m.label}: DLQ key/value differ from the original")
+                    self.state.mismatch(f"#{seq} {m.label}: DLQ key/value differ from the original")
                 try:
                     detail = json.loads(headers.get(contract.H_DETAIL, ""))
                     if not isinstance(detail, dict):
                         raise ValueError("not an object")
                 except ValueError:
-                    self.mismatch(f"#{seq} {m.label}: els.error.detail is not a JSON object: "
-                                  f"{headers.get('els.error.detail', '')[:200]!r}")
+                    self.state.mismatch(f"#{seq} {m.label}: els.error.detail is not a JSON object: "
+                                        f"{headers.get(contract.H_DETAIL, '')[:200]!r}")
         for seq in sorted(expected - set(seen)):
             m = messages[seq]
-            self.mismatch(f"malformed #{seq} {m.label} (expected {m.expect}) is not in the DLQ")
+            self.state.mismatch(f"malformed #{seq} {m.label} (expected {m.expect}) is not in the "
+                                f"DLQ")
         copies = sum(seen.values())
         return {"distinct": len(seen), "copies": copies, "extra_copies": copies - len(seen),
                 "expected": len(expected), "by_sqlstate": dict(sorted(by_state.items()))}
@@ -124,13 +132,13 @@ class TopicChecks(RunState):
             wanted[(o["kafka_topic"], o["kafka_partition"])].append(o["kafka_offset"])
         for o in db["outbox"]:
             if o["published"] and o["kafka_offset"] is None:
-                self.mismatch(f"outbox row {o['event_id']} published without an offset")
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "chaos-proofs",
+                self.state.mismatch(f"outbox row {o['event_id']} published without an offset")
+        consumer = Consumer({"bootstrap.servers": self.state.bootstrap, "group.id": "chaos-proofs",
                              "enable.auto.commit": False, **QUIET})
         try:
             found, expired = audit.read_offsets(consumer, wanted, time.monotonic() + 300)
         except audit.AuditUnreachable as exc:
-            self.mismatch(f"delivery proofs: {exc}")
+            self.state.mismatch(f"delivery proofs: {exc}")
             return {"proven": len(proven), "found": 0}
         finally:
             consumer.close()
@@ -139,11 +147,11 @@ class TopicChecks(RunState):
             where = (o["kafka_topic"], o["kafka_partition"], o["kafka_offset"])
             if found.get(where) == o["event_id"]:
                 hits += 1
-            elif len(self.mismatches) < 200:
-                self.mismatch(f"outbox row {o['event_id']} ({o['event_type']}) is not at "
-                              f"{where[0]}[{where[1]}]@{where[2]}"
-                              f"{' (expired)' if where in expired else ''}: its delivery "
-                              "report was no proof")
+            elif len(self.state.mismatches) < 200:
+                self.state.mismatch(f"outbox row {o['event_id']} ({o['event_type']}) is not at "
+                                    f"{where[0]}[{where[1]}]@{where[2]}"
+                                    f"{' (expired)' if where in expired else ''}: its delivery "
+                                    "report was no proof")
         return {"proven": len(proven), "found": hits}
 
     def verify_outputs(self, batches: dict[str, BatchExpectation], db: dict[str, Any]
@@ -155,26 +163,26 @@ class TopicChecks(RunState):
         for key, event_type in (("completed", "BatchContentProvisioningCompleted"),
                                 ("slot_assigned", "EssaySlotAssigned"),
                                 ("excess", "ExcessContentProvisioned")):
-            topic = self.topics[key]
+            topic = self.state.topics[key]
             ids: dict[str, set[str]] = defaultdict(set)
             envelopes: dict[str, dict[str, Any]] = {}
             total = 0
-            for msg in self.read_all(topic):
+            for msg in self.state.read_all(topic):
                 total += 1
                 env = json.loads(msg.value() or b"null")
                 bid = (msg.key() or b"").decode()
                 if env.get("event_type") != DEFAULT_TOPICS[key]:
-                    self.mismatch(f"{topic}: event_type {env.get('event_type')!r}")
+                    self.state.mismatch(f"{topic}: event_type {env.get('event_type')!r}")
                 if env.get("data", {}).get("batch_id") != bid:
-                    self.mismatch(f"{topic}: key {bid!r} but data.batch_id "
-                                  f"{env.get('data', {}).get('batch_id')!r}")
+                    self.state.mismatch(f"{topic}: key {bid!r} but data.batch_id "
+                                        f"{env.get('data', {}).get('batch_id')!r}")
                 ids[bid].add(env["event_id"])
                 envelopes[env["event_id"]] = env
             for bid in set(ids) | set(outbox_ids[event_type]):
                 if ids.get(bid, set()) != outbox_ids[event_type].get(bid, set()):
-                    self.mismatch(f"{topic}: batch {bid!r} event ids on the topic "
-                                  f"{sorted(ids.get(bid, set()))[:3]} != outbox "
-                                  f"{sorted(outbox_ids[event_type].get(bid, set()))[:3]}")
+                    self.state.mismatch(f"{topic}: batch {bid!r} event ids on the topic "
+                                        f"{sorted(ids.get(bid, set()))[:3]} != outbox "
+                                        f"{sorted(outbox_ids[event_type].get(bid, set()))[:3]}")
             distinct = sum(len(v) for v in ids.values())
             out[key] = {"messages": total, "distinct_event_ids": distinct,
                         "republished_copies": total - distinct}
@@ -182,8 +190,8 @@ class TopicChecks(RunState):
                 for bid, exp in batches.items():
                     n = len(ids.get(bid, set()))
                     if n != int(exp.complete):
-                        self.mismatch(f"batch {bid!r}: {n} distinct completion event id(s) on "
-                                      f"{topic}, expected {int(exp.complete)}")
+                        self.state.mismatch(f"batch {bid!r}: {n} distinct completion event id(s) "
+                                            f"on {topic}, expected {int(exp.complete)}")
                     if n == 1 and exp.complete:
                         self.check_completion(bid, envelopes[next(iter(ids[bid]))], db)
                 out[key]["complete_batches"] = sum(1 for b in batches.values() if b.complete)
@@ -201,7 +209,8 @@ class TopicChecks(RunState):
                 "essays_for_processing": ready, "correlation_id": tracker["correlation_id"]}
         for name, value in want.items():
             if data.get(name) != value:
-                self.mismatch(f"completion of {bid!r}: data.{name} = {data.get(name)!r}, "
-                              f"expected {value!r}")
+                self.state.mismatch(f"completion of {bid!r}: data.{name} = {data.get(name)!r}, "
+                                    f"expected {value!r}")
         if env.get("source_service") != "essay_lifecycle_service":
-            self.mismatch(f"completion of {bid!r}: source_service {env.get('source_service')!r}")
+            self.state.mismatch(f"completion of {bid!r}: source_service "
+                                f"{env.get('source_service')!r}")
