@@ -170,6 +170,16 @@ def drop_template(stack: Stack) -> None:
 # ---------------------------------------------------------------- timing
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (a worker, a PostgreSQL backend, the broker) and of
+    its reaped children, from /proc; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

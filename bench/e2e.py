@@ -38,6 +38,7 @@ from bench.common import (
     TOPIC_REGISTERED,
     Stack,
     content,
+    cpu_seconds,
     dumps,
     fresh_database,
     registration,
@@ -159,16 +160,6 @@ def _produce(stack: Stack, prefix: str, stream: Stream) -> None:
         raise RuntimeError(f"pre-loading the input topics failed: {failures[:3]}")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (and its reaped children), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / ticks
-
-
 def _listener_pid(port: int) -> int | None:
     """The process listening on 127.0.0.1:port (the broker), from /proc; None if unseen."""
     inodes = set()
@@ -226,7 +217,7 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
             procs: list[subprocess.Popen[bytes]] = []
             logs = []
             broker = _listener_pid(int(stack.kafka_bootstrap.rsplit(":", 1)[1]))
-            broker_cpu0 = _cpu_seconds(broker) if broker else 0.0
+            broker_cpu0 = cpu_seconds(broker) if broker else 0.0
             busy0, total0 = _machine_busy()
             t0 = time.monotonic()
             for w in range(workers):
@@ -261,19 +252,19 @@ def run_workers(stack: Stack, stream: Stream, workers: int, partitions: int,
                             raise RuntimeError(f"worker exited with {p.returncode}; "
                                                f"logs in {log_dir}")
                     time.sleep(0.05)
-                cpu = {"worker processes": sum(_cpu_seconds(p.pid) for p in procs)}
+                cpu = {"worker processes": sum(cpu_seconds(p.pid) for p in procs)}
                 backends = watch.execute(
                     "SELECT pid, application_name FROM pg_stat_activity"
                     " WHERE datname = current_database() AND application_name LIKE 'els-%'"
                 ).fetchall()
                 by_session = {pid: name for pid, name in backends}
-                spent = {pid: _cpu_seconds(pid) for pid in by_session}
+                spent = {pid: cpu_seconds(pid) for pid in by_session}
                 cpu["their PG backends"] = sum(spent.values())
                 # where the server's time goes: applying events, relaying the outbox, the rest
                 for label, name in (("PG: apply", "els-worker"), ("PG: relay", "els-outbox-relay")):
                     cpu[label] = sum(t for pid, t in spent.items() if by_session[pid] == name)
                 if broker:
-                    cpu["Kafka broker"] = _cpu_seconds(broker) - broker_cpu0
+                    cpu["Kafka broker"] = cpu_seconds(broker) - broker_cpu0
                 busy1, total1 = _machine_busy()
                 cpu["machine busy"] = busy1 - busy0
                 cpu["machine total"] = total1 - total0
@@ -436,7 +427,7 @@ def _ceiling_child(url: str, messages: list[tuple[str, str]], group: int,
                     cursors.append(cur)
             for cur in cursors:
                 cur.fetchone()
-    results.put((time.monotonic(), _cpu_seconds(os.getpid())))
+    results.put((time.monotonic(), cpu_seconds(os.getpid())))
     conn.close()
 
 

@@ -32,14 +32,12 @@ import argparse
 import json
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 from bench import common
 
-TICKS = 100.0  # USER_HZ: /proc's unit of CPU time
 ROWS_PER_ROUND = 500
 ROWS_PER_STATEMENT = 50
 
@@ -117,11 +115,6 @@ def _sql(template: sql.Composable, schema: str) -> sql.Composed:
     return template.format(s=sql.Identifier(schema))
 
 
-def _cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _pid(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
     assert row is not None
@@ -175,22 +168,22 @@ def run(url: str, layouts: list[str], rounds: int) -> dict[str, dict[str, float]
             rows = _round_rows(r)
             for name in common.rotate(layouts, r):
                 spec, (writer_pid, relay_pid) = LAYOUTS[name], pids[name]
-                t0 = _cpu(writer_pid)
+                t0 = common.cpu_seconds(writer_pid)
                 for s in range(0, ROWS_PER_ROUND, ROWS_PER_STATEMENT):
                     writers[name].execute(_sql(spec.write, name),
                                           {k: v[s:s + ROWS_PER_STATEMENT] for k, v in rows.items()})
-                t1, t1r = _cpu(writer_pid), _cpu(relay_pid)
+                t1, t1r = common.cpu_seconds(writer_pid), common.cpu_seconds(relay_pid)
                 with relays[name].transaction():
                     claimed = relays[name].execute(_sql(spec.claim, name),
                                                    {"limit": ROWS_PER_ROUND}).fetchall()
-                    t2 = _cpu(relay_pid)
+                    t2 = common.cpu_seconds(relay_pid)
                     ids = [row[0] for row in claimed]
                     assert len(ids) == ROWS_PER_ROUND, (name, len(ids))
                     coordinates = {"ids": ids, "topics": ["t"] * len(ids),
                                    "partitions": [0] * len(ids), "offsets": list(range(len(ids)))}
                     for statement in spec.mark:
                         relays[name].execute(_sql(statement, name), coordinates)
-                t3 = _cpu(relay_pid)
+                t3 = common.cpu_seconds(relay_pid)
                 if r >= warm:
                     spent[name]["write"] += t1 - t0
                     spent[name]["claim"] += t2 - t1r

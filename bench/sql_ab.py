@@ -37,14 +37,6 @@ from bench import common, e2e
 from bench.profile import _apply
 from testkit.db import load_functions
 
-TICKS = 100.0  # USER_HZ: /proc's unit of CPU time
-
-
-def _backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 Chunks = list[list[tuple[str, str]]]
 
 
@@ -70,13 +62,13 @@ def _run(stack: common.Stack, variants: list[str], dirs: dict[str, Path | None],
         cpu0: dict[str, float] = {}
         for i, chunk in enumerate(chunks):
             if i == warm:
-                cpu0 = {v: _backend_cpu(pids[v]) for v in variants}
+                cpu0 = {v: common.cpu_seconds(pids[v]) for v in variants}
             for variant in common.rotate(variants, i + rep):
                 t0 = time.perf_counter()
                 _apply(conns[variant], chunk, variant.split(":")[1], slots[variant])
                 if i >= warm:
                     wall[variant] += time.perf_counter() - t0
-        return {v: (wall[v], _backend_cpu(pids[v]) - cpu0[v]) for v in variants}
+        return {v: (wall[v], common.cpu_seconds(pids[v]) - cpu0[v]) for v in variants}
 
 
 def main() -> None:
