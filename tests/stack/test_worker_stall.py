@@ -154,8 +154,14 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
          event_bytes(ev.registration(b, [f"{b}-e{i}" for i in range(2)])))
         for b in batch_ids
     ])
+    # commit_transaction returns once the coordinator has decided; the commit markers
+    # reach the partitions after that, so a read_committed read waits for all of them.
+    produced = wait_until(
+        lambda: (ms if len(ms := read_topic(kafka_bootstrap, topics.batch_registered))
+                 >= len(batch_ids) else None),
+        30, f"the {len(batch_ids)} committed registrations to be readable")
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for m in read_topic(kafka_bootstrap, topics.batch_registered):
+    for m in produced:
         by_partition[m.partition() or 0].append((m.offset() or 0, (m.key() or b"").decode()))
     victim_partition, victim_msgs = max(by_partition.items(), key=lambda kv: len(kv[1]))
     assert len(victim_msgs) >= 3, by_partition
