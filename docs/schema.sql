@@ -236,6 +236,51 @@ BEGIN
 END
 $$;
 ALTER FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[]) OWNER TO els_owner;
+CREATE FUNCTION els._claim_essays(p_batch_ids text[], p_essay_ids text[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_conflict record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM els.partition_self) THEN
+        RETURN;
+    END IF;
+    SELECT c.essay_id, c.verdict, c.owner_batch_id, c.purged INTO v_conflict
+      FROM jsonb_to_recordset(els._claims_across(p_batch_ids, p_essay_ids))
+           AS c(essay_id text, verdict text, owner_batch_id text, purged boolean)
+     WHERE c.verdict IN ('held', 'busy')
+     ORDER BY c.verdict = 'busy', c.essay_id
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM els._release_across(p_batch_ids, p_essay_ids);
+    IF v_conflict.verdict = 'busy' THEN
+        RAISE EXCEPTION USING ERRCODE = 'serialization_failure',
+            MESSAGE = format('essay id %s is being registered by batch %s; retry',
+                             v_conflict.essay_id, v_conflict.owner_batch_id);
+    END IF;
+    PERFORM els._reject('ELC02', 'an essay id already belongs to another batch',
+                        els._essay_owner_detail(v_conflict.essay_id, v_conflict.owner_batch_id,
+                                                v_conflict.purged));
+END
+$$;
+ALTER FUNCTION els._claim_essays(p_batch_ids text[], p_essay_ids text[]) OWNER TO els_owner;
+CREATE FUNCTION els._claims_across(p_batch_ids text[], p_essay_ids text[]) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    v_claims jsonb;
+BEGIN
+    PERFORM 'PRAGMA:disable:check';  -- els_cluster exists in partitions only
+    EXECUTE 'SELECT coalesce(jsonb_agg(to_jsonb(c)), ''[]'') FROM els_cluster.claim_essays($1, $2, $3, $4) AS c'
+       INTO v_claims
+      USING p_batch_ids, p_essay_ids, (SELECT p.partition_no FROM els.partition_self AS p),
+            pg_current_xact_id()::text::bigint;
+    RETURN v_claims;
+END
+$_$;
+ALTER FUNCTION els._claims_across(p_batch_ids text[], p_essay_ids text[]) OWNER TO els_owner;
 CREATE FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -449,6 +494,10 @@ BEGIN
     ELSIF v_created IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'unique_violation',
             MESSAGE = format('slots of batch %s: a unique violation without another owner', p_batch_id);
+    END IF;
+    IF v_created > 0 THEN
+        -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)
+        PERFORM els._claim_essays(array_fill(p_batch_id, ARRAY[cardinality(p_essay_ids)]), p_essay_ids);
     END IF;
     RETURN v_created;
 END
@@ -1093,18 +1142,22 @@ CREATE FUNCTION els._register_alone(p_reg jsonb) RETURNS jsonb
     AS $$
 DECLARE
     v_owner record;
+    v_detail text;
 BEGIN
     RETURN els._register_set(jsonb_build_array(p_reg)) -> 0;
 EXCEPTION WHEN unique_violation OR SQLSTATE 'ELC02' THEN
+    -- an owner on another partition comes in the DETAIL of the claims' ELC02
+    GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
     SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
       FROM els._essay_owner_elsewhere(p_reg ->> 'batch_id',
                                       ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'))) AS o;
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        v_detail := els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged)::text;
+    ELSIF coalesce(v_detail, '') = '' THEN
         RAISE;
     END IF;
     RETURN jsonb_build_object('ord', p_reg -> 'ord', 'done', els._rejection(
-        'ELC02', 'an essay id already belongs to another batch',
-        els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged)::text,
+        'ELC02', 'an essay id already belongs to another batch', v_detail,
         'els._register_alone: event ' || (p_reg ->> 'ord') || ' of the micro-batch'));
 END
 $$;
@@ -1240,6 +1293,16 @@ CREATE FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN jsonb_build_object('ok', false, 'sqlstate', p_sqlstate, 'message', p_message, 'detail', (p_detail)::jsonb, 'detail_text', p_detail, 'context', p_context);
 ALTER FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) OWNER TO els_owner;
+CREATE FUNCTION els._release_across(p_batch_ids text[], p_essay_ids text[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $_$
+BEGIN
+    PERFORM 'PRAGMA:disable:check';  -- els_cluster exists in partitions only
+    EXECUTE 'SELECT sum(n) FROM els_cluster.release_claims($1, $2, $3) AS n'
+        USING p_batch_ids, p_essay_ids, pg_current_xact_id()::text::bigint;
+END
+$_$;
+ALTER FUNCTION els._release_across(p_batch_ids text[], p_essay_ids text[]) OWNER TO els_owner;
 CREATE FUNCTION els._settle_batches(p_batch_ids text[]) RETURNS jsonb
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -1297,6 +1360,19 @@ CREATE FUNCTION els._try_lock_batch(p_batch_id text) RETURNS boolean
  SELECT pg_try_advisory_xact_lock(els._batch_lock_key(p_batch_id)) AS pg_try_advisory_xact_lock;
 END;
 ALTER FUNCTION els._try_lock_batch(p_batch_id text) OWNER TO els_owner;
+CREATE FUNCTION els._verdict_across(p_owner_partition integer, p_batch_id text, p_essay_id text, p_owner_xid bigint) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    v_verdict jsonb;
+BEGIN
+    PERFORM 'PRAGMA:disable:check';  -- els_cluster exists in partitions only
+    EXECUTE 'SELECT to_jsonb(v) FROM els_cluster.claim_verdict($1, $2, $3, $4) AS v'
+       INTO v_verdict USING p_owner_partition, p_batch_id, p_essay_id, p_owner_xid;
+    RETURN v_verdict;
+END
+$_$;
+ALTER FUNCTION els._verdict_across(p_owner_partition integer, p_batch_id text, p_essay_id text, p_owner_xid bigint) OWNER TO els_owner;
 CREATE FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) RETURNS integer
     LANGUAGE plpgsql
     SET plan_cache_mode TO 'force_generic_plan'
@@ -1447,6 +1523,13 @@ BEGIN
                                WHERE b.essay_ids && ARRAY(SELECT jsonb_array_elements_text(r.essay_ids))
                                  AND b.batch_id <> r.batch_id)) THEN
         RAISE EXCEPTION USING ERRCODE = 'ELC02', MESSAGE = 'an essay id already belongs to another batch';
+    END IF;
+    -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)
+    IF v_created <> '{}'::jsonb AND EXISTS (SELECT FROM els.partition_self) THEN
+        PERFORM els._claim_essays(array_agg(r.batch_id), array_agg(e.id))
+           FROM jsonb_to_recordset(p_regs) AS r(batch_id text, essay_ids jsonb)
+          CROSS JOIN LATERAL jsonb_array_elements_text(r.essay_ids) AS e(id)
+          WHERE v_created ? r.batch_id;
     END IF;
     RETURN v_created;
 END
@@ -1665,6 +1748,70 @@ CREATE FUNCTION els.batch_report(p_batch_id text) RETURNS jsonb
 END;
 ALTER FUNCTION els.batch_report(p_batch_id text) OWNER TO els_owner;
 COMMENT ON FUNCTION els.batch_report(p_batch_id text) IS 'Everything known about one batch as one JSON document: tracker (with completion_reason), slot counts, timed-out slots, slots, pending and excess content, failures, outbox rows and whether they were published. A purged batch: purged true, tracker and counts from its tombstone, and only what arrived after the purge.';
+CREATE FUNCTION els.claim_essays(batch_ids text[], essay_ids text[], owner_partition integer, owner_xid bigint) RETURNS TABLE(essay_id text, batch_id text, verdict text, owner_batch_id text, purged boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_xid xid8 := owner_xid::text::xid8;
+    v_new text[];
+    v_claim record;
+    v_verdict jsonb;
+BEGIN
+    WITH ins AS (
+        INSERT INTO els.essay_claim AS c (essay_id, batch_id, owner_partition, owner_xid)
+        SELECT w.essay_id, w.batch_id, claim_essays.owner_partition, v_xid
+          FROM unnest(batch_ids, essay_ids) AS w(batch_id, essay_id)
+         ORDER BY w.essay_id
+        ON CONFLICT DO NOTHING
+        RETURNING c.essay_id)
+    SELECT coalesce(array_agg(ins.essay_id), '{}') INTO v_new FROM ins;
+    RETURN QUERY SELECT n.id, w.batch_id, 'claimed'::text, w.batch_id, false
+                   FROM unnest(v_new) AS n(id)
+                   JOIN unnest(batch_ids, essay_ids) AS w(batch_id, essay_id) ON w.essay_id = n.id;
+    FOR v_claim IN
+        SELECT w.batch_id AS wanted_by, c.essay_id, c.batch_id, c.owner_partition, c.owner_xid
+          FROM unnest(batch_ids, essay_ids) AS w(batch_id, essay_id)
+          JOIN els.essay_claim AS c ON c.essay_id = w.essay_id
+         WHERE w.essay_id <> ALL (v_new)
+         ORDER BY c.essay_id
+           FOR UPDATE OF c
+    LOOP
+        IF v_claim.batch_id = v_claim.wanted_by THEN
+            -- this batch's: an earlier attempt (a redelivery after a crash) or a repair
+            UPDATE els.essay_claim AS c
+               SET owner_partition = claim_essays.owner_partition, owner_xid = v_xid
+             WHERE c.essay_id = v_claim.essay_id AND c.owner_xid IS NOT NULL;
+            RETURN QUERY SELECT v_claim.essay_id, v_claim.wanted_by, 'own'::text, v_claim.batch_id, false;
+            CONTINUE;
+        END IF;
+        IF v_claim.owner_xid = v_xid AND v_claim.owner_partition = claim_essays.owner_partition THEN
+            -- an earlier registration of the same transaction took it first
+            v_verdict := '{"verdict": "held", "purged": false}';
+        ELSE
+            v_verdict := els._verdict_across(v_claim.owner_partition, v_claim.batch_id,
+                                             v_claim.essay_id, v_claim.owner_xid::text::bigint);
+        END IF;
+        IF v_verdict ->> 'verdict' = 'stale' AND v_claim.owner_xid IS NOT NULL THEN
+            UPDATE els.essay_claim AS c
+               SET batch_id = v_claim.wanted_by, owner_partition = claim_essays.owner_partition,
+                   owner_xid = v_xid, claimed_at = now()
+             WHERE c.essay_id = v_claim.essay_id;
+            RETURN QUERY SELECT v_claim.essay_id, v_claim.wanted_by, 'claimed'::text,
+                                v_claim.wanted_by, false;
+        ELSIF v_verdict ->> 'verdict' = 'busy' THEN
+            RETURN QUERY SELECT v_claim.essay_id, v_claim.wanted_by, 'busy'::text, v_claim.batch_id, false;
+        ELSE
+            UPDATE els.essay_claim AS c SET owner_xid = NULL
+             WHERE c.essay_id = v_claim.essay_id AND c.owner_xid IS NOT NULL;
+            RETURN QUERY SELECT v_claim.essay_id, v_claim.wanted_by, 'held'::text, v_claim.batch_id,
+                                coalesce((v_verdict ->> 'purged')::boolean, false);
+        END IF;
+    END LOOP;
+END
+$$;
+ALTER FUNCTION els.claim_essays(batch_ids text[], essay_ids text[], owner_partition integer, owner_xid bigint) OWNER TO els_owner;
+COMMENT ON FUNCTION els.claim_essays(batch_ids text[], essay_ids text[], owner_partition integer, owner_xid bigint) IS 'Claims essay ids (this partition''s share) for registering batches; per id: claimed, own, held (another batch owns it) or busy (another registration is in flight). Called through PL/Proxy.';
 CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id bigint, event_id uuid, event_type text, topic text, message_key text, envelope jsonb, created_at timestamp with time zone)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1684,6 +1831,30 @@ CREATE FUNCTION els.claim_outbox(p_limit integer DEFAULT 500) RETURNS TABLE(id b
 END;
 ALTER FUNCTION els.claim_outbox(p_limit integer) OWNER TO els_owner;
 COMMENT ON FUNCTION els.claim_outbox(p_limit integer) IS 'Locks and returns up to p_limit unpublished outbox rows, oldest first, skipping rows another relay holds and rows set aside until later. Call in the same transaction as mark_outbox_published and set_aside_outbox.';
+CREATE FUNCTION els.claim_verdict(batch_id text, essay_id text, owner_xid bigint) RETURNS TABLE(verdict text, purged boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_status text := CASE WHEN owner_xid IS NULL THEN 'committed'
+                          ELSE pg_xact_status(owner_xid::text::xid8) END;
+BEGIN
+    IF v_status = 'in progress' THEN
+        RETURN QUERY SELECT 'busy'::text, false;
+    ELSIF EXISTS (SELECT FROM els.essay_slot AS s
+                   WHERE s.essay_id = claim_verdict.essay_id AND s.batch_id = claim_verdict.batch_id) THEN
+        RETURN QUERY SELECT 'held'::text, false;
+    ELSIF EXISTS (SELECT FROM els.batch_tombstone AS b
+                   WHERE b.batch_id = claim_verdict.batch_id
+                     AND claim_verdict.essay_id = ANY (b.essay_ids)) THEN
+        RETURN QUERY SELECT 'held'::text, true;
+    ELSE
+        RETURN QUERY SELECT 'stale'::text, false;
+    END IF;
+END
+$$;
+ALTER FUNCTION els.claim_verdict(batch_id text, essay_id text, owner_xid bigint) OWNER TO els_owner;
+COMMENT ON FUNCTION els.claim_verdict(batch_id text, essay_id text, owner_xid bigint) IS 'On a batch''s partition: its claim on an essay id is held, busy (its transaction runs) or stale.';
 CREATE FUNCTION els.close_batch(batch_id text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1756,6 +1927,11 @@ END
 $$;
 ALTER FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) OWNER TO els_owner;
 COMMENT ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) IS 'Closes (as els.close_batch) every incomplete batch registered at least older_than ago, oldest first, at most max_batches. Returns batches_closed, slots_timed_out, events.';
+CREATE FUNCTION els.key_hash(key text) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN ((('x'::text || substr(md5(key), 1, 8)))::bit(32))::integer;
+ALTER FUNCTION els.key_hash(key text) OWNER TO els_owner;
+COMMENT ON FUNCTION els.key_hash(key text) IS 'The partition mapping (SPEC 9): key_hash(batch_id) & (partition_count - 1) is the batch''s partition.';
 CREATE FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1820,6 +1996,11 @@ CREATE FUNCTION els.outbox_published_since(p_since interval DEFAULT '24:00:00'::
 END;
 ALTER FUNCTION els.outbox_published_since(p_since interval) OWNER TO els_owner;
 COMMENT ON FUNCTION els.outbox_published_since(p_since interval) IS 'Outbox rows published in the last p_since with where the broker stored them, in the order worker.py audit reads them back (topic, partition, offset).';
+CREATE FUNCTION els.partition_of(key text, partition_count integer) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN (els.key_hash(key) & (partition_count - 1));
+ALTER FUNCTION els.partition_of(key text, partition_count integer) OWNER TO els_owner;
+COMMENT ON FUNCTION els.partition_of(key text, partition_count integer) IS 'The partition (0 .. partition_count - 1) that a batch id or an essay id maps to.';
 CREATE FUNCTION els.provision_content(event jsonb) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -1976,6 +2157,44 @@ END
 $$;
 ALTER FUNCTION els.purge_outbox(p_older_than interval) OWNER TO els_owner;
 COMMENT ON FUNCTION els.purge_outbox(p_older_than interval) IS 'Deletes published outbox rows older than the interval; unpublished rows are never purged.';
+CREATE FUNCTION els.reap_claims(older_than interval) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_claim record;
+    v_verdict text;
+    v_held integer := 0;
+    v_released integer := 0;
+    v_busy integer := 0;
+BEGIN
+    FOR v_claim IN
+        SELECT c.essay_id, c.batch_id, c.owner_partition, c.owner_xid
+          FROM els.essay_claim AS c
+         WHERE c.owner_xid IS NOT NULL AND c.claimed_at <= now() - older_than
+         ORDER BY c.claimed_at
+         LIMIT 10000
+    LOOP
+        v_verdict := els._verdict_across(v_claim.owner_partition, v_claim.batch_id, v_claim.essay_id,
+                                         v_claim.owner_xid::text::bigint) ->> 'verdict';
+        IF v_verdict = 'held' THEN
+            UPDATE els.essay_claim AS c SET owner_xid = NULL
+             WHERE c.essay_id = v_claim.essay_id AND c.owner_xid = v_claim.owner_xid;
+            v_held := v_held + 1;
+        ELSIF v_verdict = 'stale' THEN
+            DELETE FROM els.essay_claim AS c
+             WHERE c.essay_id = v_claim.essay_id AND c.owner_xid = v_claim.owner_xid;
+            v_released := v_released + 1;
+        ELSE
+            v_busy := v_busy + 1;
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('claims_held', v_held, 'claims_released', v_released,
+                              'claims_in_flight', v_busy);
+END
+$$;
+ALTER FUNCTION els.reap_claims(older_than interval) OWNER TO els_owner;
+COMMENT ON FUNCTION els.reap_claims(older_than interval) IS 'Resolves essay-id claims pending longer than older_than: held ones kept, stale ones released.';
 CREATE FUNCTION els.reconcile_batch(p_batch_id text) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2058,6 +2277,23 @@ END
 $$;
 ALTER FUNCTION els.register_batch(event jsonb) OWNER TO els_owner;
 COMMENT ON FUNCTION els.register_batch(event jsonb) IS 'BatchEssaysRegistered -> tracker + slots, reconciliation of pending items, completion. Outcomes: registered, duplicate, repaired. Errors: ELV01-ELV06, ELC01, ELC02.';
+CREATE FUNCTION els.release_claims(batch_ids text[], essay_ids text[], owner_xid bigint) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_released integer;
+BEGIN
+    DELETE FROM els.essay_claim AS c
+     USING unnest(batch_ids, essay_ids) AS w(batch_id, essay_id)
+     WHERE c.essay_id = w.essay_id AND c.batch_id = w.batch_id
+       AND c.owner_xid = release_claims.owner_xid::text::xid8;
+    GET DIAGNOSTICS v_released = ROW_COUNT;
+    RETURN v_released;
+END
+$$;
+ALTER FUNCTION els.release_claims(batch_ids text[], essay_ids text[], owner_xid bigint) OWNER TO els_owner;
+COMMENT ON FUNCTION els.release_claims(batch_ids text[], essay_ids text[], owner_xid bigint) IS 'Releases the pending claims a rejected registration took. Called through PL/Proxy.';
 CREATE FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) RETURNS timestamp with time zone
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2111,6 +2347,15 @@ CREATE FUNCTION els.stuck_batch_list(p_min_age interval DEFAULT '00:15:00'::inte
           LIMIT stuck_batch_list.p_limit) b;
 END;
 ALTER FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) OWNER TO els_owner;
+CREATE TABLE els.essay_claim (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL,
+    owner_partition integer NOT NULL,
+    owner_xid xid8,
+    claimed_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE els.essay_claim OWNER TO els_owner;
+COMMENT ON TABLE els.essay_claim IS 'The batch that owns an essay id (on the partition the id maps to): pending while owner_xid names the registering transaction, held when NULL. Never purged.';
 ALTER TABLE els.event_outbox ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME els.event_outbox_id_seq
     START WITH 1
@@ -2134,10 +2379,22 @@ CREATE VIEW els.outbox_set_aside AS
   WHERE ((o.published_at IS NULL) AND (o.last_error IS NOT NULL));
 ALTER TABLE els.outbox_set_aside OWNER TO els_owner;
 COMMENT ON VIEW els.outbox_set_aside IS 'Unpublished outbox rows that Kafka refused at least once, with the reason and the next try.';
+CREATE TABLE els.partition_self (
+    singleton boolean DEFAULT true NOT NULL,
+    partition_no integer NOT NULL,
+    partition_count integer NOT NULL,
+    CONSTRAINT partition_self_in_range CHECK (((partition_no >= 0) AND (partition_no < partition_count))),
+    CONSTRAINT partition_self_power_of_two CHECK (((partition_count > 0) AND ((partition_count & (partition_count - 1)) = 0))),
+    CONSTRAINT partition_self_singleton_check CHECK (singleton)
+);
+ALTER TABLE els.partition_self OWNER TO els_owner;
+COMMENT ON TABLE els.partition_self IS 'Empty in a single database; in a partition behind the PL/Proxy proxy, its number and the count.';
 ALTER TABLE ONLY els.batch_tombstone
     ADD CONSTRAINT batch_tombstone_pkey PRIMARY KEY (batch_id);
 ALTER TABLE ONLY els.batch_tracker
     ADD CONSTRAINT batch_tracker_pkey PRIMARY KEY (batch_id);
+ALTER TABLE ONLY els.essay_claim
+    ADD CONSTRAINT essay_claim_pkey PRIMARY KEY (essay_id);
 ALTER TABLE ONLY els.essay_content
     ADD CONSTRAINT essay_content_one_per_slot UNIQUE (essay_id);
 ALTER TABLE ONLY els.essay_content
@@ -2150,6 +2407,8 @@ ALTER TABLE ONLY els.event_outbox
     ADD CONSTRAINT event_outbox_event_id_key UNIQUE (event_id);
 ALTER TABLE ONLY els.event_outbox
     ADD CONSTRAINT event_outbox_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY els.partition_self
+    ADD CONSTRAINT partition_self_pkey PRIMARY KEY (singleton);
 ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_one_per_slot UNIQUE (essay_id);
 ALTER TABLE ONLY els.validation_failure
@@ -2158,6 +2417,7 @@ CREATE INDEX batch_tombstone_essay_ids_idx ON els.batch_tombstone USING gin (ess
 CREATE INDEX batch_tombstone_late_idx ON els.batch_tombstone USING btree (last_late_item_at) WHERE (last_late_item_at IS NOT NULL);
 CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker USING btree (completed_at, batch_id) WHERE (completed_at IS NOT NULL);
 CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker USING btree (registered_at, batch_id) WHERE (completed_at IS NULL);
+CREATE INDEX essay_claim_pending_idx ON els.essay_claim USING btree (claimed_at) WHERE (owner_xid IS NOT NULL);
 CREATE INDEX essay_content_pending_idx ON els.essay_content USING btree (batch_id, arrival_seq) WHERE (disposition = 'pending'::els.item_disposition);
 CREATE INDEX essay_slot_empty_idx ON els.essay_slot USING btree (batch_id, slot_no) WHERE (status = 'uploaded'::els.essay_status);
 CREATE UNIQUE INDEX essay_slot_text_storage_id_key ON els.essay_slot USING btree (batch_id, text_storage_id) WHERE (text_storage_id IS NOT NULL);
@@ -2205,6 +2465,8 @@ REVOKE ALL ON FUNCTION els._apply_one(p_kind text, p_event jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._batch_lock_key(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._check_delivery_coordinates(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._checked_length(p_kinds text[], p_events jsonb[], p_refused jsonb[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._claim_essays(p_batch_ids text[], p_essay_ids text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._claims_across(p_batch_ids text[], p_essay_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._close_locked_batch(p_batch_id text, p_raise boolean, OUT outcome text, OUT slots_timed_out integer, OUT event_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_batches(p_batch_ids text[], p_reason text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._complete_if_done(p_batch_id text, p_reason text, OUT complete boolean, OUT event_id uuid) FROM PUBLIC;
@@ -2273,11 +2535,13 @@ REVOKE ALL ON FUNCTION els._registration_results(p_judged jsonb, p_created jsonb
 REVOKE ALL ON FUNCTION els._registration_row(p_event jsonb, p_payload jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._reject(p_sqlstate text, p_message text, p_detail jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._rejection(p_sqlstate text, p_message text, p_detail text, p_context text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._release_across(p_batch_ids text[], p_essay_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._settle_batches(p_batch_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._slot_assigned_spec(p_batch_id text, p_essay_id text, p_file_upload_id text, p_text_storage_id text, p_original_file_name text, p_correlation_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._text_array_fault(p_value jsonb, p_field text, p_bad_ord bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._timestamp_fault(p_value jsonb, p_field text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._try_lock_batch(p_batch_id text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els._verdict_across(p_owner_partition integer, p_batch_id text, p_essay_id text, p_owner_xid bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._write_item_effects(p_steps els.item_step[], p_fills boolean, p_purged boolean, p_completes boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._write_item_events(p_steps els.item_step[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._write_item_rows(p_steps els.item_step[], p_content boolean, p_failures boolean) FROM PUBLIC;
@@ -2295,12 +2559,19 @@ GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
 GRANT SELECT ON TABLE els.validation_failure TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_report(p_batch_id text) TO els_readonly;
+REVOKE ALL ON FUNCTION els.claim_essays(batch_ids text[], essay_ids text[], owner_partition integer, owner_xid bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.claim_essays(batch_ids text[], essay_ids text[], owner_partition integer, owner_xid bigint) TO els_worker;
 REVOKE ALL ON FUNCTION els.claim_outbox(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.claim_outbox(p_limit integer) TO els_worker;
+REVOKE ALL ON FUNCTION els.claim_verdict(batch_id text, essay_id text, owner_xid bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.claim_verdict(batch_id text, essay_id text, owner_xid bigint) TO els_worker;
 REVOKE ALL ON FUNCTION els.close_batch(batch_id text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.close_batch(batch_id text) TO els_worker;
 REVOKE ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.close_overdue_batches(older_than interval, max_batches integer) TO els_worker;
+REVOKE ALL ON FUNCTION els.key_hash(key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.key_hash(key text) TO els_worker;
+GRANT ALL ON FUNCTION els.key_hash(key text) TO els_readonly;
 REVOKE ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.mark_outbox_published(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.outbox_backlog(OUT unpublished bigint, OUT oldest_age_seconds double precision, OUT set_aside bigint) FROM PUBLIC;
@@ -2310,11 +2581,16 @@ REVOKE ALL ON FUNCTION els.outbox_envelopes(p_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.outbox_envelopes(p_ids bigint[]) TO els_worker;
 REVOKE ALL ON FUNCTION els.outbox_published_since(p_since interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.outbox_published_since(p_since interval) TO els_worker;
+REVOKE ALL ON FUNCTION els.partition_of(key text, partition_count integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.partition_of(key text, partition_count integer) TO els_worker;
+GRANT ALL ON FUNCTION els.partition_of(key text, partition_count integer) TO els_readonly;
 REVOKE ALL ON FUNCTION els.provision_content(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.provision_content(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_history(older_than interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.purge_history(older_than interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.purge_outbox(p_older_than interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION els.reap_claims(older_than interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.reap_claims(older_than interval) TO els_worker;
 REVOKE ALL ON FUNCTION els.reconcile_batch(p_batch_id text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.record_outbox_redelivery(p_ids bigint[], p_topics text[], p_partitions integer[], p_offsets bigint[]) TO els_worker;
@@ -2322,6 +2598,8 @@ REVOKE ALL ON FUNCTION els.record_validation_failure(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.record_validation_failure(event jsonb) TO els_worker;
 REVOKE ALL ON FUNCTION els.register_batch(event jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.register_batch(event jsonb) TO els_worker;
+REVOKE ALL ON FUNCTION els.release_claims(batch_ids text[], essay_ids text[], owner_xid bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION els.release_claims(batch_ids text[], essay_ids text[], owner_xid bigint) TO els_worker;
 REVOKE ALL ON FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.set_aside_outbox(p_id bigint, p_reason text) TO els_worker;
 REVOKE ALL ON FUNCTION els.stable_event_id(p_event_type text, VARIADIC p_ids text[]) FROM PUBLIC;
@@ -2331,5 +2609,7 @@ GRANT SELECT ON TABLE els.stuck_batches TO els_readonly;
 REVOKE ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_readonly;
 GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) TO els_worker;
+GRANT SELECT ON TABLE els.essay_claim TO els_readonly;
 GRANT SELECT ON TABLE els.outbox_set_aside TO els_readonly;
+GRANT SELECT ON TABLE els.partition_self TO els_readonly;
 ALTER DEFAULT PRIVILEGES FOR ROLE els_owner IN SCHEMA els GRANT SELECT ON TABLES  TO els_readonly;

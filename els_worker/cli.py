@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", help="run the worker (default)")
-    sub.add_parser("migrate", help="apply database migrations and reload sql/")
+    sub.add_parser("migrate", help="apply database migrations and reload sql/ (with "
+                   "ELS_PARTITION_URLS: every partition, then the proxy)")
     p_audit = sub.add_parser(
         "audit", help="prove that Kafka holds every outbox row published recently",
         description=audit.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "migrate":
         from els_migrate import apply_migrations
 
+        if cfg.partition_urls:
+            from els_worker import partitions
+
+            for line in partitions.migrate(cfg.database_url,
+                                           partitions.split_urls(cfg.partition_urls)):
+                print(line)
+            return 0
         applied = apply_migrations(cfg.database_url)
         print("applied:", ", ".join(applied) or "nothing (functions reloaded)")
         return 0

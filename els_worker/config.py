@@ -45,6 +45,12 @@ class Config:
         "PostgreSQL URL (libpq syntax). Several hosts with target_session_attrs=read-write "
         "follow a failover: postgresql://h1,h2/els?target_session_attrs=read-write",
     )
+    partition_urls: str = _setting(
+        "ELS_PARTITION_URLS",
+        "",
+        "Partitions behind the PL/Proxy proxy (SPEC 9): their PostgreSQL URLs, comma-separated, "
+        "in partition order; ELS_DATABASE_URL is then the proxy. Empty: one database.",
+    )
     kafka_bootstrap: str = _setting(
         "ELS_KAFKA_BOOTSTRAP", "127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)."
     )

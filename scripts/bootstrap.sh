@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer for the local development / CI stack.
 #
-#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check + pg_cron, Java 17, Maven,
+#   1. Debian packages (PostgreSQL 15 + pgTAP + plpgsql_check + pg_cron + PL/Proxy, Java 17, Maven,
 #      Prometheus with promtool),
 #      installed with apt only when something is missing (and only as root;
 #      otherwise it prints what to install and fails).
@@ -29,6 +29,8 @@ missing=()
 [[ -f "$PGEXT/pgtap.control" ]] || missing+=("postgresql-${PGVER}-pgtap")
 [[ -f "$PGEXT/plpgsql_check.control" ]] || missing+=("postgresql-${PGVER}-plpgsql-check")
 [[ -f "$PGEXT/pg_cron.control" ]] || missing+=("postgresql-${PGVER}-cron")
+# partitions past one primary (scripts/stack.sh --partitions N, docs/SCALING.md)
+[[ -f "$PGEXT/plproxy.control" ]] || missing+=("postgresql-${PGVER}-plproxy")
 # the HA topology (scripts/stack.sh --ha, docs/HA.md): pg_auto_failover's monitor + keepers
 [[ -x /usr/bin/pg_autoctl && -f "$PGEXT/pgautofailover.control" ]] ||
     missing+=("postgresql-${PGVER}-auto-failover")

@@ -4,7 +4,7 @@
 # package) scraping the workers, all bound to 127.0.0.1 on ports picked once per
 # checkout and persisted in .stack/ports.env.
 #
-# Usage: scripts/stack.sh [--ha] COMMAND [ARGS]
+# Usage: scripts/stack.sh [--ha | --partitions N] COMMAND [ARGS]
 #   up              start PostgreSQL, Kafka and Prometheus (idempotent; fast when running)
 #   down            stop all three; leaves no process behind (without --ha: both topologies)
 #   status          print state; exit 0 only when all three are up
@@ -33,6 +33,14 @@
 #   kafka-stop N            stop Kafka node N cleanly
 #   kafka-start N           start Kafka node N again, wait for all three brokers
 #   kafka-leader TOPIC P    print the node id leading partition P of TOPIC
+#
+# --partitions N (N a power of two) selects the topology of SPEC 9 and docs/SCALING.md on
+# the same PostgreSQL cluster, Kafka and Prometheus: N partition databases els_part_0 ..
+# els_part_<N-1> (each a full ELS database) behind the PL/Proxy database els_proxy. `up`
+# creates what is missing and runs `worker.py migrate` (every partition, then the
+# proxy); `env` prints ELS_DATABASE_URL (the proxy) and ELS_PARTITION_URLS; `status`
+# lists them. Databases of one cluster keep the stack light; in production each
+# partition is its own primary with its own standby (docs/SCALING.md).
 #
 # State lives in .stack/ (git-ignored):
 #   .stack/ports.env             persisted ports
@@ -868,6 +876,45 @@ EOF
     fi
 }
 
+# --partitions N: the partition databases and the proxy (SPEC 9)
+partition_urls() {
+    local urls="" i
+    for ((i = 0; i < PARTITIONS; i++)); do
+        urls+="${urls:+,}postgresql://postgres@127.0.0.1:$PG_PORT/els_part_$i"
+    done
+    printf '%s\n' "$urls"
+}
+
+partitions_up() {
+    local i db
+    for ((i = 0; i <= PARTITIONS; i++)); do
+        db="els_part_$i"
+        ((i < PARTITIONS)) || db=els_proxy
+        if [[ -z "$(as_pg "$PGBIN/psql" -X -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+            -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]]; then
+            as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres "$db"
+        fi
+    done
+    ensure_venv
+    ELS_DATABASE_URL="postgresql://postgres@127.0.0.1:$PG_PORT/els_proxy" \
+        ELS_PARTITION_URLS="$(partition_urls)" "$VENV_PY" "$ROOT/worker.py" migrate >&2
+    log "$PARTITIONS partition(s) behind els_proxy migrated"
+}
+
+partitions_env() {
+    cmd_env | grep -v '^export ELS_DATABASE_URL='
+    echo "export ELS_DATABASE_URL=postgresql://postgres@127.0.0.1:$PG_PORT/els_proxy"
+    echo "export ELS_PARTITION_URLS=$(partition_urls)"
+}
+
+partitions_status() {
+    local rc=0
+    cmd_status || rc=$?
+    echo "proxy:    postgresql://postgres@127.0.0.1:$PG_PORT/els_proxy"
+    echo "partitions: $(partition_urls)"
+    return "$rc"
+}
+
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
 }
@@ -880,6 +927,33 @@ main() {
     if [[ "${1:-}" == --ha ]]; then
         topology=ha
         shift
+    elif [[ "${1:-}" == --partitions ]]; then
+        PARTITIONS="${2:-}"
+        [[ "$PARTITIONS" =~ ^[0-9]+$ ]] && ((PARTITIONS > 0 && (PARTITIONS & (PARTITIONS - 1)) == 0)) ||
+            die "--partitions takes a power of two (1, 2, 4, ...), not '${PARTITIONS}'"
+        shift 2
+        case "${1:-}" in
+        up)
+            pg_up
+            kafka_up
+            prom_up
+            partitions_up
+            partitions_status
+            return
+            ;;
+        env)
+            require_ports
+            partitions_env
+            return
+            ;;
+        status)
+            load_ports
+            partitions_status
+            return
+            ;;
+        down) ;; # the same processes as the single topology
+        *) die "--partitions N takes up, down, status or env" ;;
+        esac
     fi
     local cmd="${1:-}"
     pg_resolve_dir

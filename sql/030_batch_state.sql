@@ -101,6 +101,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'unique_violation',
             MESSAGE = format('slots of batch %s: a unique violation without another owner', p_batch_id);
     END IF;
+    IF v_created > 0 THEN
+        -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)
+        PERFORM els._claim_essays(array_fill(p_batch_id, ARRAY[cardinality(p_essay_ids)]), p_essay_ids);
+    END IF;
     RETURN v_created;
 END
 $fn$;

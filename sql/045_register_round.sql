@@ -12,7 +12,8 @@
 --     differs (and purged: true for a tombstone); a tombstone of the same identity:
 --     duplicate, complete;
 --   * otherwise registered: tracker, slots, reconciliation, completion;
---   * an essay id that another batch holds (a slot) or held (a tombstone): ELC02.
+--   * an essay id that another batch holds (a slot) or held (a tombstone), or, behind
+--     the proxy, that another partition's batch has claimed (046_essay_claims.sql): ELC02.
 -- ELC02 is what concurrency decides (a registration of another batch, under another
 -- lock, may insert the same id at any moment), so it is not judged in advance: the slot
 -- primary key finds it, and the tombstones are read after the slots are written, so a
@@ -131,6 +132,13 @@ BEGIN
                                  AND b.batch_id <> r.batch_id)) THEN
         RAISE EXCEPTION USING ERRCODE = 'ELC02', MESSAGE = 'an essay id already belongs to another batch';
     END IF;
+    -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)
+    IF v_created <> '{}'::jsonb AND EXISTS (SELECT FROM els.partition_self) THEN
+        PERFORM els._claim_essays(array_agg(r.batch_id), array_agg(e.id))
+           FROM jsonb_to_recordset(p_regs) AS r(batch_id text, essay_ids jsonb)
+          CROSS JOIN LATERAL jsonb_array_elements_text(r.essay_ids) AS e(id)
+          WHERE v_created ? r.batch_id;
+    END IF;
     RETURN v_created;
 END
 $fn$;
@@ -204,18 +212,22 @@ RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $fn$
 DECLARE
     v_owner record;
+    v_detail text;
 BEGIN
     RETURN els._register_set(jsonb_build_array(p_reg)) -> 0;
 EXCEPTION WHEN unique_violation OR SQLSTATE 'ELC02' THEN
+    -- an owner on another partition comes in the DETAIL of the claims' ELC02
+    GET STACKED DIAGNOSTICS v_detail = PG_EXCEPTION_DETAIL;
     SELECT o.essay_id, o.batch_id, o.purged INTO v_owner
       FROM els._essay_owner_elsewhere(p_reg ->> 'batch_id',
                                       ARRAY(SELECT jsonb_array_elements_text(p_reg -> 'essay_ids'))) AS o;
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        v_detail := els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged)::text;
+    ELSIF coalesce(v_detail, '') = '' THEN
         RAISE;
     END IF;
     RETURN jsonb_build_object('ord', p_reg -> 'ord', 'done', els._rejection(
-        'ELC02', 'an essay id already belongs to another batch',
-        els._essay_owner_detail(v_owner.essay_id, v_owner.batch_id, v_owner.purged)::text,
+        'ELC02', 'an essay id already belongs to another batch', v_detail,
         'els._register_alone: event ' || (p_reg ->> 'ord') || ' of the micro-batch'));
 END
 $fn$;

@@ -160,6 +160,7 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
         lambda: (ms if len(ms := read_topic(kafka_bootstrap, topics.batch_registered))
                  >= len(batch_ids) else None),
         30, f"the {len(batch_ids)} committed registrations to be readable")
+    assert produced is not None
     by_partition: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for m in produced:
         by_partition[m.partition() or 0].append((m.offset() or 0, (m.key() or b"").decode()))
