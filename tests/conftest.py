@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from testkit import databases
+from testkit import databases, partitions
 from testkit.kafka import Topics, create_topics
 from testkit.stack import STACK_SH, Stack, discover
 
@@ -59,6 +59,13 @@ def db_url(stack: Stack, template_db: str) -> Iterator[str]:
     """URL of a brand-new database cloned from the migrated template; dropped afterwards."""
     with databases.clone(stack, template_db, f"test_{uuid.uuid4().hex}") as url:
         yield url
+
+
+@pytest.fixture
+def sharded(stack: Stack, template_db: str) -> Iterator[partitions.Sharded]:
+    """Two partition databases behind a PL/Proxy proxy (SPEC 9), brand-new; dropped after."""
+    with partitions.sharded(stack, template_db, 2) as topology:
+        yield topology
 
 
 @pytest.fixture
