@@ -15,6 +15,7 @@
 * ``consumer``      the consume loop: rebalances, offsets, shutdown
 * ``watchdog``      the partition stall watchdog: a partition librdkafka stopped fetching
 * ``maintenance``   deadlines, retention and batch gauges on a schedule, one worker at a time
+* ``partitions``    partitions behind PL/Proxy: migrate each, (re)build the proxy (SPEC 9)
 * ``audit``         proof of delivery: published outbox rows read back from Kafka (worker.py audit)
 * ``observability`` JSON logs and Prometheus metrics
 * ``health``        the health verdict and the HTTP server (/metrics, /healthz, /health/batches)
