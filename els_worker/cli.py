@@ -74,9 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if cfg.partition_urls:
             from els_worker import partitions
 
-            for line in partitions.migrate(cfg.database_url,
-                                           partitions.split_urls(cfg.partition_urls)):
-                print(line)
+            try:
+                done = partitions.migrate(cfg.database_url,
+                                          partitions.split_urls(cfg.partition_urls))
+            except partitions.PartitionError as exc:
+                print(f"migrate refused: {exc}", file=sys.stderr)
+                return 2
+            print("\n".join(done))
             return 0
         applied = apply_migrations(cfg.database_url)
         print("applied:", ", ".join(applied) or "nothing (functions reloaded)")

@@ -110,17 +110,24 @@ def _define_cluster(conn: psycopg.Connection[Any], urls: list[str]) -> None:
                  {"connstrs": [c for c, _, _ in parts], "user": user, "password": password})
 
 
-def configure_partition(url: str, number: int, urls: list[str]) -> None:
-    """Partition ``number`` of ``urls``: its peers' cluster and its own number."""
+def check_numbering(url: str, number: int, count: int) -> None:
+    """Refuses to make partition ``number`` of ``count`` of a database that holds data
+    under another number or count: its batches would map elsewhere."""
     with psycopg.connect(els_migrate.primary_dsn(url)) as conn:
         row = conn.execute("SELECT p.partition_no, p.partition_count,"
                            " EXISTS (SELECT FROM els.batch_tracker)"
                            " OR EXISTS (SELECT FROM els.batch_tombstone)"
                            " FROM els.partition_self AS p").fetchone()
-        if row is not None and (row[0], row[1]) != (number, len(urls)) and row[2]:
-            raise PartitionError(
-                f"{url}: partition {row[0]} of {row[1]} holds data, and is asked to be "
-                f"{number} of {len(urls)}; the mapping never changes once data exists")
+    if row is not None and (row[0], row[1]) != (number, count) and row[2]:
+        raise PartitionError(
+            f"{url}: partition {row[0]} of {row[1]} holds data, and is asked to be "
+            f"{number} of {count}; the mapping never changes once data exists")
+
+
+def configure_partition(url: str, number: int, urls: list[str]) -> None:
+    """Partition ``number`` of ``urls``: its peers' cluster and its own number."""
+    check_numbering(url, number, len(urls))
+    with psycopg.connect(els_migrate.primary_dsn(url)) as conn:
         _define_cluster(conn, urls)
         conn.execute("INSERT INTO els.partition_self (partition_no, partition_count)"
                      " VALUES (%(no)s::integer, %(count)s::integer)"
@@ -157,10 +164,12 @@ def migrate(proxy_url: str, urls: list[str]) -> list[str]:
     """Every partition migrated and configured, then the proxy rebuilt; what was done."""
     if not urls or len(urls) & (len(urls) - 1):
         raise PartitionError(f"the partition count must be a power of two, not {len(urls)}")
-    done: list[str] = []
+    done = [f"partition {number}: {len(els_migrate.apply_migrations(url))} migration(s) applied"
+            for number, url in enumerate(urls)]
+    # every partition checked before any is changed: a refusal leaves all as they were
     for number, url in enumerate(urls):
-        applied = els_migrate.apply_migrations(url)
+        check_numbering(url, number, len(urls))
+    for number, url in enumerate(urls):
         configure_partition(url, number, urls)
-        done.append(f"partition {number}: {len(applied)} migration(s) applied")
     done.append(f"proxy: {build_proxy(proxy_url, urls)} function(s) and view(s)")
     return done

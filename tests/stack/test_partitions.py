@@ -7,8 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -16,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from psycopg import sql
 
+import els_migrate
 from els_worker.errors import Action, classify_sqlstate
-from testkit import events, streams
+from testkit import databases, events, streams
 from testkit.partitions import Sharded
-from testkit.stack import Stack
+from testkit.stack import ROOT, Stack
 
 EXAMPLES = int(os.environ.get("ELS_PARTITION_EXAMPLES", "40"))
 
@@ -314,3 +318,55 @@ def test_an_unreachable_partition_is_an_operational_fault(sharded: Sharded, stac
     with psycopg.connect(sharded.proxy_url, autocommit=True) as proxy:
         again = events.apply(proxy, "register", events.registration(b, [f"{b}-1"]))
     assert again["outcome"] == "registered"
+
+
+@pytest.fixture
+def empty_databases(stack: Stack) -> Iterator[list[str]]:
+    """Three empty databases (two partitions and a proxy, to be), dropped after."""
+    names = [f"empty_{uuid.uuid4().hex[:12]}" for _ in range(3)]
+    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(
+                sql.Identifier(name)))
+    try:
+        yield [stack.url_for(name) for name in names]
+    finally:
+        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+            for name in names:
+                databases.drop_database(admin, name)
+
+
+def _migrate(proxy: str, parts: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "worker.py"), "migrate"], capture_output=True, text=True,
+        env={**os.environ, "ELS_DATABASE_URL": proxy, "ELS_PARTITION_URLS": ",".join(parts)},
+        timeout=300)
+
+
+def test_worker_migrate_builds_the_partitions_then_the_proxy(empty_databases: list[str]) -> None:
+    *parts, proxy = empty_databases
+    first = _migrate(proxy, parts)
+    assert first.returncode == 0, first.stderr
+    for number, url in enumerate(parts):
+        assert _rows(url, "SELECT partition_no, partition_count FROM els.partition_self") == [
+            (number, 2)]
+        assert els_migrate.applied_migrations(url)[-1] == "0008_essay_claims"
+    with psycopg.connect(proxy, autocommit=True) as conn:
+        done = events.apply(conn, "register", events.registration("mig-1", ["mig-e1"]))
+    assert done["outcome"] == "registered"
+    # again: nothing to migrate, the proxy rebuilt, the data where it was
+    again = _migrate(proxy, parts)
+    assert again.returncode == 0, again.stderr
+    with psycopg.connect(proxy, autocommit=True) as conn:
+        same = events.apply(conn, "register", events.registration("mig-1", ["mig-e1"]))
+    assert same["outcome"] == "duplicate"
+    # the partitions in another order would move every batch: refused
+    swapped = _migrate(proxy, list(reversed(parts)))
+    assert swapped.returncode != 0
+    assert "the mapping never changes once data exists" in swapped.stderr
+    # and changed nothing: each partition keeps its number, the proxy still routes
+    for number, url in enumerate(parts):
+        assert _rows(url, "SELECT partition_no FROM els.partition_self") == [(number,)]
+    with psycopg.connect(proxy, autocommit=True) as conn:
+        still = events.apply(conn, "register", events.registration("mig-1", ["mig-e1"]))
+    assert still["outcome"] == "duplicate"
