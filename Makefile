@@ -15,7 +15,7 @@ LINT_PATHS := worker.py els_worker els_migrate.py testkit tests bench chaos scri
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
         lint fmt psql pgtap plpgsql-check pytest test-unit clean schema-snapshot bench chaos \
-        dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha
+        dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha chaos-sharded
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -114,3 +114,6 @@ chaos: bootstrap ## full chaos run on a private PostgreSQL + Kafka: kills, resta
 
 chaos-ha: bootstrap ## the chaos run on the HA topology: primary + broker SIGKILLs too (docs/HA.md)
 	@$(PY) -m chaos.run --profile ha $(CHAOS_ARGS)
+
+chaos-sharded: bootstrap ## the chaos run on 2 partitions behind PL/Proxy: kills, a restart, partitions down (docs/SCALING.md)
+	@$(PY) -m chaos.run --profile sharded $(CHAOS_ARGS)

@@ -41,6 +41,9 @@ class ChaosConfig:
     topology: str = "single"  # single | ha (scripts/stack.sh --ha, docs/HA.md)
     pg_failovers: int = 0  # ha: SIGKILLs of the PostgreSQL primary's node
     broker_kills: int = 0  # ha: SIGKILLs of the broker leading the most input partitions
+    # partitions behind PL/Proxy (SPEC 9, docs/SCALING.md); 0: one database
+    partitions: int = 0
+    partition_blackouts: int = 0  # partitions: one partition refusing connections a while
     produce_seconds: float = 150.0
     chaos_start: float = 6.0  # first action at the earliest this long after the stream starts
     chaos_tail: float = 10.0  # actions may happen until this long after the stream ends
@@ -69,6 +72,13 @@ PROFILES: dict[str, dict[str, Any]] = {
               "chaos_tail": 5.0, "kafka": "shared", "quiesce_timeout": 240.0},
     "ha": {"name": "ha", "topology": "ha", "pg_restarts": 0, "kafka_restarts": 0,
            "pg_failovers": 2, "broker_kills": 2},
+    "sharded": {"name": "sharded", "partitions": 2, "batches": 300, "malformed": 150,
+                "kills": 12, "pg_restarts": 1, "kafka_restarts": 0, "partition_blackouts": 2,
+                "produce_seconds": 100.0},
+    "sharded-short": {"name": "sharded-short", "partitions": 2, "batches": 40, "malformed": 60,
+                      "kills": 2, "pg_restarts": 0, "kafka_restarts": 0,
+                      "partition_blackouts": 1, "produce_seconds": 25.0, "chaos_start": 4.0,
+                      "chaos_tail": 5.0, "kafka": "shared", "quiesce_timeout": 240.0},
     "ha-short": {"name": "ha-short", "topology": "ha", "batches": 30, "malformed": 40,
                  "kills": 1, "pg_restarts": 0, "kafka_restarts": 0, "pg_failovers": 1,
                  "broker_kills": 1, "produce_seconds": 40.0, "chaos_start": 5.0,

@@ -1,5 +1,6 @@
 """The controller: a seeded schedule of blows (worker SIGKILLs, PostgreSQL restarts and
-crashes, broker restarts; on the HA topology primary and broker kills), each struck,
+crashes, broker restarts; on the HA topology primary and broker kills; behind the proxy,
+a partition down), each struck,
 when it can be, while a worker holds uncommitted work; and the recovery time of each."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka.admin import AdminClient
+from psycopg import sql
 
 from chaos.config import (
     INPUT_KINDS,
@@ -43,6 +45,9 @@ class Controller:
         for _ in range(cfg.kafka_restarts if cfg.kafka == "private" else 0):
             self.state.actions.append(Action(rng.uniform(lo + 10, max(lo + 11, hi - 20)),
                                        "kafka-restart"))
+        for _ in range(cfg.partition_blackouts if self.state.partition_names else 0):
+            self.state.actions.append(Action(rng.uniform(lo + 3, max(lo + 4, hi - 10)),
+                                       "partition-down"))
         if self.state.ha:
             # failovers and broker kills in separate, ordered windows, so that each
             # PostgreSQL kill finds the formation whole again (primary + sync standby)
@@ -128,6 +133,8 @@ class Controller:
             action.detail = f"down {down:.1f} s" + (
                 f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
                 if action.in_transaction else "")
+        elif action.kind == "partition-down":
+            self.partition_down(action)
         elif action.kind == "kafka-restart":
             assert self.state.kafka_stack is not None
             down = rng.uniform(1.0, 3.0)
@@ -181,6 +188,26 @@ class Controller:
                 if action.in_transaction else "")
         action.done_at = time.monotonic() - self.state.stream_started
         log(f"{action.kind:<13} at {action.done_at:6.1f} s  {action.detail}")
+
+    def partition_down(self, action: Action) -> None:
+        """One partition refuses connections for a while and loses the ones it had (the
+        rest of the cluster, the proxy and the other partitions stay up), as a partition
+        that is down or failing over looks to the proxy and the workers."""
+        rng = self.state.rng
+        name = rng.choice(self.state.partition_names)
+        down = rng.uniform(2.0, 6.0)
+        action.in_transaction = sorted({app for _, app in self.wait_busy(6.0, "els-worker")})
+        with psycopg.connect(self.state.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
+                sql.Identifier(name)))
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = %(d)s", {"d": name})
+            time.sleep(down)
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                sql.Identifier(name)))
+        action.detail = f"{name} down {down:.1f} s" + (
+            f", struck with uncommitted work in {'+'.join(action.in_transaction)}"
+            if action.in_transaction else "")
 
     def wait_rejoined(self) -> None:
         if self.state.rejoin_thread is not None:

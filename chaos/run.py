@@ -39,6 +39,13 @@ SIGKILLs of the broker leading the most input partitions (one of them struck dur
 outbox relay round; the broker is started again). It reports, per kill, the time to the
 first event applied afterwards and to the first output event published afterwards.
 
+The sharded variant (``--profile sharded``, ``make chaos-sharded``; docs/SCALING.md) runs
+it on two partition databases behind a PL/Proxy proxy (SPEC 9): the workers ingest
+through the proxy and relay every partition's outbox; besides worker kills and a
+PostgreSQL restart, one partition at a time refuses connections for a few seconds (a
+partition down or failing over). ``--profile sharded-short`` is its small version, in
+tests/chaos/test_chaos_short.py.
+
 The short variant (``--profile short``, used by tests/chaos/test_chaos_short.py) uses a
 private PostgreSQL, the shared Kafka, fewer events, a few kills and one
 PostgreSQL restart. ``--profile ha-short`` (also in tests/chaos/test_chaos_short.py) is the HA
@@ -119,18 +126,29 @@ class ChaosRun:
         else:
             self.state.bootstrap = self.state.env["ELS_KAFKA_BOOTSTRAP"]
         import els_migrate
+        from els_worker import partitions
 
         with psycopg.connect(self.state.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.state.dbname)))
+            for name in [self.state.dbname, *self.state.partition_names]:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self.state.db_url = self.state.admin_url(self.state.dbname)
-        els_migrate.apply_migrations(self.state.db_url)
-        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
+        if self.state.partition_names:  # the database is the proxy (SPEC 9)
+            self.state.partition_urls = [self.state.admin_url(n)
+                                         for n in self.state.partition_names]
+            partitions.migrate(self.state.db_url, self.state.partition_urls)
+        else:
+            els_migrate.apply_migrations(self.state.db_url)
+        with psycopg.connect(self.state.data_urls()[0], autocommit=True) as conn:
             conn.execute(
                 "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname ="
                 " 'els_chaos_worker') THEN CREATE ROLE els_chaos_worker LOGIN IN ROLE els_worker;"
                 " END IF; END $$")
-        user_url = self.state.db_url.replace("postgresql://postgres@", f"postgresql://{WORKER_ROLE}@")
-        self.state.worker_db_url = user_url
+
+        def as_worker(url: str) -> str:
+            return url.replace("postgresql://postgres@", f"postgresql://{WORKER_ROLE}@")
+
+        self.state.worker_db_url = as_worker(self.state.db_url)
+        self.state.worker_partition_urls = [as_worker(u) for u in self.state.partition_urls]
         self.create_topics()
         self.state.timings["setup_s"] = time.monotonic() - t0
         log(f"database {self.state.dbname}, kafka {self.state.bootstrap}, topics "
@@ -182,6 +200,7 @@ class ChaosRun:
         return service_env(self.state.worker_db_url, self.state.bootstrap, self.state.topic_set, **{
             "ELS_METRICS_PORT": "0",
             "ELS_KAFKA_CONSUMER_CONFIG": json.dumps(self.kafka_config(index)),
+            "ELS_PARTITION_URLS": ",".join(self.state.worker_partition_urls),
             **self.state.cfg.worker_env})
 
     def lag(self, consumer: Consumer) -> tuple[int, dict[str, int]]:
@@ -204,10 +223,13 @@ class ChaosRun:
         return total, dlq_ends
 
     def unpublished(self) -> int:
-        with psycopg.connect(self.state.db_url, autocommit=True, connect_timeout=5) as conn:
-            row = conn.execute("SELECT count(*) FROM els.event_outbox"
-                               " WHERE published_at IS NULL").fetchone()
-        return int(row[0]) if row else -1
+        total = 0
+        for url in self.state.data_urls():
+            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                row = conn.execute("SELECT count(*) FROM els.event_outbox"
+                                   " WHERE published_at IS NULL").fetchone()
+            total += int(row[0]) if row else 0
+        return total
 
     def quiesce(self) -> bool:
         t0 = time.monotonic()
@@ -278,9 +300,13 @@ class ChaosRun:
             self.state.mismatch(f"harness: {len(missing)} message(s) without delivery report")
         summary["input"] = self.topic_checks.verify_input(gen)
         summary["dlq"] = self.topic_checks.verify_dlq(gen)
-        with psycopg.connect(self.state.db_url, autocommit=True) as conn:
-            db_state = read_db(conn)
-            summary["db"] = self.db_checks.verify_db(pred.batches, db_state, conn)
+        conns = [psycopg.connect(url, autocommit=True) for url in self.state.data_urls()]
+        try:
+            db_state = read_db(conns)
+            summary["db"] = self.db_checks.verify_db(pred.batches, db_state, conns)
+        finally:
+            for conn in conns:
+                conn.close()
         summary["outputs"] = self.topic_checks.verify_outputs(pred.batches, db_state)
         self.state.timings["verify_s"] = time.monotonic() - t0
         return summary
@@ -289,6 +315,8 @@ class ChaosRun:
         """Damages the final state in five known ways before verification, to show that
         the comparison catches each (``--tamper``; the run must then FAIL with at least
         these five mismatches)."""
+        if self.state.partition_urls:
+            raise SystemExit("--tamper runs on one database, not behind the proxy")
         log("TAMPERING with the final state (negative control)")
         pred = gen.prediction
         complete = sorted(b for b, e in pred.batches.items() if e.complete)
@@ -382,8 +410,9 @@ class ChaosRun:
                 log(f"topic cleanup failed: {exc}")
             try:
                 with psycopg.connect(self.state.env["ELS_PG_ADMIN_URL"], autocommit=True) as conn:
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(self.state.dbname)))
+                    for name in [self.state.dbname, *self.state.partition_names]:
+                        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)))
             except Exception as exc:
                 log(f"database cleanup failed: {exc}")
         # whatever setup started, even when it failed half-way (a private cluster left

@@ -40,8 +40,10 @@ class RunState:
 
     env: dict[str, str]  # the private stack's `stack.sh env`
     bootstrap: str
-    db_url: str
+    db_url: str  # what ingest goes to: the database, or the PL/Proxy proxy
     worker_db_url: str
+    partition_urls: list[str]  # behind the proxy (cfg.partitions); else empty
+    worker_partition_urls: list[str]
 
     def __init__(self, cfg: ChaosConfig) -> None:
         self.cfg = cfg
@@ -59,6 +61,9 @@ class RunState:
         # and topics from
         self.topic_set = Topics.under(f"chaos.{self.run_id}", group_id=self.group)
         self.dbname = f"chaos_{uuid.uuid4().hex[:10]}"
+        self.partition_names = [f"{self.dbname}_p{i}" for i in range(cfg.partitions)]
+        self.partition_urls = []
+        self.worker_partition_urls = []
         self.mismatches: list[str] = []
         self.timings: dict[str, float] = {}
         self.actions: list[Action] = []
@@ -76,6 +81,10 @@ class RunState:
         self.stats: dict[str, Any] = {}
         self.partition_lag: dict[str, str] = {}  # input partitions behind, at the last probe
         self.rejoin_thread: threading.Thread | None = None
+
+    def data_urls(self) -> list[str]:
+        """The databases that hold the state: the partitions, or the one database."""
+        return self.partition_urls or [self.db_url]
 
     def mismatch(self, text: str) -> None:
         self.mismatches.append(text if len(text) <= 500 else text[:497] + "...")

@@ -21,7 +21,9 @@ class DatabaseChecks:
         self.state = state
 
     def verify_db(self, batches: dict[str, BatchExpectation], db: dict[str, Any],
-                  conn: psycopg.Connection[Any]) -> dict[str, Any]:
+                  conns: list[psycopg.Connection[Any]]) -> dict[str, Any]:
+        """``conns``: the one database, or every partition (a batch is checked where its
+        rows are: on the partition holding its tracker or items, else on the first)."""
         from testkit.invariants import check_invariants
 
         trackers = db["trackers"]
@@ -32,7 +34,7 @@ class DatabaseChecks:
         for bid, exp in batches.items():
             checked += 1
             try:
-                check_invariants(conn, bid)
+                check_invariants(conns[db["home"].get(bid, 0)], bid)
             except AssertionError as exc:
                 self.state.mismatch(f"batch {bid!r}: SPEC rule 3 invariant broken: {exc}")
             self.compare_batch(exp, db)
@@ -143,13 +145,21 @@ class DatabaseChecks:
                                     f"order-determined {order[:4]}...")
 
 
-def read_db(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """The whole final state, as plain Python."""
+def read_db(conns: list[psycopg.Connection[Any]]) -> dict[str, Any]:
+    """The whole final state, as plain Python: of the one database, or merged over the
+    partitions (each batch's rows live on one of them: "home" says which)."""
+    home: dict[str, int] = {}
+
     def rows(query: str) -> Iterable[dict[str, Any]]:
-        cur = conn.execute(query)
-        names = [c.name for c in cur.description or []]
-        for row in cur.fetchall():
-            yield dict(zip(names, row, strict=True))
+        for number, conn in enumerate(conns):
+            cur = conn.execute(query)
+            names = [c.name for c in cur.description or []]
+            for row in cur.fetchall():
+                record = dict(zip(names, row, strict=True))
+                batch_id = record.get("batch_id", record.get("message_key"))
+                if isinstance(batch_id, str):
+                    home.setdefault(batch_id, number)
+                yield record
 
     trackers = {r["batch_id"]: r for r in rows(
         "SELECT batch_id, expected_count, essay_ids, course_code, user_id, org_id, class_id,"
@@ -178,4 +188,4 @@ def read_db(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     for o in outbox:
         by_batch[o["message_key"]].append(o)
     return {"trackers": trackers, "slots": slots, "contents": contents, "failures": failures,
-            "outbox": outbox, "outbox_by_batch": by_batch}
+            "outbox": outbox, "outbox_by_batch": by_batch, "home": home}
