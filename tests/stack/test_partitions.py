@@ -370,3 +370,64 @@ def test_worker_migrate_builds_the_partitions_then_the_proxy(empty_databases: li
     with psycopg.connect(proxy, autocommit=True) as conn:
         still = events.apply(conn, "register", events.registration("mig-1", ["mig-e1"]))
     assert still["outcome"] == "duplicate"
+
+
+def _micro_batch(prefix: str, batches: int) -> list[tuple[str, str]]:
+    chunk: list[tuple[str, str]] = []
+    for n in range(batches):
+        batch_id = f"{prefix}-{n}"
+        chunk.append(("register", json.dumps(events.registration(
+            batch_id, [f"{batch_id}-e{i}" for i in range(8)]))))
+        chunk += [("content", json.dumps(events.content(batch_id, f"t{i}"))) for i in range(8)]
+    return chunk
+
+
+def test_a_partition_killed_mid_call_loses_and_doubles_nothing(
+        sharded: Sharded, db_url: str, stack: Stack) -> None:
+    """A partition's backend killed while it applies its share of a micro-batch: the call
+    fails as an operational fault, its retry applies the rest, and the merged state is
+    what one database has after applying the micro-batch once."""
+    victim = sharded.partition_urls[1].rsplit("/", 1)[1]
+    failure: dict[str, Any] = {}
+    for attempt in range(5):
+        chunk = _micro_batch(f"kill{attempt}-{uuid.uuid4().hex[:4]}", 60)
+
+        def apply(chunk: list[tuple[str, str]] = chunk) -> None:
+            with psycopg.connect(sharded.proxy_url, autocommit=True) as proxy:
+                try:
+                    streams.set_based(proxy, chunk)
+                except psycopg.Error as exc:
+                    failure["sqlstate"] = exc.sqlstate
+
+        caller = threading.Thread(target=apply)
+        caller.start()
+        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+            while caller.is_alive():
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %(d)s AND state = 'active'", {"d": victim}).fetchall()
+                if killed:
+                    break
+        caller.join(60)
+        if failure:
+            break
+    assert failure.get("sqlstate") is not None, "the kill never landed mid-call"
+    assert classify_sqlstate(failure["sqlstate"]).action is Action.RETRY_FOREVER, failure
+    with psycopg.connect(sharded.proxy_url, autocommit=True) as proxy:
+        retried = streams.set_based(proxy, chunk)  # what the worker does: the same again
+    assert all(r["ok"] for r in retried)
+    with psycopg.connect(db_url, autocommit=True) as one:
+        streams.set_based(one, chunk)
+        want = streams.state(one, _batch_ids(chunk))
+    merged: dict[str, list[Any]] = {table: [] for table in streams.STATE}
+    for url in sharded.partition_urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            for table, rows in streams.state(conn, _batch_ids(chunk)).items():
+                merged[table] += rows
+    for table in streams.STATE:
+        assert sorted(merged[table], key=lambda r: tuple(str(c) for c in r[:2])) == sorted(
+            want[table], key=lambda r: tuple(str(c) for c in r[:2])), table
+
+
+def _batch_ids(chunk: list[tuple[str, str]]) -> list[str]:
+    return sorted({json.loads(value)["data"]["entity_id"] for _, value in chunk})
