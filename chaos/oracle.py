@@ -362,14 +362,14 @@ class BatchExpectation:
         """Slot contents in slot order when they do not depend on delivery order: no
         failures and every content in one stream. Then slot k holds the k-th distinct
         content in stream order (pending ones are reconciled in arrival order) and the
-        rest are excess. Returns the text_storage_ids of the filled slots, or None."""
+        rest are excess: the order ``predict`` accepted them in (the ledger's). Returns
+        the text_storage_ids of the filled slots, or None."""
         if not self.registered or self.failures:
             return None
         streams = {item.stream for item in self.contents.values()}
         if len(streams) > 1:
             return None
-        ordered = sorted(self.contents.values(), key=lambda i: i.seq)
-        return [i.key for i in ordered[: self.expected_count]]
+        return [i.key for i in list(self.contents.values())[: self.expected_count]]
 
 
 @dataclass(frozen=True)

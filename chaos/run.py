@@ -290,7 +290,6 @@ class ChaosRun:
 
     def verify(self, gen: Generated) -> dict[str, Any]:
         t0 = time.monotonic()
-        pred = gen.prediction
         summary: dict[str, Any] = {}
         if self.state.produce_errors:
             self.state.mismatch(f"harness: {len(self.state.produce_errors)} produce error(s): "
@@ -300,6 +299,7 @@ class ChaosRun:
             self.state.mismatch(f"harness: {len(missing)} message(s) without delivery report")
         summary["input"] = self.topic_checks.verify_input(gen)
         summary["dlq"] = self.topic_checks.verify_dlq(gen)
+        pred = self.topic_checks.arrival_prediction(gen)
         conns = [psycopg.connect(url, autocommit=True) for url in self.state.data_urls()]
         try:
             db_state = read_db(conns)

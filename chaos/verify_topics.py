@@ -16,11 +16,44 @@ from chaos.config import (
     INPUT_KINDS,
     QUIET,
 )
-from chaos.generator import Generated
-from chaos.oracle import BatchExpectation
+from chaos.generator import Generated, Message
+from chaos.oracle import Ambiguous, BatchExpectation, Prediction, predict
 from chaos.state import RunState
 from els_worker import audit, contract
 from testkit.kafka import headers_of
+
+
+def arrival_order(messages: list[Message], landed: dict[tuple[str, int, int], bytes | None]
+                  ) -> list[tuple[int, str, bytes | None, bytes | None]]:
+    """The stream as the broker stored it, as (seq, kind, key, value) for ``predict``.
+
+    A message sent again after a report without an offset (Stream.produce) sits after
+    messages generated later; when those share its stream (a batch's contents), slot
+    order follows the topic, not the generation. Each stored copy takes the seq of a
+    message with its bytes (copies of one value in offset order take that value's seqs
+    in order); within a topic partition a copy never goes before the one stored ahead
+    of it, and the partitions are merged by seq."""
+    seqs: dict[tuple[str, bytes | None], list[int]] = defaultdict(list)
+    by_seq = {m.seq: m for m in messages}
+    for m in messages:
+        seqs[(m.kind, m.value)].append(m.seq)
+    per_partition: dict[tuple[str, int], list[tuple[int, bytes | None]]] = defaultdict(list)
+    for (kind, partition, offset), value in landed.items():
+        per_partition[(kind, partition)].append((offset, value))
+    copies: list[tuple[int, int, str, int, int]] = []  # clock, seq, kind, partition, offset
+    for (kind, partition), stored in per_partition.items():
+        clock = -1
+        taken: Counter[tuple[str, bytes | None]] = Counter()
+        for offset, value in sorted(stored, key=lambda c: c[0]):
+            candidates = seqs.get((kind, value))
+            if not candidates:
+                continue  # not the stream's (the checks above report it)
+            seq = candidates[min(taken[(kind, value)], len(candidates) - 1)]
+            taken[(kind, value)] += 1
+            clock = max(clock, seq)
+            copies.append((clock, seq, kind, partition, offset))
+    copies.sort(key=lambda c: (c[0], c[3], c[4]))
+    return [(seq, kind, by_seq[seq].key, by_seq[seq].value) for _, seq, kind, _, _ in copies]
 
 
 class TopicChecks:
@@ -56,6 +89,17 @@ class TopicChecks:
         return {"acknowledged": len(self.state.delivered), "in_topics": len(landed),
                 "lost": len(lost), "never_stored": len(never),
                 "sent_again_without_offset": sum(self.state.unconfirmed.values())}
+
+    def arrival_prediction(self, gen: Generated) -> Prediction:
+        """The oracle over the order the broker stored the stream in (``arrival_order``):
+        the generation's own unless a message was sent again. After verify_input."""
+        if not self.state.unconfirmed:
+            return gen.prediction
+        try:
+            return predict(arrival_order(gen.messages, self.state.landed))
+        except Ambiguous as exc:
+            self.state.mismatch(f"harness: the stream as stored is ambiguous to the oracle: {exc}")
+            return gen.prediction
 
     def verify_dlq(self, gen: Generated) -> dict[str, Any]:
         by_source: dict[tuple[str, int, int], int] = {}
