@@ -16,7 +16,8 @@ What it cannot check it counts apart, and never re-produces:
 Exit status: 0 when every row was found or produced again, 1 when a missing row could
 not be produced again, 2 when PostgreSQL or Kafka could not be reached in time.
 The worker runs it periodically when ``ELS_AUDIT_INTERVAL_SECONDS`` > 0 (``Auditor``),
-in one worker at a time (an advisory lock, as for maintenance).
+in one worker at a time (an advisory lock, as for maintenance). Behind the proxy each
+partition's outbox is audited on its own (``Config.database_partitions``).
 """
 
 from __future__ import annotations
@@ -209,10 +210,12 @@ class Audit:
     producer to produce missing rows again."""
 
     def __init__(self, cfg: Config, metrics: Metrics, conn: psycopg.Connection[Any],
-                 make_producer: Callable[[Config], Producer] | None = None) -> None:
+                 make_producer: Callable[[Config], Producer] | None = None,
+                 db_partition: str = "") -> None:
         self.cfg = cfg
         self.metrics = metrics
         self.conn = conn
+        self.db_partition = db_partition
         self.make_producer = make_producer or (lambda c: kafka.producer(c, "els-outbox-audit"))
 
     def run(self, since: str, timeout: float) -> AuditReport:
@@ -299,12 +302,12 @@ class Audit:
         ok = not report.unrepaired
         self.metrics.audit_runs.labels(result="ok" if ok else "missing").inc()
         if ok:
-            self.metrics.audit_last_success.set(time.time())
+            self.metrics.audit_last_success.labels(db_partition=self.db_partition).set(time.time())
         for r in report.missing:
             log(logging.ERROR if r in report.unrepaired else logging.WARNING,
                 "audit: outbox row missing from Kafka at its recorded offset",
                 outbox_id=r.id, event_id=r.event_id, event_type=r.event_type, topic=r.topic,
-                partition=r.partition, offset=r.offset,
+                partition=r.partition, offset=r.offset, db_partition=self.db_partition,
                 produced_again=r not in report.unrepaired)
 
 
@@ -317,19 +320,28 @@ def _reachable(consumer: Consumer, deadline: float) -> None:
 
 def cmd_audit(cfg: Config, since: str, timeout: float,
               make_producer: Callable[[Config], Producer] | None = None) -> int:
-    """``worker.py audit``: prints the summary; 0 all proven, 1 a row missing and not
-    produced again, 2 PostgreSQL or Kafka not reachable in time."""
-    try:
-        with db.connect(cfg, "els-outbox-audit") as conn:
-            report = Audit(cfg, Metrics(), conn, make_producer).run(since, timeout)
-    except (psycopg.OperationalError, AuditUnreachable) as exc:
-        print(f"audit failed: {exc}".strip(), file=sys.stderr)
-        return 2
-    except psycopg.Error as exc:
-        print(f"audit failed: {pg_diagnostics(exc)}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 1 if report.unrepaired else 0
+    """``worker.py audit``: prints the summary (one per partition behind the proxy);
+    0 all proven, 1 a row missing and not produced again, 2 PostgreSQL or Kafka not
+    reachable in time (the worst of the partitions)."""
+    status = 0
+    metrics = Metrics()
+    for label, part_cfg in cfg.database_partitions():
+        prefix = f"partition {label}: " if label else ""
+        try:
+            with db.connect(part_cfg, "els-outbox-audit") as conn:
+                report = Audit(part_cfg, metrics, conn, make_producer, label).run(since, timeout)
+        except (psycopg.OperationalError, AuditUnreachable) as exc:
+            print(f"{prefix}audit failed: {exc}".strip(), file=sys.stderr)
+            status = 2
+            continue
+        except psycopg.Error as exc:
+            print(f"{prefix}audit failed: {pg_diagnostics(exc)}", file=sys.stderr)
+            status = 2
+            continue
+        print(prefix + report.summary())
+        if report.unrepaired:
+            status = max(status, 1)
+    return status
 
 
 class Auditor:
@@ -339,17 +351,22 @@ class Auditor:
     first run of a process checks that whole window. A failure is logged and counted
     and never stops consumption."""
 
-    def __init__(self, cfg: Config, metrics: Metrics, stop: threading.Event) -> None:
+    def __init__(self, cfg: Config, metrics: Metrics, stop: threading.Event,
+                 db_partition: str = "") -> None:
+        """``cfg`` reaches the database whose outbox this audits (one of
+        ``Config.database_partitions``, labelled ``db_partition``)."""
         self.cfg = cfg
         self.metrics = metrics
         self.stop = stop
+        self.db_partition = db_partition
         self.session = db.Session(cfg, "els-outbox-audit")
         self.thread: threading.Thread | None = None
         self.holds_lock = False
         self.last_start: float | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="audit", daemon=True)
+        name = f"audit-{self.db_partition}" if self.db_partition else "audit"
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
         self.thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -380,7 +397,7 @@ class Auditor:
                 if not self.holds_lock:
                     return None
             since = f"{self.window_seconds(started):.0f} seconds"
-            report = Audit(self.cfg, self.metrics, conn).run(
+            report = Audit(self.cfg, self.metrics, conn, db_partition=self.db_partition).run(
                 since, timeout=max(60.0, self.cfg.audit_interval_seconds))
         except (psycopg.Error, OSError, KafkaException, AuditUnreachable) as exc:
             self.metrics.audit_runs.labels(result="error").inc()
@@ -388,6 +405,7 @@ class Auditor:
             if self.session.conn is None:
                 self.holds_lock = False  # the lock went with the session
             log(logging.WARNING, "audit failed", error=f"{type(exc).__name__}: {exc}",
+                db_partition=self.db_partition,
                 **(pg_diagnostics(exc) if isinstance(exc, psycopg.Error) else {}))
             return None
         if not report.unrepaired:
@@ -395,5 +413,6 @@ class Auditor:
         log(logging.WARNING if report.missing else logging.INFO, "audit done",
             since=since, checked=report.checked, found=report.found,
             missing=len(report.missing), republished=len(report.republished),
-            expired=report.expired, unproven=report.unproven, seconds=round(report.seconds, 2))
+            expired=report.expired, unproven=report.unproven, seconds=round(report.seconds, 2),
+            db_partition=self.db_partition)
         return report

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from els_worker import admin, audit, replay
-from els_worker.config import Config, settings_table
+from els_worker.config import Config, settings_table, split_urls
 from els_worker.errors import describe_table
 from els_worker.observability import setup_logging
 
@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             try:
                 done = partitions.migrate(cfg.database_url,
-                                          partitions.split_urls(cfg.partition_urls))
+                                          split_urls(cfg.partition_urls))
             except partitions.PartitionError as exc:
                 print(f"migrate refused: {exc}", file=sys.stderr)
                 return 2

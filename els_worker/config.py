@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from els_worker import contract
@@ -137,6 +137,13 @@ class Config:
         "(els.purge_history); 0: off. Production: e.g. 604800 (7 days).",
         0,
     )
+    claim_reap_seconds: int = _setting(
+        "ELS_CLAIM_REAP_SECONDS",
+        60,
+        "Behind the proxy: release essay-id claims a crashed registration left pending this "
+        "long (els.reap_claims, in maintenance); 0: off. No effect on one database.",
+        0,
+    )
     maintenance_interval_seconds: int = _setting(
         "ELS_MAINTENANCE_INTERVAL_SECONDS",
         60,
@@ -205,6 +212,18 @@ class Config:
                 values[f.name] = _parse(var, source[var], _default(f), f.metadata["min"])
         return cls(**values)
 
+    def database_partitions(self) -> list[tuple[str, Config]]:
+        """The databases that hold outboxes, each with its ``db_partition`` label and the
+        configuration that reaches it: the one database (label ""), or every partition
+        behind the proxy ("0", "1", ... from ELS_PARTITION_URLS). The relay and the
+        audit run once per entry (an outbox is claimed and marked in one transaction of
+        its own database); everything else goes through ELS_DATABASE_URL."""
+        urls = split_urls(self.partition_urls)
+        if not urls:
+            return [("", self)]
+        return [(str(i), replace(self, database_url=url, partition_urls=""))
+                for i, url in enumerate(urls)]
+
     def topic(self, event: contract.Event) -> str:
         """The topic configured for an event (for an output event, "" means its row's)."""
         return str(getattr(self, topic_field(event)))
@@ -244,6 +263,21 @@ class Config:
         ELS_KAFKA_CONFIG (consumer properties given to a producer only draw warnings).
         ``settings`` still win: the offset and commit semantics are not configurable."""
         return self.kafka(**{**self.kafka_consumer_extra, **settings})
+
+
+def split_urls(value: str) -> list[str]:
+    """``ELS_PARTITION_URLS``: comma-separated libpq URLs (a multi-host URL keeps its
+    commas inside the authority, so the split is on ``,postgres``)."""
+    urls: list[str] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if urls and not part.startswith(("postgresql://", "postgres://")):
+            urls[-1] += "," + part
+        else:
+            urls.append(part)
+    return urls
 
 
 def _default(f: Any) -> Any:

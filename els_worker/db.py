@@ -107,6 +107,11 @@ PURGE_HISTORY = (
     "SELECT els.purge_history(older_than => make_interval(secs => %(seconds)s::double "
     "precision))"
 )
+# Behind the proxy: every partition's claims pending that long, resolved (sql/046).
+REAP_CLAIMS = (
+    "SELECT els.reap_claims(older_than => make_interval(secs => %(seconds)s::double "
+    "precision))"
+)
 # One key for "the maintenance runner": a session lock, released when its holder's
 # session ends (a crashed worker hands the job to the next one).
 TRY_MAINTENANCE_LOCK = "SELECT pg_try_advisory_lock(hashtextextended('els.maintenance', 0))"

@@ -35,7 +35,8 @@ class Health:
         self.loop_running = False
         self.db_fault: str | None = None  # "deployment: function missing ..."
         self.systemic: str | None = None
-        self.outbox_set_aside = 0
+        # db_partition -> rows set aside there (replaced whole: the HTTP threads read it)
+        self.outbox_set_aside: dict[str, int] = {}
         self.stuck: dict[str, Any] | None = None  # the last /health/batches answer
         # "topic[partition]" -> why the stall watchdog declared it stalled (replaced whole,
         # never mutated: the HTTP threads read it)
@@ -61,6 +62,9 @@ class Health:
         self.systemic = reason
         self.metrics.systemic.set(1 if reason else 0)
 
+    def set_aside(self, db_partition: str, rows: int) -> None:
+        self.outbox_set_aside = {**self.outbox_set_aside, db_partition: rows}
+
     def partition_stalls(self, reasons: dict[str, str]) -> None:
         self.stalled_partitions = dict(reasons)
 
@@ -84,7 +88,7 @@ class Health:
             "database_last_ok_seconds_ago": round(db_age, 3) if db_age is not None else None,
             "systemic_fault": self.systemic,
             "stalled_partitions": stalled,
-            "outbox_set_aside": self.outbox_set_aside,
+            "outbox_set_aside": sum(self.outbox_set_aside.values()),
         }
         return ok, body
 

@@ -4,7 +4,9 @@ Every worker refreshes the gauges (oldest incomplete batch, stuck batches) and t
 /health/batches serves. Closing overdue batches (``ELS_BATCH_DEADLINE_SECONDS``) and
 purging history (``ELS_RETENTION_SECONDS``) run in one worker at a time: the one whose
 session holds the maintenance advisory lock, which PostgreSQL releases when that session
-ends (a crashed worker hands the job on). A failure here is logged and counted, and
+ends (a crashed worker hands the job on). Behind the proxy the same worker also releases
+the essay-id claims crashed registrations left (``ELS_CLAIM_REAP_SECONDS``,
+els.reap_claims on every partition through the proxy). A failure here is logged and counted, and
 never stops consumption.
 """
 
@@ -68,7 +70,9 @@ class Maintenance:
         """One round (the gauges, then the scheduled tasks when due); never raises."""
         self._task("stuck_list", self._refresh_stuck_list)
         self._task("batch_gauges", self._refresh_gauges)
-        if not tasks or not (self.cfg.batch_deadline_seconds or self.cfg.retention_seconds):
+        reap = bool(self.cfg.partition_urls and self.cfg.claim_reap_seconds)
+        if not tasks or not (self.cfg.batch_deadline_seconds or self.cfg.retention_seconds
+                             or reap):
             return
         if not self._task("lock", self._take_lock) or not self.holds_lock:
             return
@@ -76,6 +80,8 @@ class Maintenance:
             self._task("close_overdue", self._close_overdue)
         if self.cfg.retention_seconds:
             self._task("purge_history", self._purge_history)
+        if reap:
+            self._task("reap_claims", self._reap_claims)
 
     def _task(self, task: str, work: Any) -> bool:
         started = time.monotonic()
@@ -134,6 +140,13 @@ class Maintenance:
                     slots_timed_out=result.get("slots_timed_out"))
             if closed < CLOSE_CHUNK:
                 return
+
+    def _reap_claims(self) -> None:
+        row = self._conn().execute(db.REAP_CLAIMS,
+                                   {"seconds": self.cfg.claim_reap_seconds}).fetchone()
+        result = row[0] if row else {}
+        if result.get("claims_held") or result.get("claims_released"):
+            log(logging.INFO, "essay-id claims resolved", **result)
 
     def _purge_history(self) -> None:
         """purge_history is bounded per call (one short transaction each): call it until

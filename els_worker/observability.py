@@ -136,12 +136,17 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("els_microbatch_size", "Messages per micro-batch",
                                     buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000), registry=r)
-        self.outbox_backlog = Gauge("els_outbox_backlog", "Unpublished outbox rows", registry=r)
+        # db_partition: the partition behind the proxy whose outbox it is ("" for one
+        # database, which Prometheus reads as no label)
+        self.outbox_backlog = Gauge("els_outbox_backlog", "Unpublished outbox rows",
+                                    ["db_partition"], registry=r)
         self.outbox_oldest = Gauge("els_outbox_oldest_age_seconds",
-                                   "Age of the oldest unpublished outbox row", registry=r)
+                                   "Age of the oldest unpublished outbox row", ["db_partition"],
+                                   registry=r)
         self.outbox_unpublishable = Gauge(
             "els_outbox_unpublishable",
-            "Outbox rows set aside because Kafka refused them (retried later)", registry=r)
+            "Outbox rows set aside because Kafka refused them (retried later)",
+            ["db_partition"], registry=r)
         self.outbox_published = Counter("els_outbox_published", "Outbox rows published",
                                         ["event_type"], registry=r)
         self.unconfirmed_deliveries = Counter(
@@ -159,7 +164,8 @@ class Metrics:
                                   "produced again, error)", ["result"], registry=r)
         self.audit_last_success = Gauge(
             "els_outbox_audit_last_success_timestamp_seconds",
-            "When the last audit run ended with every row found or produced again", registry=r)
+            "When the last audit run ended with every row found or produced again",
+            ["db_partition"], registry=r)
         self.consumer_lag = Gauge("els_consumer_lag", "Consumer lag (messages) by partition",
                                   ["topic", "partition"], registry=r)
         self.partition_stalls = Counter(

@@ -65,21 +65,6 @@ class PartitionError(Exception):
     """The partitions cannot be (re)configured as asked."""
 
 
-def split_urls(value: str) -> list[str]:
-    """``ELS_PARTITION_URLS``: comma-separated libpq URLs (a multi-host URL keeps its
-    commas inside the authority, so the split is on ``,postgres``)."""
-    urls: list[str] = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if urls and not part.startswith(("postgresql://", "postgres://")):
-            urls[-1] += "," + part
-        else:
-            urls.append(part)
-    return urls
-
-
 def cluster_connstr(url: str) -> tuple[str, str, str | None]:
     """A partition's URL as PL/Proxy takes it: the libpq keyword string without user and
     password (those go into the user mapping), the user and the password."""

@@ -70,8 +70,12 @@ class Relay:
         stop: threading.Event,
         health: Health | None = None,
         make_producer: Callable[[Config], Producer] = relay_producer,
+        db_partition: str = "",
     ) -> None:
+        """``cfg`` reaches the database whose outbox this relay publishes (one of
+        ``Config.database_partitions``, labelled ``db_partition``)."""
         self.cfg = cfg
+        self.db_partition = db_partition
         self.metrics = metrics
         self.stop = stop
         self.health = health
@@ -83,7 +87,8 @@ class Relay:
         self.published = 0
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="outbox-relay", daemon=True)
+        name = f"outbox-relay-{self.db_partition}" if self.db_partition else "outbox-relay"
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
         self.thread.start()
 
     def join(self, timeout: float | None = None) -> None:
@@ -91,7 +96,8 @@ class Relay:
             self.thread.join(timeout)
 
     def run(self) -> None:
-        log(logging.INFO, "outbox relay started", batch_size=self.cfg.relay_batch_size)
+        log(logging.INFO, "outbox relay started", batch_size=self.cfg.relay_batch_size,
+            db_partition=self.db_partition)
         retry = Retry(self.cfg.retry_base_ms, self.cfg.retry_max_ms, self.metrics, self.stop)
         try:
             while not self.stop.is_set():
@@ -104,11 +110,13 @@ class Relay:
                     self.session.after_fault(exc)
                     retry.wait("relay", "outbox relay round failed: rolled back, will republish",
                                error=f"{type(exc).__name__}: {exc}",
+                               db_partition=self.db_partition,
                                **(pg_diagnostics(exc) if isinstance(exc, psycopg.Error) else {}))
         except Stopping:
             pass
         self.close()
-        log(logging.INFO, "outbox relay stopped", published=self.published)
+        log(logging.INFO, "outbox relay stopped", published=self.published,
+            db_partition=self.db_partition)
 
     def close(self) -> None:
         self.producer.flush(10)
@@ -196,8 +204,9 @@ class Relay:
         self._last_backlog = now
         row = conn.execute(db.OUTBOX_BACKLOG).fetchone()
         if row:
-            self.metrics.outbox_backlog.set(row[0])
-            self.metrics.outbox_oldest.set(row[1])
-            self.metrics.outbox_unpublishable.set(row[2])
+            label = self.db_partition
+            self.metrics.outbox_backlog.labels(db_partition=label).set(row[0])
+            self.metrics.outbox_oldest.labels(db_partition=label).set(row[1])
+            self.metrics.outbox_unpublishable.labels(db_partition=label).set(row[2])
             if self.health is not None:
-                self.health.outbox_set_aside = int(row[2])
+                self.health.set_aside(label, int(row[2]))

@@ -32,10 +32,13 @@ class Worker:
         self.metrics = Metrics()
         self.health = Health(self.metrics, cfg.health_max_age_seconds)
         self.processor = BatchProcessor(cfg, self.metrics, self.stop, self.health)
-        self.relay = Relay(cfg, self.metrics, self.stop, self.health) if cfg.relay_enabled else None
+        # one relay and one auditor per outbox: the database's, or each partition's
+        databases = cfg.database_partitions()
+        self.relays = ([Relay(part_cfg, self.metrics, self.stop, self.health, db_partition=label)
+                        for label, part_cfg in databases] if cfg.relay_enabled else [])
         self.maintenance = Maintenance(cfg, self.metrics, self.health, self.stop)
-        self.auditor = (Auditor(cfg, self.metrics, self.stop)
-                        if cfg.audit_interval_seconds else None)
+        self.auditors = ([Auditor(part_cfg, self.metrics, self.stop, db_partition=label)
+                          for label, part_cfg in databases] if cfg.audit_interval_seconds else [])
         self._signals = 0
 
     def install_signal_handlers(self) -> None:
@@ -65,13 +68,14 @@ class Worker:
         loop = ConsumerLoop(cfg, self.processor, dead_letters, self.metrics, self.health,
                             self.stop)
         loop.subscribe()
-        if self.relay is not None:
-            self.relay.start()
+        for relay in self.relays:
+            relay.start()
         self.maintenance.start()
-        if self.auditor is not None:
-            self.auditor.start()
+        for auditor in self.auditors:
+            auditor.start()
         log(logging.INFO, "worker started", topics=cfg.input_topics, group_id=cfg.group_id,
-            relay=self.relay is not None, batch_max_messages=cfg.batch_max_messages)
+            relay=bool(self.relays), outboxes=len(self.relays) or None,
+            batch_max_messages=cfg.batch_max_messages)
         self.processor.ping()
         self.health.loop_running = True
         try:
@@ -80,11 +84,11 @@ class Worker:
             self.health.loop_running = False
             log(logging.INFO, "shutting down")
             self.stop.set()
-            if self.relay is not None:
-                self.relay.join(60)
+            for relay in self.relays:
+                relay.join(60)
             self.maintenance.join(30)
-            if self.auditor is not None:
-                self.auditor.join(30)
+            for auditor in self.auditors:
+                auditor.join(30)
             dead_letters.close()
             loop.commit_unconfirmed()
             try:

@@ -22,7 +22,7 @@ BEGIN ATOMIC
            ('record_validation_failure', 'ingest'), ('apply_events', 'ingest'),
            ('batch_report', 'batch'), ('reconcile_batch', 'batch'), ('close_batch', 'batch'),
            ('close_overdue_batches', 'counts'), ('purge_history', 'counts'),
-           ('batch_health', 'counts'),
+           ('batch_health', 'counts'), ('reap_claims', 'counts'),
            ('stuck_batch_list', 'list'),
            ('stable_event_id', 'any'), ('output_topic', 'any'),
            ('key_hash', 'local'), ('partition_of', 'local'),
@@ -31,7 +31,7 @@ BEGIN ATOMIC
            ('outbox_backlog', 'partition'), ('outbox_published_since', 'partition'),
            ('outbox_envelopes', 'partition'), ('record_outbox_redelivery', 'partition'),
            ('claim_essays', 'partition'), ('claim_verdict', 'partition'),
-           ('release_claims', 'partition'), ('reap_claims', 'partition');
+           ('release_claims', 'partition');
 END;
 
 -- The call of a function's remote half with the wrapper's own arguments: $1, $2, ...

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from els_worker.partitions import cluster_connstr, split_urls
+from els_worker.config import split_urls
+from els_worker.partitions import cluster_connstr
 
 
 def test_partition_urls_split_on_urls_not_on_the_commas_of_a_multi_host_url() -> None:
