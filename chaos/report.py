@@ -74,6 +74,9 @@ class Reporting:
             "topology": self.state.cfg.topology,
             "pg_failovers": sum(1 for a in self.state.actions if a.kind == "pg-failover"),
             "broker_kills": sum(1 for a in self.state.actions if a.kind == "broker-kill"),
+            "partitions": self.state.cfg.partitions,
+            "partition_blackouts": sum(1 for a in self.state.actions
+                                       if a.kind == "partition-down"),
             "recovery": [{"kind": a.kind, "at_s": round(a.done_at or 0, 1), **a.recovery}
                          for a in self.state.actions if a.struck_at is not None],
             "valid_events_per_s": round(self.state.stats["valid"] / max(
@@ -117,7 +120,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['unexpected_worker_exits']} unexpected worker exit(s)",
         f"  restarts      PostgreSQL {r['pg_restarts']}, Kafka {r['kafka_restarts']}; "
         f"topology {r['topology']}: {r['pg_failovers']} primary kill(s), "
-        f"{r['broker_kills']} broker kill(s)",
+        f"{r['broker_kills']} broker kill(s)"
+        + (f"; {r['partitions']} partitions behind the proxy: {r['partition_blackouts']} "
+           "partition(s) down a while" if r.get("partitions") else ""),
         *(f"  recovery      {x}" for x in r["recovery"]),
         f"  throughput    {r['valid_events_per_s']} valid events/s (stream start to quiescence)",
         f"  input topics  {r['input']['acknowledged']} acknowledged, {r['input']['in_topics']} "
