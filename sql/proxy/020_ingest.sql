@@ -64,6 +64,7 @@ EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                             v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
     PERFORM els_proxy.raise_as_partition(v_state, v_message, v_detail, v_hint);
+    RAISE;  -- not reached: raise_as_partition raises
 END
 $fn$;
 
@@ -75,7 +76,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    v_keys text[] := '{}';
+    v_keys text[] := '{}'::text[];
     v_state text;
     v_message text;
     v_detail text;
@@ -98,6 +99,7 @@ EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                             v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
     PERFORM els_proxy.raise_as_partition(v_state, v_message, v_detail, v_hint);
+    RAISE;  -- not reached: raise_as_partition raises
 END
 $fn$;
 
@@ -115,6 +117,7 @@ BEGIN
     END IF;
     PERFORM els_proxy.raise_as_partition(v_answer ->> 'sqlstate', v_answer ->> 'message',
                                          v_answer ->> 'detail_text', NULL);
+    RETURN NULL;  -- not reached: raise_as_partition raises
 END
 $fn$;
 

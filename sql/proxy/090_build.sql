@@ -86,6 +86,7 @@ BEGIN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
                                     v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
             PERFORM els_proxy.raise_as_partition(v_state, v_message, v_detail, v_hint);
+            RAISE;  -- not reached: raise_as_partition raises
         END $body$$ddl$,
         v_name, p_fn ->> 'args', p_fn ->> 'result', p_fn ->> 'volatility', v_body);
 END
