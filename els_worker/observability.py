@@ -175,6 +175,10 @@ class Metrics:
             ["topic", "partition"], registry=r)
         self.db_up = Gauge("els_database_up", "1 when the last database contact succeeded",
                            registry=r)
+        self.partition_db_up = Gauge(
+            "els_partition_database_up",
+            "Behind the proxy: 1 when the outbox relay's last contact with the partition "
+            "succeeded (els_database_up is the proxy's)", ["db_partition"], registry=r)
         self.healthy = Gauge("els_worker_healthy", "1 when /healthz answers 200", registry=r)
         self.systemic = Gauge(
             "els_systemic_fault",

@@ -104,9 +104,12 @@ class Relay:
                 try:
                     n = self.run_once()
                     retry.succeeded()
+                    self._partition_reached(True)
                     if n < self.cfg.relay_batch_size:
                         self.stop.wait(self.cfg.relay_idle_ms / 1000.0)
                 except Exception as exc:  # the relay must survive anything
+                    if isinstance(exc, psycopg.OperationalError):
+                        self._partition_reached(False)
                     self.session.after_fault(exc)
                     retry.wait("relay", "outbox relay round failed: rolled back, will republish",
                                error=f"{type(exc).__name__}: {exc}",
@@ -117,6 +120,11 @@ class Relay:
         self.close()
         log(logging.INFO, "outbox relay stopped", published=self.published,
             db_partition=self.db_partition)
+
+    def _partition_reached(self, reached: bool) -> None:
+        if self.db_partition:
+            self.metrics.partition_db_up.labels(db_partition=self.db_partition).set(
+                1 if reached else 0)
 
     def close(self) -> None:
         self.producer.flush(10)

@@ -92,6 +92,7 @@ def test_worker_behind_the_proxy_publishes_every_partitions_outbox_and_reaps_cla
         _, metrics = worker.http_status("/metrics")
         for label in ("0", "1"):
             assert f'els_outbox_backlog{{db_partition="{label}"}} 0.0' in metrics
+            assert f'els_partition_database_up{{db_partition="{label}"}} 1.0' in metrics
         wait_until(lambda: all(f'els_outbox_audit_last_success_timestamp_seconds{{db_partition='
                                f'"{label}"}}' in worker.http_status("/metrics")[1]
                                for label in ("0", "1")),

@@ -83,6 +83,7 @@ def test_the_alerts_the_issue_asks_for_exist() -> None:
         "ElsBatchesStuck": "els_stuck_batches",
         "ElsBatchesClosedByDeadline": "els_batches_closed_by_deadline_total",
         "ElsDatabaseDown": "els_database_up",
+        "ElsPartitionDatabaseDown": "els_partition_database_up",
     }
     for name, metric in wanted.items():
         assert name in by_name, f"missing alert {name}"
