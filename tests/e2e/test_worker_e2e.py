@@ -424,11 +424,23 @@ def test_rebalance_second_worker_joins_then_first_leaves(
     env = worker_env(db_url, kafka_bootstrap, topics, ELS_BATCH_MAX_MESSAGES="2")
     w1 = WorkerProcess(env, tmp_path / "w1.log")
     w2 = WorkerProcess(dict(env, ELS_METRICS_PORT=str(free_port())), tmp_path / "w2.log")
-    # the stream trickles in over a few seconds while the second worker joins and
-    # the first one leaves, so both rebalances happen mid-stream
-    sender = threading.Thread(
-        target=produce, args=(kafka_bootstrap, msgs), kwargs={"pause_every": 5, "pause": 0.05}
-    )
+    # the stream comes in three parts: before the second worker joins, while both are in
+    # the group, and after the first one left; each part trickles in, and the next waits
+    # for its rebalance, so both rebalances happen mid-stream however slow the machine
+    third = len(msgs) // 3
+    parts = [msgs[:third], msgs[third:2 * third], msgs[2 * third:]]
+    gates = [threading.Event(), threading.Event(), threading.Event()]
+    produced = [threading.Event(), threading.Event(), threading.Event()]
+    gates[0].set()
+
+    def send() -> None:
+        for part, gate, done in zip(parts, gates, produced, strict=True):
+            if not gate.wait(180):
+                return
+            produce(kafka_bootstrap, part, pause_every=5, pause=0.05)
+            done.set()
+
+    sender = threading.Thread(target=send)
     with w1:
         sender.start()
         try:
@@ -439,13 +451,17 @@ def test_rebalance_second_worker_joins_then_first_leaves(
                     "second worker assigned",
                     w2.tail,
                 )
-                assert sender.is_alive(), "stream ended before the rebalance: make it longer"
+                gates[1].set()
+                assert produced[1].wait(120), "the second part was not produced"
                 assert w1.terminate() == 0, w1.tail()
-                sender.join(60)
+                gates[2].set()
+                assert produced[2].wait(120), "the third part was not produced"
                 wait_until(lambda: all_complete(db_url, batches), 120, "all batches", w2.tail)
                 wait_until(lambda: outbox_unpublished(db_url) == 0, 30, "outbox drained", w2.tail)
                 assert w2.terminate() == 0
         finally:
+            for gate in gates:
+                gate.set()
             sender.join(60)
     applied = [r for w in (w1, w2) for r in w.log_records() if r.get("msg") == "event applied"]
     assert [r for r in w1.log_records() if r.get("msg") == "partitions revoked"]
