@@ -416,6 +416,56 @@ def test_a_partition_killed_mid_call_loses_and_doubles_nothing(
     with psycopg.connect(sharded.proxy_url, autocommit=True) as proxy:
         retried = streams.set_based(proxy, chunk)  # what the worker does: the same again
     assert all(r["ok"] for r in retried)
+    _assert_state_is_one_databases(sharded, db_url, chunk)
+
+
+def test_a_partition_failing_over_loses_and_doubles_nothing(
+        sharded: Sharded, db_url: str, stack: Stack) -> None:
+    """What a partition's failover looks like to the proxy (docs/SCALING.md, HA per
+    partition): the old primary read-only (demoted), then refusing connections (down),
+    then a primary again. Each phase fails the micro-batch as an operational fault, never
+    as a verdict on its events; the retry after it applies the rest, and the merged
+    state is what one database has after applying the micro-batch once."""
+    name = sharded.partition_urls[1].rsplit("/", 1)[1]
+    chunk = _micro_batch(f"fo-{uuid.uuid4().hex[:4]}", 60)
+
+    def phase(*statements: sql.Composable) -> None:
+        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
+            for statement in statements:
+                admin.execute(statement)
+            # the proxy's cached connection to it goes, as a failover ends it
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = %(d)s", {"d": name})
+
+    def attempt() -> str | None:
+        with psycopg.connect(sharded.proxy_url, autocommit=True) as proxy:
+            try:
+                results = streams.set_based(proxy, chunk)
+            except psycopg.Error as exc:
+                return exc.sqlstate
+        assert all(r["ok"] for r in results)
+        return None
+
+    ident = sql.Identifier(name)
+    try:
+        phase(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(ident))
+        demoted = attempt()
+        phase(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(ident))
+        down = attempt()
+    finally:
+        phase(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(ident),
+              sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(ident))
+    assert demoted == "25006" and down == "08006", (demoted, down)
+    for sqlstate in (demoted, down):
+        assert classify_sqlstate(sqlstate).action is Action.RETRY_FOREVER, sqlstate
+    assert attempt() is None  # the new primary: the retry goes through
+    _assert_state_is_one_databases(sharded, db_url, chunk)
+
+
+def _assert_state_is_one_databases(sharded: Sharded, db_url: str,
+                                   chunk: list[tuple[str, str]]) -> None:
+    """The state of the chunk's batches, merged over the partitions, equals one
+    database's after applying the chunk once."""
     with psycopg.connect(db_url, autocommit=True) as one:
         streams.set_based(one, chunk)
         want = streams.state(one, _batch_ids(chunk))
