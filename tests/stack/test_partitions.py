@@ -429,7 +429,7 @@ def test_a_partition_failing_over_loses_and_doubles_nothing(
     name = sharded.partition_urls[1].rsplit("/", 1)[1]
     chunk = _micro_batch(f"fo-{uuid.uuid4().hex[:4]}", 60)
 
-    def phase(*statements: sql.Composable) -> None:
+    def phase(*statements: sql.Composed) -> None:
         with psycopg.connect(stack.admin_url, autocommit=True) as admin:
             for statement in statements:
                 admin.execute(statement)
