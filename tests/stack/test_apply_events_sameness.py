@@ -24,9 +24,8 @@ from typing import Any
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
-from psycopg import sql
 
-from testkit import streams
+from testkit import databases, streams
 from testkit.stack import Stack
 
 EXAMPLES = int(os.environ.get("ELS_SAMENESS_EXAMPLES", "150"))
@@ -34,18 +33,10 @@ EXAMPLES = int(os.environ.get("ELS_SAMENESS_EXAMPLES", "150"))
 @pytest.fixture
 def two_dbs(stack: Stack, template_db: str) -> Iterator[tuple[str, str]]:
     """Two brand-new databases cloned from the migrated template."""
-    names = [f"test_{uuid.uuid4().hex}" for _ in range(2)]
-    with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-        for name in names:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)))
-    try:
-        yield stack.url_for(names[0]), stack.url_for(names[1])
-    finally:
-        with psycopg.connect(stack.admin_url, autocommit=True) as conn:
-            for name in names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+    run = uuid.uuid4().hex
+    with databases.clone(stack, template_db, f"test_{run}_a") as one, \
+            databases.clone(stack, template_db, f"test_{run}_b") as other:
+        yield one, other
 
 
 @settings(max_examples=EXAMPLES, deadline=None, database=None,

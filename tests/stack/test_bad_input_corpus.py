@@ -20,6 +20,7 @@ and stored verbatim.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from psycopg import sql
 
 from chaos.generator import Message, corpus
 from chaos.world import INJECTIONS
+from testkit import databases
 from testkit.stack import Stack
 
 CORPUS = corpus()
@@ -75,23 +77,12 @@ def snapshot(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, str]]:
 @pytest.fixture(scope="module")
 def corpus_db(stack: Stack, template_db: str) -> Iterator[str]:
     """One database for the whole corpus, holding the registered victims of the cases."""
-    import uuid
-
-    name = f"test_corpus_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(template_db)))
-    url = stack.url_for(name)
-    try:
+    with databases.clone(stack, template_db, f"test_corpus_{uuid.uuid4().hex[:12]}") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             for kind, _bid, value in CORPUS.setup:
                 result = conn.execute(CALL[kind], {"event": value.decode()}).fetchone()
                 assert result is not None and result[0]["outcome"] in ("registered", "assigned")
         yield url
-    finally:
-        with psycopg.connect(stack.admin_url, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def _call_as_worker(url: str, case: Message) -> psycopg.Error | dict[str, Any]:
