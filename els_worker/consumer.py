@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -30,13 +30,14 @@ from els_worker.messages import Item, decode_item
 from els_worker.observability import Metrics, log
 from els_worker.report import report
 from els_worker.retry import Retry, Stopping
-from els_worker.watchdog import Watchdog
+from els_worker.watchdog import EndOffsets, Watchdog
 
 
 class ConsumerLoop:
     def __init__(self, cfg: Config, processor: BatchProcessor, dead_letters: DeadLetterWriter,
                  metrics: Metrics, health: Health, stop: threading.Event,
-                 consumer: Consumer | None = None) -> None:
+                 consumer: Consumer | None = None,
+                 end_offsets: Callable[[TopicPartition, bool], int] | None = None) -> None:
         self.cfg = cfg
         self.consumer = consumer or kafka.consumer(
             cfg, cfg.group_id, **{"client.id": "els-worker", "statistics.interval.ms": 10000,
@@ -54,7 +55,9 @@ class ConsumerLoop:
         self._unconfirmed: dict[tuple[str, int], int] = {}
         self._ping_every = min(5.0, cfg.health_max_age_seconds / 3)
         self.watchdog = Watchdog(self.consumer, cfg.partition_stall_seconds, metrics, health,
-                                 start_at_earliest=cfg.auto_offset_reset == "earliest")
+                                 start_at_earliest=cfg.auto_offset_reset == "earliest",
+                                 end_offsets=end_offsets
+                                 or EndOffsets(kafka.admin(cfg, "els-watchdog")))
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.cfg.input_topics, on_assign=self._on_assign,

@@ -58,6 +58,10 @@ def producer(cfg: Config, client_id: str, **settings: Any) -> Producer:
     }))
 
 
+def admin(cfg: Config, client_id: str) -> AdminClient:
+    return AdminClient(cfg.kafka(**{"client.id": client_id}))
+
+
 def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:
     """A consumer that stores and commits offsets only when told to."""
     return Consumer(cfg.kafka_consumer(**{

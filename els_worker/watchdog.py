@@ -12,19 +12,23 @@ is committed only after its transaction (docs/worker.md, "Stall watchdog").
 ``assess`` is the decision, a pure function. ``Watchdog`` feeds it from what the loop
 delivered, librdkafka's statistics and the broker's end offset, and acts on the
 verdict. It runs on the consumer loop's thread between micro-batches only: never inside
-a rebalance callback, never while a micro-batch is held or in flight.
+a rebalance callback, never while a micro-batch is held or in flight. So it never asks
+the broker anything that can block: the end offsets come from an AdminClient of its
+own, waited for a bounded time (``EndOffsets``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import enum
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from els_worker.health import Health
 from els_worker.observability import Metrics, log
@@ -112,6 +116,32 @@ def assess(*, quiet_for: float, timeout: float, next_offset: int | None,
     return Verdict.STALLED
 
 
+class EndOffsets:
+    """The broker's offsets of a partition (``latest``: its end; else its log start),
+    asked by an AdminClient of its own and waited for at most QUERY_TIMEOUT_S.
+
+    The consumer's own query (``get_watermark_offsets(cached=False)``) can block past
+    its timeout, for good, while the partition's leader is down (librdkafka #2588,
+    #4878): a ha-short chaos run saw a worker's loop sit in it for four minutes after a
+    broker kill, with lag stuck. A request left unanswered here only leaves a future
+    pending; the loop goes on."""
+
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin = admin
+
+    def __call__(self, tp: TopicPartition, latest: bool = True) -> int:
+        spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
+        # read_committed, as the consumer reads: the end is the last stable offset
+        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec},
+                                          isolation_level=IsolationLevel.READ_COMMITTED,
+                                          request_timeout=QUERY_TIMEOUT_S)
+        try:
+            info = next(iter(futures.values())).result(timeout=QUERY_TIMEOUT_S + 1)
+        except concurrent.futures.TimeoutError as exc:
+            raise KafkaException(f"offsets of {tp.topic}[{tp.partition}]: no answer") from exc
+        return int(info.offset)
+
+
 @dataclass
 class _Partition:
     quiet_since: float  # monotonic: the last delivery, assignment, check or away-gap
@@ -125,8 +155,12 @@ class Watchdog:
     stalled partitions by seeking them. ``timeout`` 0 turns it off."""
 
     def __init__(self, consumer: Consumer, timeout: float, metrics: Metrics, health: Health,
-                 start_at_earliest: bool) -> None:
+                 start_at_earliest: bool,
+                 end_offsets: Callable[[TopicPartition, bool], int]) -> None:
+        """``end_offsets(tp, latest)``: the broker's end (latest) or log start offset of
+        a partition, never blocking for long (``EndOffsets``)."""
         self.consumer = consumer
+        self.end_offsets = end_offsets
         self.timeout = timeout
         self.metrics = metrics
         self.health = health
@@ -219,16 +253,13 @@ class Watchdog:
     def _offsets(self, key: Key, part: _Partition) -> tuple[int | None, int | None, int]:
         """(our next offset, librdkafka's position, the broker's end offset)."""
         tp = TopicPartition(key[0], key[1])
-        marks = self.consumer.get_watermark_offsets(tp, timeout=QUERY_TIMEOUT_S, cached=False)
-        if marks is None:
-            raise KafkaException("watermark offsets: timed out")
-        low, end = int(marks[0]), int(marks[1])
+        end = self.end_offsets(tp, True)
         if part.next_offset is None:
             committed = self.consumer.committed([tp], timeout=QUERY_TIMEOUT_S)[0].offset
             if committed >= 0:
                 part.next_offset = committed
             elif self.start_at_earliest:
-                part.next_offset = low
+                part.next_offset = self.end_offsets(tp, False)
         position = self.consumer.position([tp])[0].offset
         return part.next_offset, (position if position >= 0 else None), end
 

@@ -12,17 +12,20 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from els_worker import kafka
 from els_worker.apply import BatchProcessor
 from els_worker.config import Config
 from els_worker.consumer import ConsumerLoop
 from els_worker.dead_letters import DeadLetterWriter
 from els_worker.health import Health
 from els_worker.observability import Metrics
+from els_worker.watchdog import EndOffsets
 from testkit import events as ev
 from testkit.db import query
 from testkit.kafka import Topics, event_bytes, read_topic
@@ -77,11 +80,13 @@ class StickingConsumer(Consumer):
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
         return self._withhold(super().consume(num_messages, timeout))
 
-    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = -1,
-                              cached: bool = False) -> tuple[int, int]:
-        if self.recovery_seeks:
-            self.looks_since_recovery[partition.partition] += 1
-        return super().get_watermark_offsets(partition, timeout, cached)
+    def counting(self, end_offsets: EndOffsets) -> Callable[[TopicPartition, bool], int]:
+        """The watchdog's end-offset reader, counting its looks since the recovery."""
+        def look(tp: TopicPartition, latest: bool) -> int:
+            if self.recovery_seeks and latest:
+                self.looks_since_recovery[tp.partition] += 1
+            return end_offsets(tp, latest)
+        return look
 
     def seek(self, partition: TopicPartition) -> None:
         if (partition.topic, partition.partition) == self.victim and self.stuck:
@@ -195,7 +200,8 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
         "stats_cb": on_stats, "on_commit": on_commit,
     }), victim, stick_at)
     consumer.health = health
-    loop = ConsumerLoop(cfg, processor, dead_letters, metrics, health, stop, consumer=consumer)
+    loop = ConsumerLoop(cfg, processor, dead_letters, metrics, health, stop, consumer=consumer,
+                        end_offsets=consumer.counting(EndOffsets(kafka.admin(cfg, "test"))))
     caplog.set_level(logging.INFO, logger="els.worker")
     loop.subscribe()
     runner = threading.Thread(target=loop.run, name="consumer-loop", daemon=True)
