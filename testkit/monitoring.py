@@ -57,6 +57,12 @@ METRICS: dict[str, frozenset[str]] = {
     }.items()
 }
 TARGET_LABELS = frozenset({"job", "instance", "worker"})
+# Behind the PL/Proxy proxy only (docs/SCALING.md): the label of the partition whose
+# outbox a series is about (empty, so absent to Prometheus, on one database), and the
+# metrics that exist only there. tests/e2e/test_partition_worker.py reads them from a
+# worker behind the proxy; the live Prometheus test runs one database.
+PARTITION_LABEL = "db_partition"
+PROXY_ONLY_METRICS = frozenset({"els_partition_database_up"})
 # Grafana's variables, as the live test substitutes them
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s"}
 

@@ -183,14 +183,16 @@ def _all_queries() -> list[tuple[str, str, str]]:
 
 
 def _needed_labels() -> dict[str, set[str]]:
-    """metric -> the labels the monitoring's queries rely on it having."""
+    """metric -> the labels the monitoring's queries rely on it having, on the one
+    database this scene runs (no partition label, no metric of the proxy's topology)."""
     need: dict[str, set[str]] = {}
     for _, expr, _ in _all_queries():
-        for metric in contract.metrics_in(expr):
+        for metric in contract.metrics_in(expr) - contract.PROXY_ONLY_METRICS:
             need.setdefault(metric, set()).update(contract.METRICS[metric])
         for metric, labels in contract.matcher_labels(expr).items():
-            need[metric].update(labels)
-    return need
+            if metric not in contract.PROXY_ONLY_METRICS:
+                need[metric].update(labels)
+    return {metric: labels - {contract.PARTITION_LABEL} for metric, labels in need.items()}
 
 
 def _missing(prom: Prometheus, scene: Scene) -> dict[str, str]:
