@@ -94,8 +94,8 @@ pytest: stack-up ## the Python test suite: in parallel, then alone the tests tha
 # builds the offline stand-ins of the public images, then the tests. As root.
 test-compose: bootstrap ## compose.yaml on a Docker engine: stand-in images, up --wait, a stream, stop/restart, down -v
 	@scripts/compose-deps.sh
-	scripts/dockerd.sh up
-	trap 'scripts/dockerd.sh down' EXIT
+	engine="$$(scripts/dockerd.sh up)"
+	if [[ "$$engine" == started ]]; then trap 'scripts/dockerd.sh down' EXIT; fi
 	tests/compose/images/build.sh
 	$(VENV)/bin/pytest -m compose tests/compose $(PYTEST_ARGS)
 

@@ -2,8 +2,10 @@
 # A Docker engine for `make test-compose`: started only when none answers, and stopped
 # only if this script started it.
 #
-#   scripts/dockerd.sh up      start dockerd unless one answers on /var/run/docker.sock
-#   scripts/dockerd.sh down    stop the dockerd that `up` started (no-op otherwise)
+#   scripts/dockerd.sh up      start dockerd unless one answers on /var/run/docker.sock;
+#                              prints "started" or "running" (which one it found)
+#   scripts/dockerd.sh down    stop the dockerd that an `up` of this checkout started
+#                              (no-op otherwise; a caller that found one running skips it)
 #   scripts/dockerd.sh status
 #
 # State: .stack/dockerd/ (pid of the dockerd we started, its log). The engine's data root
@@ -35,6 +37,7 @@ our_pid() {
 up() {
     if engine_answers; then
         log "a Docker engine is running ($(docker version --format '{{.Server.Version}}'))"
+        echo running
         return 0
     fi
     command -v dockerd >/dev/null 2>&1 || die "dockerd missing: run scripts/compose-deps.sh"
@@ -47,6 +50,7 @@ up() {
     for ((i = 0; i < 120; i++)); do
         engine_answers && {
             log "dockerd ready ($(docker version --format '{{.Server.Version}}'), pid $(cat "$PIDFILE"))"
+            echo started
             return 0
         }
         our_pid >/dev/null || break

@@ -26,6 +26,8 @@ STANDINS_FILE = ROOT / "tests" / "compose" / "compose.standins.yaml"
 # a failed run's logs, kept for reading after the stack is gone (CI prints the path)
 LOG_DIR = ROOT / ".stack" / "compose-logs"
 UP_TIMEOUT_S = 300
+# how long the session's build and up took, for the summary at the end
+TIMINGS: dict[str, float] = {}
 
 
 def compose_config() -> dict[str, Any]:
@@ -126,9 +128,15 @@ def compose(request: pytest.FixtureRequest) -> Iterator[Compose]:
                     timeout=UP_TIMEOUT_S + 60)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlogs: {stack.save_logs()}") from None
-    print(f"\ncompose timings (s): {stack.timings}")
+    TIMINGS.update(stack.timings)
     yield stack
     if request.session.testsfailed:
         print(f"\ncompose logs of the failed run: {stack.save_logs()}")
     if not stack.is_down:
         stack.down()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if TIMINGS:
+        terminalreporter.write_line(
+            "compose: " + ", ".join(f"{k} {v} s" for k, v in TIMINGS.items()))
