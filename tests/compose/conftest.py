@@ -26,12 +26,19 @@ STANDINS_FILE = ROOT / "tests" / "compose" / "compose.standins.yaml"
 # a failed run's logs, kept for reading after the stack is gone (CI prints the path)
 LOG_DIR = ROOT / ".stack" / "compose-logs"
 UP_TIMEOUT_S = 300
+PROJECT = "els-compose-test"
 # how long the session's build and up took, for the summary at the end
 TIMINGS: dict[str, float] = {}
 
 
 def compose_config() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def standins_config() -> dict[str, Any]:
+    data = yaml.safe_load(STANDINS_FILE.read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
 
@@ -49,13 +56,15 @@ def published(service: str, container_port: int) -> str:
 class Compose:
     """``docker compose`` on compose.yaml + the stand-ins override, and what it started."""
 
-    project: str = field(default_factory=lambda: str(compose_config()["name"]))
+    # not compose.yaml's `els`: a developer's own stack of that name is left alone
+    project: str = PROJECT
     timings: dict[str, float] = field(default_factory=dict)
     is_down: bool = False
 
     def run(self, *args: str, timeout: float = 600, check: bool = True,
             ) -> subprocess.CompletedProcess[str]:
-        argv = ["docker", "compose", "--project-directory", str(ROOT),
+        argv = ["docker", "compose", "--project-name", self.project,
+                "--project-directory", str(ROOT),
                 "-f", str(COMPOSE_FILE), "-f", str(STANDINS_FILE), *args]
         res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if check and res.returncode != 0:

@@ -26,7 +26,7 @@ from testkit.db import all_complete, outbox_unpublished, query
 from testkit.kafka import event_bytes, headers_of, produce, read_topic
 from testkit.worker import wait_until
 
-from .conftest import ROOT, Compose, compose_config, http_json, published
+from .conftest import ROOT, Compose, compose_config, http_json, published, standins_config
 
 pytestmark = pytest.mark.compose
 
@@ -190,7 +190,8 @@ def test_worker_runs_as_els_app_a_member_of_els_worker_only(compose: Compose) ->
 
 
 def test_worker_image_runs_as_non_root_with_a_working_healthcheck(compose: Compose) -> None:
-    image = json.loads(subprocess.run(["docker", "image", "inspect", "els-worker:local"],
+    name = standins_config()["services"]["worker"]["image"]
+    image = json.loads(subprocess.run(["docker", "image", "inspect", name],
                                       capture_output=True, text=True, check=True).stdout)[0]
     user = image["Config"]["User"]
     assert user not in ("", "0", "root"), f"the image runs as {user!r}"

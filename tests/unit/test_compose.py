@@ -326,15 +326,20 @@ def test_grafana_alone_is_in_a_profile() -> None:
 def test_the_standins_override_changes_only_image_names() -> None:
     services = _services()
     python_arg = next(k for k, v in _dockerfile_args().items() if v.startswith("python:"))
+    project_image = services["worker"]["image"]  # built here: renamed, not replaced
     for name, svc in _standins().items():
         assert name in services, f"the override names unknown service {name}"
         if "build" in services[name]:
-            assert svc == {"build": {"args": {python_arg: svc["build"]["args"][python_arg]}}}
-            image = svc["build"]["args"][python_arg]
+            assert set(svc) == {"image", "build"}, f"{name}: the override changes {sorted(svc)}"
+            assert svc["build"] == {"args": {python_arg: svc["build"]["args"][python_arg]}}
+            assert str(svc["build"]["args"][python_arg]).startswith("els-standin/")
         else:
             assert set(svc) == {"image"}, f"{name}: the override changes {sorted(svc)}"
-            image = svc["image"]
-        assert str(image).startswith("els-standin/"), image
+        if services[name]["image"] == project_image:
+            assert svc["image"].split(":")[0] == project_image.split(":")[0], svc
+            assert svc["image"] != project_image, "a developer's image would be overwritten"
+        else:
+            assert str(svc["image"]).startswith("els-standin/"), svc["image"]
     # every public image the core pulls has a stand-in, tagged as its original where the
     # version is the same (PostgreSQL 15, Kafka 4.1.1, Python 3.11)
     for name, svc in services.items():
@@ -352,8 +357,12 @@ def test_the_standins_override_changes_only_image_names() -> None:
 def test_standin_images_have_a_build_directory() -> None:
     images = ROOT / "tests" / "compose" / "images"
     build = (images / "build.sh").read_text(encoding="utf-8")
-    names = {str(svc.get("image") or next(iter(svc["build"]["args"].values())))
-             for svc in _standins().values()}
+    names: set[str] = set()
+    for svc in _standins().values():
+        names.update(str(v) for v in svc.get("build", {}).get("args", {}).values())
+        names.add(str(svc["image"]))
+    names = {n for n in names if n.startswith("els-standin/")}
+    assert len(names) == 4, names  # python, postgres, kafka, prometheus
     for image in names:
         name = image.split("/", 1)[1].split(":", 1)[0]
         assert (images / name / "Dockerfile").is_file(), f"no tests/compose/images/{name}"
