@@ -9,6 +9,7 @@ postgres password), so the tests follow the file users get."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -94,10 +95,11 @@ class Compose:
         res = self.run("logs", "--no-color", "--no-log-prefix", service)
         return (res.stdout + res.stderr).splitlines()
 
-    def log_records(self, service: str) -> list[dict[str, Any]]:
-        """The JSON lines of a service's log (the worker logs one per event)."""
+    def log_records(self, service: str, since_line: int = 0) -> list[dict[str, Any]]:
+        """The JSON lines of a service's log (the worker logs one per event), from line
+        ``since_line`` on (the log of a container goes on over a stop and a start)."""
         out = []
-        for line in self.log_lines(service):
+        for line in self.log_lines(service)[since_line:]:
             if line.startswith("{"):
                 try:
                     out.append(json.loads(line))
@@ -126,11 +128,30 @@ def http_json(url: str, timeout: float = 5) -> Any:
         return json.loads(resp.read())
 
 
+def ports_in_use() -> list[str]:
+    """The host ports compose.yaml publishes (the core's) that something already holds."""
+    busy = []
+    for name, svc in compose_config()["services"].items():
+        if svc.get("profiles"):
+            continue
+        for entry in svc.get("ports", []):
+            host, port, _target = str(entry).rsplit(":", 2)
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, int(port)))
+                except OSError:
+                    busy.append(f"{name} {host}:{port}")
+    return busy
+
+
 @pytest.fixture(scope="session")
 def compose(request: pytest.FixtureRequest) -> Iterator[Compose]:
     """The stack, built and up (every healthcheck healthy); down -v afterwards."""
     stack = Compose()
     stack.run("down", "-v", "--remove-orphans")  # what a crashed earlier run left
+    busy = ports_in_use()
+    assert not busy, f"compose.yaml's host ports are taken (another els stack?): {busy}"
     stack.timed("build", "build", timeout=900)
     try:
         stack.timed("up --wait", "up", "--wait", "--wait-timeout", str(UP_TIMEOUT_S),

@@ -290,9 +290,7 @@ def test_stop_worker_is_a_clean_sigterm_restart_redelivers_nothing(compose: Comp
     compose.run("start", "worker")
     wait_healthy(compose, "worker")
     wait_complete(compose, ids)
-    lines = compose.log_lines("worker")
-    this_test = [json.loads(line) for line in lines[before:] if line.startswith("{")]
-    applied_all = applied(this_test, prefix)  # both runs, in order
+    applied_all = applied(compose.log_records("worker", since_line=before), prefix)  # both runs
     applied_second = applied_all[len(applied_first):]
     # nothing lost, nothing applied twice: the restart starts where the stop committed
     seen = Counter((r["topic"], r["partition"], r["offset"]) for r in applied_all)
@@ -320,8 +318,7 @@ def test_restart_postgres_heals_without_a_dead_letter(compose: Compose) -> None:
     wait_healthy(compose, "worker")
     # the worker healed in place: same container run, no restart by the engine
     assert compose.container("worker")["State"]["StartedAt"] == worker_before
-    records = [json.loads(line) for line in compose.log_lines("worker")[log_before:]
-               if line.startswith("{")]
+    records = compose.log_records("worker", since_line=log_before)
     assert any(r.get("retry_kind") == "operational" for r in records), (
         "the outage was never noticed:\n" + compose.tail("worker"))
     assert not [r for r in records if r.get("msg") == "event dead-lettered"]
