@@ -278,7 +278,9 @@ def test_stop_worker_is_a_clean_sigterm_restart_redelivers_nothing(compose: Comp
     # SIGTERM, not the SIGKILL that ends the 30 s stop_grace_period: exit code 0
     assert (state["Status"], state["ExitCode"], state["OOMKilled"]) == ("exited", 0, False), state
     assert stop_seconds < 25, f"docker compose stop worker took {stop_seconds:.1f}s"
-    first_run = compose.log_records("worker")
+    first_run = compose.log_records("worker", since_line=before)
+    signals = [r.get("signal") for r in first_run if "signal" in r]
+    assert signals == ["SIGTERM"], (signals, compose.tail("worker"))  # one, handled
     assert any(r.get("msg") == "worker stopped" for r in first_run), compose.tail("worker")
     applied_first = applied(first_run, prefix)
     assert 0 < len(applied_first) < len(messages), "the stop should land mid-stream"
