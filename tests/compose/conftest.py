@@ -28,8 +28,8 @@ STANDINS_FILE = ROOT / "tests" / "compose" / "compose.standins.yaml"
 LOG_DIR = ROOT / ".stack" / "compose-logs"
 UP_TIMEOUT_S = 300
 PROJECT = "els-compose-test"
-# how long the session's build and up took, for the summary at the end
-TIMINGS: dict[str, float] = {}
+# how long the session's build and up took, and the project image's size: the summary
+SUMMARY: dict[str, str] = {}
 
 
 def compose_config() -> dict[str, Any]:
@@ -158,7 +158,11 @@ def compose(request: pytest.FixtureRequest) -> Iterator[Compose]:
                     timeout=UP_TIMEOUT_S + 60)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nlogs: {stack.save_logs()}") from None
-    TIMINGS.update(stack.timings)
+    SUMMARY.update({name: f"{seconds} s" for name, seconds in stack.timings.items()})
+    image = standins_config()["services"]["worker"]["image"]
+    size = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image],
+                          capture_output=True, text=True, check=True).stdout
+    SUMMARY[f"image {image}"] = f"{int(size) / 1e6:.0f} MB"
     yield stack
     if request.session.testsfailed:
         print(f"\ncompose logs of the failed run: {stack.save_logs()}")
@@ -167,6 +171,6 @@ def compose(request: pytest.FixtureRequest) -> Iterator[Compose]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if TIMINGS:
+    if SUMMARY:
         terminalreporter.write_line(
-            "compose: " + ", ".join(f"{k} {v} s" for k, v in TIMINGS.items()))
+            "compose: " + ", ".join(f"{k} {v}" for k, v in SUMMARY.items()))
