@@ -153,6 +153,22 @@ def test_up_wait_every_healthcheck_healthy(compose: Compose) -> None:
     assert status["status"] == "ok", status
 
 
+def test_compose_yaml_as_users_get_it_is_valid_with_and_without_grafana() -> None:
+    """compose.yaml alone (official images, no override): compose v2 accepts it; the
+    core is five services, and --profile grafana adds Grafana (which cannot run here:
+    its provisioning is checked by tests/unit/test_compose.py)."""
+    def services(*profile: str) -> list[str]:
+        res = subprocess.run(["docker", "compose", "-f", str(ROOT / "compose.yaml"),
+                              *profile, "config", "--services"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return sorted(res.stdout.split())
+
+    core = sorted(["postgres", "kafka", "migrate", "worker", "prometheus"])
+    assert services() == core
+    assert services("--profile", "grafana") == sorted([*core, "grafana"])
+
+
 def test_migrations_ran_as_els_migrator_and_exited_0(compose: Compose) -> None:
     state = compose.container("migrate")["State"]
     assert (state["Status"], state["ExitCode"]) == ("exited", 0), state
