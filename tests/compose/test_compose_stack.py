@@ -217,6 +217,10 @@ def test_worker_image_runs_as_non_root_with_a_working_healthcheck(compose: Compo
     test = image["Config"]["Healthcheck"]["Test"]
     assert test[0] == "CMD", test
     assert compose.run("exec", "-T", "worker", *test[1:], check=False).returncode == 0
+    # and it can fail: the same check in a container of the image where no worker runs
+    alone = subprocess.run(["docker", "run", "--rm", "--network", "none", name, *test[1:]],
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode != 0, alone
 
 
 def test_build_context_is_only_what_the_image_needs(compose: Compose) -> None:
