@@ -15,7 +15,7 @@ LINT_PATHS := worker.py els_worker els_migrate.py testkit tests bench chaos scri
 
 .PHONY: help test demo bootstrap stack-up stack-down stack-status migrate rollback \
         lint fmt psql pgtap plpgsql-check pytest test-unit clean schema-snapshot bench chaos \
-        dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha chaos-sharded
+        dashboard prometheus stack-up-ha stack-down-ha test-ha chaos-ha chaos-sharded test-compose
 
 help: ## list the targets
 	@if [[ -t 1 ]]; then c=$$'\033[36m' r=$$'\033[0m'; else c= r=; fi
@@ -86,8 +86,18 @@ test-unit: bootstrap ## the unit tests alone (tests/unit: no service needed)
 	@$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 pytest: stack-up ## the Python test suite: in parallel, then alone the tests that disturb the shared stack
-	@$(VENV)/bin/pytest -n $(PYTEST_PROCESSES) --dist worksteal -m 'not ha and not serial' $(PYTEST_ARGS)
-	$(VENV)/bin/pytest -m 'serial and not ha' $(PYTEST_ARGS)
+	@$(VENV)/bin/pytest -n $(PYTEST_PROCESSES) --dist worksteal -m 'not ha and not serial and not compose' $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m 'serial and not ha and not compose' $(PYTEST_ARGS)
+
+# compose.yaml for real (tests/compose): installs docker.io, debootstrap and the compose
+# plugin when missing, starts dockerd unless one runs (and stops only the one it started),
+# builds the offline stand-ins of the public images, then the tests. As root.
+test-compose: bootstrap ## compose.yaml on a Docker engine: stand-in images, up --wait, a stream, stop/restart, down -v
+	@scripts/compose-deps.sh
+	engine="$$(scripts/dockerd.sh up)"
+	if [[ "$$engine" == started ]]; then trap 'scripts/dockerd.sh down' EXIT; fi
+	tests/compose/images/build.sh
+	$(VENV)/bin/pytest -m compose tests/compose $(PYTEST_ARGS)
 
 clean: stack-down ## stop the stack and delete .stack/ (cluster, Kafka data, logs)
 	@if [[ -L .stack/pg ]]; then rm -rf "$$(readlink -f .stack/pg)"; fi

@@ -4,6 +4,7 @@ one the code actually reads (and the README documents)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -293,3 +294,138 @@ def test_compose_grafana_provisions_the_datasource_and_dashboard() -> None:
     home = _environment(grafana).get("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH")
     if home:
         assert _host_path(grafana, home).is_file(), home
+
+
+# ---------------------------------------------------------------- make test-compose
+
+
+STANDINS = ROOT / "tests" / "compose" / "compose.standins.yaml"
+
+
+def _standins() -> dict[str, dict[str, Any]]:
+    data = yaml.safe_load(STANDINS.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and set(data) == {"services"}, "an override of services only"
+    return data["services"]
+
+
+def _dockerfile_args() -> dict[str, str]:
+    """ARG NAME=default lines of the Dockerfile."""
+    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+
+
+def test_grafana_alone_is_in_a_profile() -> None:
+    """`docker compose up` starts the core; Grafana (no offline image) joins with
+    --profile grafana, documented in compose.yaml's header and the README."""
+    for name, svc in _services().items():
+        assert svc.get("profiles", []) == (["grafana"] if name == "grafana" else []), name
+    assert "--profile grafana" in COMPOSE.read_text(encoding="utf-8")
+    assert "--profile grafana" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_standins_override_changes_only_image_names() -> None:
+    services = _services()
+    python_arg = next(k for k, v in _dockerfile_args().items() if v.startswith("python:"))
+    project_image = services["worker"]["image"]  # built here: renamed, not replaced
+    for name, svc in _standins().items():
+        assert name in services, f"the override names unknown service {name}"
+        if "build" in services[name]:
+            assert set(svc) == {"image", "build"}, f"{name}: the override changes {sorted(svc)}"
+            assert svc["build"] == {"args": {python_arg: svc["build"]["args"][python_arg]}}
+            assert str(svc["build"]["args"][python_arg]).startswith("els-standin/")
+        else:
+            assert set(svc) == {"image"}, f"{name}: the override changes {sorted(svc)}"
+        if services[name]["image"] == project_image:
+            assert svc["image"].split(":")[0] == project_image.split(":")[0], svc
+            assert svc["image"] != project_image, "a developer's image would be overwritten"
+        else:
+            assert str(svc["image"]).startswith("els-standin/"), svc["image"]
+    # every public image the core pulls has a stand-in, tagged as its original where the
+    # version is the same (PostgreSQL 15, Kafka 4.1.1, Python 3.11)
+    for name, svc in services.items():
+        if svc.get("profiles") or "build" in svc or str(svc.get("image", "")).endswith(":local"):
+            continue
+        assert name in _standins(), f"{name} ({svc['image']}) has no stand-in"
+    for name in ("postgres", "kafka"):
+        official_tag = services[name]["image"].rsplit(":", 1)[1]
+        assert _standins()[name]["image"].endswith(":" + official_tag), name
+    default_python = _dockerfile_args()[python_arg]
+    standin_python = _standins()["migrate"]["build"]["args"][python_arg]
+    assert standin_python.rsplit(":", 1)[1] == default_python.rsplit(":", 1)[1]
+
+
+def test_standin_images_have_a_build_directory() -> None:
+    images = ROOT / "tests" / "compose" / "images"
+    build = (images / "build.sh").read_text(encoding="utf-8")
+    names: set[str] = set()
+    for svc in _standins().values():
+        names.update(str(v) for v in svc.get("build", {}).get("args", {}).values())
+        names.add(str(svc["image"]))
+    names = {n for n in names if n.startswith("els-standin/")}
+    assert len(names) == 4, names  # python, postgres, kafka, prometheus
+    for image in names:
+        name = image.split("/", 1)[1].split(":", 1)[0]
+        assert (images / name / "Dockerfile").is_file(), f"no tests/compose/images/{name}"
+        assert f"build {image} " in build, f"build.sh does not build {image}"
+
+
+def test_kafka_standin_runs_the_stacks_kafka() -> None:
+    """The stand-in's pom inherits the local stack's (same Kafka, same jars) and the
+    version is the one compose.yaml names."""
+    pom = (ROOT / "tests" / "compose" / "images" / "kafka" / "pom.xml").read_text(
+        encoding="utf-8")
+    relative = re.search(r"<relativePath>(.*?)</relativePath>", pom)
+    assert relative, "the stand-in pom has no parent"
+    parent = (ROOT / "tests" / "compose" / "images" / "kafka" / relative.group(1)).resolve()
+    assert parent == (ROOT / "scripts" / "kafka" / "pom.xml").resolve()
+    version = re.search(r"<kafka.version>(.*?)</kafka.version>", parent.read_text("utf-8"))
+    assert version and _services()["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+
+
+def test_published_ports_are_on_loopback_only() -> None:
+    for name, svc in _services().items():
+        for port in svc.get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_long_running_services_have_healthchecks() -> None:
+    for name, svc in _services().items():
+        if svc.get("restart") == "no" or svc.get("profiles"):
+            continue  # the one-shot migrate; grafana, outside the core
+        hc = svc.get("healthcheck")
+        assert hc and not hc.get("disable") and hc.get("test"), f"{name} has no healthcheck"
+
+
+def test_worker_image_is_non_root_with_a_healthcheck_and_exec_form_cmd() -> None:
+    lines = [ln.strip() for ln in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()]
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), users
+    assert any(ln.startswith("HEALTHCHECK ") for ln in lines)
+    cmd = [ln for ln in lines if ln.startswith("CMD ")]
+    # exec form: python is PID 1 and receives docker stop's SIGTERM itself
+    assert cmd and json.loads(cmd[-1][4:])[0] == "python", cmd
+
+
+def _dockerignored(path: str) -> bool:
+    """Whether .dockerignore leaves ``path`` (relative, top level) out of the context:
+    the last pattern that matches decides (Docker's rule)."""
+    ignored = False
+    for raw in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_local_state_venv_and_tests_out() -> None:
+    for path in (".stack", ".venv", ".git", "tests", "testkit", "chaos", "bench", "docs"):
+        assert _dockerignored(path), f".dockerignore lets {path} into the build context"
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if parts and parts[0] == "COPY":
+            for src in [a for a in parts[1:] if not a.startswith("--")][:-1]:
+                assert not _dockerignored(src.rstrip("/")), f"Dockerfile copies ignored {src}"
