@@ -77,12 +77,15 @@ def test_worker_behind_the_proxy_publishes_every_partitions_outbox_and_reaps_cla
                                              for i in range(6)]))})
         conn.rollback()
     assert _pending_claims(sharded, f"{crashed}-x") > 0
+    # one batch on each partition registered and never complete: stuck at once
+    waiting = _batches_on_each(sharded, 1)
     env = worker_env(sharded.proxy_url, kafka_bootstrap, topics,
                      ELS_PARTITION_URLS=",".join(sharded.partition_urls),
                      ELS_MAINTENANCE_INTERVAL_SECONDS="1", ELS_CLAIM_REAP_SECONDS="1",
-                     ELS_AUDIT_INTERVAL_SECONDS="2")
+                     ELS_AUDIT_INTERVAL_SECONDS="2", ELS_STUCK_AFTER_SECONDS="0")
     with WorkerProcess(env, tmp_path / "worker.log") as worker:
-        produce(kafka_bootstrap, [m for b in batches for m in _messages(topics, b, 4)])
+        produce(kafka_bootstrap, [m for b in batches for m in _messages(topics, b, 4)]
+                + [_messages(topics, b, 2)[0] for b in waiting])
         wait_until(lambda: _completed(sharded, batches) == len(batches), 90, "batches complete",
                    worker.tail)
         wait_until(lambda: all(outbox_unpublished(url) == 0 for url in sharded.partition_urls),
@@ -97,6 +100,15 @@ def test_worker_behind_the_proxy_publishes_every_partitions_outbox_and_reaps_cla
                                f'"{label}"}}' in worker.http_status("/metrics")[1]
                                for label in ("0", "1")),
                    30, "an audit of each partition", worker.tail)
+
+        def stuck() -> list[str]:
+            status, body = worker.http_status("/health/batches")
+            assert status == 200, body
+            return sorted(b["batch_id"] for b in json.loads(body)["stuck_batches"])
+
+        # the list merged over the partitions, as one database would give it
+        wait_until(lambda: stuck() == sorted(waiting), 30,
+                   "both partitions' waiting batches in /health/batches", worker.tail)
         _, health = worker.http_status("/healthz")
         assert json.loads(health)["outbox_set_aside"] == 0
 
