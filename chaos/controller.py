@@ -74,7 +74,10 @@ class Controller:
         """(worker, application_name) for each backend of a live worker that is inside a
         transaction holding uncommitted work (it has a transaction id: rows written or
         locked): els-worker = a micro-batch applied but not committed, els-outbox-relay
-        = a relay round between claim (rows locked) and mark."""
+        = a relay round between claim (rows locked) and mark. Behind the proxy the
+        worker's proxy session writes nothing itself (the partitions apply its calls
+        through PL/Proxy's connections), so a call in flight there counts: els-worker
+        active = a micro-batch being applied on the partitions."""
         pg_port = conn.info.port  # the primary's, in the HA topology
         owner = {port: slot for slot in self.state.slots if slot.alive() and slot.proc is not None
                  for port in pg_client_ports(slot.proc.pid, pg_port)}
@@ -82,8 +85,10 @@ class Controller:
             return []
         rows = conn.execute(
             "SELECT client_port, application_name FROM pg_stat_activity"
-            " WHERE client_port = ANY(%(ports)s) AND backend_xid IS NOT NULL",
-            {"ports": list(owner)}).fetchall()
+            " WHERE client_port = ANY(%(ports)s) AND (backend_xid IS NOT NULL"
+            "       OR (%(sharded)s AND application_name = 'els-worker' AND state = 'active'"
+            "           AND query LIKE '%%apply_events%%'))",
+            {"ports": list(owner), "sharded": bool(self.state.partition_urls)}).fetchall()
         return [(owner[port], app) for port, app in rows if port in owner]
 
     def wait_busy(self, patience: float, prefer: str | None = None
