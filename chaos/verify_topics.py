@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 from chaos.config import (
     DEFAULT_TOPICS,
@@ -180,7 +181,9 @@ class TopicChecks:
         consumer = Consumer({"bootstrap.servers": self.state.bootstrap, "group.id": "chaos-proofs",
                              "enable.auto.commit": False, **QUIET})
         try:
-            found, expired = audit.read_offsets(consumer, wanted, time.monotonic() + 300)
+            found, expired = audit.read_offsets(
+                consumer, wanted, time.monotonic() + 300,
+                AdminClient({"bootstrap.servers": self.state.bootstrap, **QUIET}))
         except audit.AuditUnreachable as exc:
             self.state.mismatch(f"delivery proofs: {exc}")
             return {"proven": len(proven), "found": 0}

@@ -33,6 +33,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from els_worker import contract, db, kafka
 from els_worker.config import Config
@@ -47,6 +48,9 @@ REPRODUCE_ROUNDS = 3
 # A row published (its transaction started) this long before the previous run started
 # may have committed after that run read the outbox: the next window reaches back so far.
 WINDOW_MARGIN_SECONDS = 300
+# One partition's log start or end offset, asked at most this long (then the audit is
+# AuditUnreachable: exit 2, or a failed periodic run, never a wait for good).
+WATERMARK_TIMEOUT_S = 15.0
 
 Partition = tuple[str, int]
 Position = tuple[str, int, int]  # topic, partition, offset
@@ -109,19 +113,23 @@ def event_id_of(msg: Message) -> str | None:
 
 
 def read_offsets(consumer: Consumer, wanted: Mapping[Partition, Iterable[int]],
-                 deadline: float) -> tuple[dict[Position, str | None], set[Position]]:
+                 deadline: float, admin: AdminClient
+                 ) -> tuple[dict[Position, str | None], set[Position]]:
     """Reads the messages at the ``wanted`` offsets of each partition. Returns the event
     id each message found carries (its ``event_id`` header; None without one), by
     (topic, partition, offset), and the offsets below the log start offset (expired).
     An offset at or past the end, or skipped by the log (compaction, a transaction
-    marker), is in neither. Raises AuditUnreachable at ``deadline``."""
+    marker), is in neither. Raises AuditUnreachable at ``deadline``. Each partition's
+    log start and end come from ``admin`` (kafka.EndOffsets: the consumer's own
+    query can block past its timeout while a leader is down)."""
+    marks = kafka.EndOffsets(admin, timeout=WATERMARK_TIMEOUT_S)
     found: dict[Position, str | None] = {}
     expired: set[Position] = set()
     ranges: dict[Partition, list[tuple[int, int]]] = {}
     targets: dict[Partition, set[int]] = {}
     for (topic, partition), offsets in wanted.items():
         offsets = list(offsets)
-        low, high = _watermarks(consumer, topic, partition, deadline)
+        low, high = _watermarks(marks, topic, partition, deadline)
         todo = sorted(o for o in set(offsets) if low <= o < high)
         expired.update((topic, partition, o) for o in offsets if o < low)
         if todo:
@@ -190,19 +198,33 @@ def _advance(consumer: Consumer, ranges: dict[Partition, list[tuple[int, int]]],
             del ranges[key]
 
 
-def _watermarks(consumer: Consumer, topic: str, partition: int, deadline: float) -> tuple[int, int]:
+def _watermarks(offsets: kafka.EndOffsets, topic: str, partition: int,
+                deadline: float) -> tuple[int, int]:
+    tp = TopicPartition(topic, partition)
+    if time.monotonic() > deadline:
+        raise AuditUnreachable(f"Kafka: watermarks of {topic}[{partition}]: out of time")
     try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=max(1.0, deadline - time.monotonic()),
-            cached=False)
+        low, high = offsets(tp, False), offsets(tp, True)
     except KafkaException as exc:
-        err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-        if err is not None and err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
-                                              KafkaError._UNKNOWN_PARTITION,
-                                              KafkaError._UNKNOWN_TOPIC):
+        if _gone(offsets.admin, tp):
             return 0, 0  # gone: every row there is missing
         raise AuditUnreachable(f"Kafka: watermarks of {topic}[{partition}]: {exc}") from exc
     return int(low), int(high)
+
+
+def _gone(admin: AdminClient, tp: TopicPartition) -> bool:
+    """The broker answers and has no such partition (an offset query only says it
+    found no leader, which a leader being elected says too)."""
+    try:
+        topics = admin.list_topics(tp.topic, timeout=5).topics
+    except KafkaException:
+        return False
+    meta = topics.get(tp.topic)
+    if meta is None:
+        return True
+    if meta.error is not None:
+        return bool(meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART)
+    return tp.partition not in meta.partitions
 
 
 class Audit:
@@ -241,7 +263,8 @@ class Audit:
                 "queued.max.messages.kbytes": 256 * 1024})
             try:
                 _reachable(consumer, deadline)
-                found, expired = read_offsets(consumer, wanted, deadline)
+                found, expired = read_offsets(consumer, wanted, deadline,
+                                              kafka.admin(self.cfg, "els-outbox-audit"))
             finally:
                 consumer.close()
             for r in rows:

@@ -30,7 +30,7 @@ from els_worker.messages import Item, decode_item
 from els_worker.observability import Metrics, log
 from els_worker.report import report
 from els_worker.retry import Retry, Stopping
-from els_worker.watchdog import EndOffsets, Watchdog
+from els_worker.watchdog import QUERY_TIMEOUT_S, Watchdog
 
 
 class ConsumerLoop:
@@ -57,7 +57,8 @@ class ConsumerLoop:
         self.watchdog = Watchdog(self.consumer, cfg.partition_stall_seconds, metrics, health,
                                  start_at_earliest=cfg.auto_offset_reset == "earliest",
                                  end_offsets=end_offsets
-                                 or EndOffsets(kafka.admin(cfg, "els-watchdog")))
+                                 or kafka.EndOffsets(kafka.admin(cfg, "els-watchdog"),
+                                                     QUERY_TIMEOUT_S))
 
     def subscribe(self) -> None:
         self.consumer.subscribe(self.cfg.input_topics, on_assign=self._on_assign,

@@ -8,13 +8,22 @@ with ``acks=all``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from els_worker import contract
 from els_worker.config import Config
@@ -60,6 +69,33 @@ def producer(cfg: Config, client_id: str, **settings: Any) -> Producer:
 
 def admin(cfg: Config, client_id: str) -> AdminClient:
     return AdminClient(cfg.kafka(**{"client.id": client_id}))
+
+
+class EndOffsets:
+    """The broker's offsets of a partition (``latest``: its end; else its log start),
+    asked by an AdminClient of its own and waited for at most ``timeout`` seconds.
+
+    The consumer's own query (``get_watermark_offsets(cached=False)``) can block past
+    its timeout, for good, while the partition's leader is down (librdkafka #2588,
+    #4878): a ha-short chaos run saw a worker's consume loop sit in it for four minutes
+    after a broker kill, with lag stuck (the stall watchdog asked it). A request left
+    unanswered here only leaves a future pending; the caller goes on."""
+
+    def __init__(self, admin: AdminClient, timeout: float) -> None:
+        self.admin = admin
+        self.timeout = timeout
+
+    def __call__(self, tp: TopicPartition, latest: bool = True) -> int:
+        spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
+        # read_committed, as the consumer reads: the end is the last stable offset
+        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec},
+                                          isolation_level=IsolationLevel.READ_COMMITTED,
+                                          request_timeout=self.timeout)
+        try:
+            info = next(iter(futures.values())).result(timeout=self.timeout + 1)
+        except concurrent.futures.TimeoutError as exc:
+            raise KafkaException(f"offsets of {tp.topic}[{tp.partition}]: no answer") from exc
+        return int(info.offset)
 
 
 def consumer(cfg: Config, group_id: str, **settings: Any) -> Consumer:

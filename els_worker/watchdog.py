@@ -14,12 +14,11 @@ delivered, librdkafka's statistics and the broker's end offset, and acts on the
 verdict. It runs on the consumer loop's thread between micro-batches only: never inside
 a rebalance callback, never while a micro-batch is held or in flight. So it never asks
 the broker anything that can block: the end offsets come from an AdminClient of its
-own, waited for a bounded time (``EndOffsets``).
+own, waited for a bounded time (``kafka.EndOffsets``).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import enum
 import logging
 import time
@@ -27,8 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from els_worker.health import Health
 from els_worker.observability import Metrics, log
@@ -116,32 +114,6 @@ def assess(*, quiet_for: float, timeout: float, next_offset: int | None,
     return Verdict.STALLED
 
 
-class EndOffsets:
-    """The broker's offsets of a partition (``latest``: its end; else its log start),
-    asked by an AdminClient of its own and waited for at most QUERY_TIMEOUT_S.
-
-    The consumer's own query (``get_watermark_offsets(cached=False)``) can block past
-    its timeout, for good, while the partition's leader is down (librdkafka #2588,
-    #4878): a ha-short chaos run saw a worker's loop sit in it for four minutes after a
-    broker kill, with lag stuck. A request left unanswered here only leaves a future
-    pending; the loop goes on."""
-
-    def __init__(self, admin: AdminClient) -> None:
-        self.admin = admin
-
-    def __call__(self, tp: TopicPartition, latest: bool = True) -> int:
-        spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
-        # read_committed, as the consumer reads: the end is the last stable offset
-        futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec},
-                                          isolation_level=IsolationLevel.READ_COMMITTED,
-                                          request_timeout=QUERY_TIMEOUT_S)
-        try:
-            info = next(iter(futures.values())).result(timeout=QUERY_TIMEOUT_S + 1)
-        except concurrent.futures.TimeoutError as exc:
-            raise KafkaException(f"offsets of {tp.topic}[{tp.partition}]: no answer") from exc
-        return int(info.offset)
-
-
 @dataclass
 class _Partition:
     quiet_since: float  # monotonic: the last delivery, assignment, check or away-gap
@@ -158,7 +130,7 @@ class Watchdog:
                  start_at_earliest: bool,
                  end_offsets: Callable[[TopicPartition, bool], int]) -> None:
         """``end_offsets(tp, latest)``: the broker's end (latest) or log start offset of
-        a partition, never blocking for long (``EndOffsets``)."""
+        a partition, never blocking for long (``kafka.EndOffsets``)."""
         self.consumer = consumer
         self.end_offsets = end_offsets
         self.timeout = timeout

@@ -272,6 +272,19 @@ def test_audit_produces_a_missing_row_again_and_records_where_it_went(
     assert code == 0 and f"{total} found" in out and "0 missing" in out
 
 
+def test_audit_takes_a_row_recorded_in_a_partition_that_is_gone_as_missing(
+    db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str, unique_topics: Topics
+) -> None:
+    """A partition the broker does not have (a topic deleted, or recreated smaller) holds
+    none of its rows: they are missing and produced again, not a reason to give up."""
+    cfg, total = _relayed(db, db_url, kafka_bootstrap, unique_topics)
+    db.execute("UPDATE els.event_outbox SET kafka_partition = 99"
+               " WHERE id = (SELECT min(id) FROM els.event_outbox)")
+    code, out = _audit(cfg)
+    assert code == 0, out
+    assert "1 missing (1 produced again)" in out and f"{total - 1} found" in out
+
+
 def test_audit_counts_expired_and_unproven_rows_and_produces_neither(
     db: psycopg.Connection[Any], db_url: str, kafka_bootstrap: str, unique_topics: Topics,
     kafka_admin: AdminClient,

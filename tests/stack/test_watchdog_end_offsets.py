@@ -1,7 +1,8 @@
-"""The stall watchdog's end offsets (els_worker.watchdog.EndOffsets): read_committed end
-offsets from the real broker, and a bounded wait when no broker answers. The consumer's
-own query could block the consume loop for good while a partition's leader was down (a
-ha-short chaos run: a worker silent for four minutes after a broker kill)."""
+"""The end offsets the stall watchdog and the audit read (els_worker.kafka.EndOffsets):
+read_committed end offsets from the real broker, and a bounded wait when no broker
+answers. The consumer's own query could block the consume loop for good while a
+partition's leader was down (a ha-short chaos run: a worker silent for four minutes
+after a broker kill)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from confluent_kafka import KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from els_worker.watchdog import EndOffsets
+from els_worker.kafka import EndOffsets
 from testkit.kafka import create_topics, produce
 from testkit.worker import free_port, wait_until
 
@@ -23,7 +24,7 @@ def test_end_offsets_are_the_brokers(kafka_bootstrap: str) -> None:
     topic = f"wd{uuid.uuid4().hex[:10]}"
     create_topics(kafka_bootstrap, [topic], partitions=1)
     produce(kafka_bootstrap, [(topic, b"k", f"m{i}".encode()) for i in range(7)])
-    offsets = EndOffsets(AdminClient({"bootstrap.servers": kafka_bootstrap}))
+    offsets = EndOffsets(AdminClient({"bootstrap.servers": kafka_bootstrap}), 2.0)
 
     def both() -> tuple[int, int] | None:
         try:  # a new topic's leader may still be unknown to a new client: ask again
@@ -36,7 +37,7 @@ def test_end_offsets_are_the_brokers(kafka_bootstrap: str) -> None:
 
 def test_no_broker_answering_is_an_error_soon_not_a_hang() -> None:
     offsets = EndOffsets(AdminClient({"bootstrap.servers": f"127.0.0.1:{free_port()}",
-                                      "log_level": 0}))
+                                      "log_level": 0}), 2.0)
     outcome: list[BaseException | int] = []
 
     def ask() -> None:

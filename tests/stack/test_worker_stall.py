@@ -24,8 +24,9 @@ from els_worker.config import Config
 from els_worker.consumer import ConsumerLoop
 from els_worker.dead_letters import DeadLetterWriter
 from els_worker.health import Health
+from els_worker.kafka import EndOffsets
 from els_worker.observability import Metrics
-from els_worker.watchdog import EndOffsets
+from els_worker.watchdog import QUERY_TIMEOUT_S
 from testkit import events as ev
 from testkit.db import query
 from testkit.kafka import Topics, event_bytes, read_topic
@@ -201,7 +202,8 @@ def test_partition_whose_fetch_sticks_is_recovered_and_fully_applied(
     }), victim, stick_at)
     consumer.health = health
     loop = ConsumerLoop(cfg, processor, dead_letters, metrics, health, stop, consumer=consumer,
-                        end_offsets=consumer.counting(EndOffsets(kafka.admin(cfg, "test"))))
+                        end_offsets=consumer.counting(
+                            EndOffsets(kafka.admin(cfg, "test"), QUERY_TIMEOUT_S)))
     caplog.set_level(logging.INFO, logger="els.worker")
     loop.subscribe()
     runner = threading.Thread(target=loop.run, name="consumer-loop", daemon=True)
