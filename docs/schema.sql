@@ -600,73 +600,24 @@ CREATE FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, 
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN (jsonb_build_object('field', 'essay_ids', 'reason', 'essay_owned_by_other_batch', 'essay_id', p_essay_id, 'owner_batch_id', p_owner_batch_id) || CASE WHEN p_purged THEN '{"purged": true}'::jsonb ELSE '{}'::jsonb END);
 ALTER FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) OWNER TO els_owner;
-CREATE TABLE els.batch_tombstone (
-    batch_id text NOT NULL,
-    expected_count integer NOT NULL,
-    essay_ids text[] NOT NULL,
-    course_code text NOT NULL,
-    user_id text NOT NULL,
-    org_id text,
-    class_id text,
-    class_type text NOT NULL,
-    correlation_id text NOT NULL,
-    registered_at timestamp with time zone NOT NULL,
-    completed_at timestamp with time zone NOT NULL,
-    completion_reason text NOT NULL,
-    filled_count integer NOT NULL,
-    failed_count integer NOT NULL,
-    timed_out_count integer NOT NULL,
-    purged_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_late_item_at timestamp with time zone,
-    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
-);
-ALTER TABLE els.batch_tombstone OWNER TO els_owner;
-COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
-COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
-CREATE TABLE els.essay_slot (
-    essay_id text NOT NULL,
-    batch_id text NOT NULL,
-    slot_no integer NOT NULL,
-    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
-    text_storage_id text,
-    failed_file_upload_id text,
-    filled_at timestamp with time zone,
-    failure_code text,
-    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
-    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
-    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
-    CONSTRAINT essay_slot_status_matches_filling CHECK (
-CASE status
-    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
-    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
-    ELSE NULL::boolean
-END)
-);
-ALTER TABLE els.essay_slot OWNER TO els_owner;
-COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
-COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) RETURNS TABLE(essay_id text, batch_id text, purged boolean)
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT o.essay_id,
-     o.batch_id,
-     o.purged
-    FROM ( SELECT s.essay_id,
-             s.batch_id,
-             false AS purged
-            FROM els.essay_slot s
-           WHERE ((s.essay_id = ANY (_essay_owner_elsewhere.p_essay_ids)) AND (s.batch_id <> _essay_owner_elsewhere.p_batch_id))
-         UNION ALL
-          SELECT e.id,
-             b.batch_id,
-             true
-            FROM (els.batch_tombstone b
-              CROSS JOIN LATERAL unnest(b.essay_ids) e(id))
-           WHERE ((b.essay_ids && _essay_owner_elsewhere.p_essay_ids) AND (b.batch_id <> _essay_owner_elsewhere.p_batch_id) AND (e.id = ANY (_essay_owner_elsewhere.p_essay_ids)))) o
-   ORDER BY o.purged, o.essay_id
-  LIMIT 1;
-END;
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT o.essay_id, o.batch_id, o.purged
+      FROM (SELECT s.essay_id, s.batch_id, false AS purged
+              FROM els.essay_slot AS s
+             WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
+            UNION ALL
+            -- a purged batch's ids (migration 0009): a primary-key probe each
+            SELECT r.essay_id, r.batch_id, true
+              FROM els.retired_essay AS r
+             WHERE r.essay_id = ANY (p_essay_ids) AND r.batch_id <> p_batch_id) AS o
+     ORDER BY o.purged, o.essay_id
+     LIMIT 1;
+END
+$$;
 ALTER FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) OWNER TO els_owner;
 CREATE FUNCTION els._event_digest(p_event_type text, p_identity jsonb) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -1516,12 +1467,12 @@ BEGIN
     )
     SELECT coalesce(jsonb_object_agg(c.batch_id, c.n), '{}'::jsonb) INTO v_created
       FROM (SELECT s.batch_id, count(*) AS n FROM slots AS s GROUP BY s.batch_id) AS c;
-    -- after the slots: a purge that deleted a slot these ids waited for has committed
+    -- after the slots: a purge that deleted a slot these ids waited for has committed;
+    -- one primary-key probe per id of the purged batches' ids (migration 0009)
     IF EXISTS (SELECT FROM jsonb_to_recordset(p_regs) AS r(batch_id text, essay_ids jsonb)
-                WHERE v_created ? r.batch_id
-                  AND EXISTS (SELECT FROM els.batch_tombstone AS b
-                               WHERE b.essay_ids && ARRAY(SELECT jsonb_array_elements_text(r.essay_ids))
-                                 AND b.batch_id <> r.batch_id)) THEN
+                CROSS JOIN LATERAL jsonb_array_elements_text(r.essay_ids) AS e(id)
+                JOIN els.retired_essay AS x ON x.essay_id = e.id
+               WHERE v_created ? r.batch_id AND x.batch_id <> r.batch_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'ELC02', MESSAGE = 'an essay id already belongs to another batch';
     END IF;
     -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)
@@ -1638,6 +1589,29 @@ CREATE SEQUENCE els.arrival_seq
     NO MAXVALUE
     CACHE 1;
 ALTER TABLE els.arrival_seq OWNER TO els_owner;
+CREATE TABLE els.batch_tombstone (
+    batch_id text NOT NULL,
+    expected_count integer NOT NULL,
+    essay_ids text[] NOT NULL,
+    course_code text NOT NULL,
+    user_id text NOT NULL,
+    org_id text,
+    class_id text,
+    class_type text NOT NULL,
+    correlation_id text NOT NULL,
+    registered_at timestamp with time zone NOT NULL,
+    completed_at timestamp with time zone NOT NULL,
+    completion_reason text NOT NULL,
+    filled_count integer NOT NULL,
+    failed_count integer NOT NULL,
+    timed_out_count integer NOT NULL,
+    purged_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_late_item_at timestamp with time zone,
+    CONSTRAINT batch_tombstone_completion_reason_check CHECK ((completion_reason = ANY (ARRAY['all_slots_closed'::text, 'deadline'::text])))
+);
+ALTER TABLE els.batch_tombstone OWNER TO els_owner;
+COMMENT ON TABLE els.batch_tombstone IS 'One row per batch purged by els.purge_history: its registration identity and final counts, kept forever so that a redelivered registration is a duplicate (ELC01 if it differs) and late content or failures are excess.';
+COMMENT ON COLUMN els.batch_tombstone.last_late_item_at IS 'When content or a failure last arrived for the batch after its purge (kept as excess); the next purge older than this deletes those rows and clears it.';
 CREATE TABLE els.essay_content (
     batch_id text NOT NULL,
     text_storage_id text NOT NULL,
@@ -1661,6 +1635,29 @@ CREATE TABLE els.essay_content (
 );
 ALTER TABLE els.essay_content OWNER TO els_owner;
 COMMENT ON TABLE els.essay_content IS 'Every extracted text received for a batch, once per text_storage_id: pending (batch not registered yet), assigned (in slot essay_id) or excess (no empty slot).';
+CREATE TABLE els.essay_slot (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL,
+    slot_no integer NOT NULL,
+    status els.essay_status DEFAULT 'uploaded'::els.essay_status NOT NULL,
+    text_storage_id text,
+    failed_file_upload_id text,
+    filled_at timestamp with time zone,
+    failure_code text,
+    CONSTRAINT essay_slot_essay_id_check CHECK (((length(essay_id) >= 1) AND (length(essay_id) <= 255))),
+    CONSTRAINT essay_slot_failure_code_check CHECK ((failure_code = 'CONTENT_TIMEOUT'::text)),
+    CONSTRAINT essay_slot_slot_no_check CHECK ((slot_no >= 1)),
+    CONSTRAINT essay_slot_status_matches_filling CHECK (
+CASE status
+    WHEN 'uploaded'::els.essay_status THEN ((text_storage_id IS NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'ready_for_processing'::els.essay_status THEN ((text_storage_id IS NOT NULL) AND (failed_file_upload_id IS NULL) AND (failure_code IS NULL))
+    WHEN 'content_ingestion_failed'::els.essay_status THEN ((text_storage_id IS NULL) AND ((failed_file_upload_id IS NULL) <> (failure_code IS NULL)))
+    ELSE NULL::boolean
+END)
+);
+ALTER TABLE els.essay_slot OWNER TO els_owner;
+COMMENT ON TABLE els.essay_slot IS 'One slot per essay id of a registered batch, numbered by the order of essay_ids.';
+COMMENT ON COLUMN els.essay_slot.failure_code IS 'Set when the database itself closed the slot: CONTENT_TIMEOUT (the batch was closed by its deadline). Not an incoming validation_error_code: no event can set it.';
 CREATE TABLE els.event_outbox (
     id bigint NOT NULL,
     event_id uuid NOT NULL,
@@ -2058,7 +2055,11 @@ BEGIN
         -- WITH runs to completion whether or not the outer statement reads it).
         WITH slots AS (
             DELETE FROM els.essay_slot AS s WHERE s.batch_id = v_batch.batch_id
-            RETURNING s.status, s.failure_code
+            RETURNING s.essay_id, s.status, s.failure_code
+        ), retired AS (
+            -- its essay ids stay taken (migration 0009): registration probes these
+            INSERT INTO els.retired_essay (essay_id, batch_id)
+            SELECT s.essay_id, v_batch.batch_id FROM slots AS s
         ), contents AS (
             DELETE FROM els.essay_content AS c WHERE c.batch_id = v_batch.batch_id RETURNING 1
         ), failures AS (
@@ -2389,6 +2390,12 @@ CREATE TABLE els.partition_self (
 );
 ALTER TABLE els.partition_self OWNER TO els_owner;
 COMMENT ON TABLE els.partition_self IS 'Empty in a single database; in a partition behind the PL/Proxy proxy, its number and the count.';
+CREATE TABLE els.retired_essay (
+    essay_id text NOT NULL,
+    batch_id text NOT NULL
+);
+ALTER TABLE els.retired_essay OWNER TO els_owner;
+COMMENT ON TABLE els.retired_essay IS 'The essay ids of purged batches (one row per slot purge_history deleted): never reused.';
 ALTER TABLE ONLY els.batch_tombstone
     ADD CONSTRAINT batch_tombstone_pkey PRIMARY KEY (batch_id);
 ALTER TABLE ONLY els.batch_tracker
@@ -2409,11 +2416,12 @@ ALTER TABLE ONLY els.event_outbox
     ADD CONSTRAINT event_outbox_pkey PRIMARY KEY (id);
 ALTER TABLE ONLY els.partition_self
     ADD CONSTRAINT partition_self_pkey PRIMARY KEY (singleton);
+ALTER TABLE ONLY els.retired_essay
+    ADD CONSTRAINT retired_essay_pkey PRIMARY KEY (essay_id);
 ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_one_per_slot UNIQUE (essay_id);
 ALTER TABLE ONLY els.validation_failure
     ADD CONSTRAINT validation_failure_pkey PRIMARY KEY (batch_id, file_upload_id);
-CREATE INDEX batch_tombstone_essay_ids_idx ON els.batch_tombstone USING gin (essay_ids);
 CREATE INDEX batch_tombstone_late_idx ON els.batch_tombstone USING btree (last_late_item_at) WHERE (last_late_item_at IS NOT NULL);
 CREATE INDEX batch_tracker_completed_idx ON els.batch_tracker USING btree (completed_at, batch_id) WHERE (completed_at IS NOT NULL);
 CREATE INDEX batch_tracker_incomplete_idx ON els.batch_tracker USING btree (registered_at, batch_id) WHERE (completed_at IS NULL);
@@ -2495,8 +2503,6 @@ REVOKE ALL ON FUNCTION els._envelope_type_fault(p_event jsonb, p_field text) FRO
 REVOKE ALL ON FUNCTION els._envelope_fault(p_event jsonb, p_topic text, p_short_name text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._essay_id_items(p_essay_ids jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean) FROM PUBLIC;
-GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
-GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 REVOKE ALL ON FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION els._event_digest(p_event_type text, p_identity jsonb) TO els_worker;
@@ -2554,7 +2560,9 @@ GRANT SELECT ON TABLE els.batch_tracker TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_health(stuck_after interval) FROM PUBLIC;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_worker;
 GRANT ALL ON FUNCTION els.batch_health(stuck_after interval) TO els_readonly;
+GRANT SELECT ON TABLE els.batch_tombstone TO els_readonly;
 GRANT SELECT ON TABLE els.essay_content TO els_readonly;
+GRANT SELECT ON TABLE els.essay_slot TO els_readonly;
 GRANT SELECT ON TABLE els.event_outbox TO els_readonly;
 GRANT SELECT ON TABLE els.validation_failure TO els_readonly;
 REVOKE ALL ON FUNCTION els.batch_report(p_batch_id text) FROM PUBLIC;
@@ -2612,4 +2620,5 @@ GRANT ALL ON FUNCTION els.stuck_batch_list(p_min_age interval, p_limit integer) 
 GRANT SELECT ON TABLE els.essay_claim TO els_readonly;
 GRANT SELECT ON TABLE els.outbox_set_aside TO els_readonly;
 GRANT SELECT ON TABLE els.partition_self TO els_readonly;
+GRANT SELECT ON TABLE els.retired_essay TO els_readonly;
 ALTER DEFAULT PRIVILEGES FOR ROLE els_owner IN SCHEMA els GRANT SELECT ON TABLES  TO els_readonly;

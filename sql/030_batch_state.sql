@@ -39,24 +39,25 @@ END;
 -- The first of p_essay_ids (by id) that a batch other than p_batch_id holds (a slot)
 -- or held (its tombstone, after purge_history: one batch per essay id, forever), that
 -- batch, and whether it was purged. No row: none.
+-- (PL/pgSQL, not BEGIN ATOMIC: a migration's rollback may drop els.retired_essay)
 CREATE OR REPLACE FUNCTION els._essay_owner_elsewhere(p_batch_id text, p_essay_ids text[])
 RETURNS TABLE (essay_id text, batch_id text, purged boolean)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+    RETURN QUERY
     SELECT o.essay_id, o.batch_id, o.purged
       FROM (SELECT s.essay_id, s.batch_id, false AS purged
               FROM els.essay_slot AS s
              WHERE s.essay_id = ANY (p_essay_ids) AND s.batch_id <> p_batch_id
             UNION ALL
-            -- the GIN index on essay_ids finds the tombstones, unnest the ids they share
-            SELECT e.id, b.batch_id, true
-              FROM els.batch_tombstone AS b
-             CROSS JOIN LATERAL unnest(b.essay_ids) AS e(id)
-             WHERE b.essay_ids && p_essay_ids AND b.batch_id <> p_batch_id
-               AND e.id = ANY (p_essay_ids)) AS o
+            -- a purged batch's ids (migration 0009): a primary-key probe each
+            SELECT r.essay_id, r.batch_id, true
+              FROM els.retired_essay AS r
+             WHERE r.essay_id = ANY (p_essay_ids) AND r.batch_id <> p_batch_id) AS o
      ORDER BY o.purged, o.essay_id
      LIMIT 1;
-END;
+END
+$fn$;
 
 -- The DETAIL of ELC02 (SPEC 4), the one place it is written.
 CREATE OR REPLACE FUNCTION els._essay_owner_detail(p_essay_id text, p_owner_batch_id text, p_purged boolean)

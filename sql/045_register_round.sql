@@ -124,12 +124,12 @@ BEGIN
     )
     SELECT coalesce(jsonb_object_agg(c.batch_id, c.n), '{}'::jsonb) INTO v_created
       FROM (SELECT s.batch_id, count(*) AS n FROM slots AS s GROUP BY s.batch_id) AS c;
-    -- after the slots: a purge that deleted a slot these ids waited for has committed
+    -- after the slots: a purge that deleted a slot these ids waited for has committed;
+    -- one primary-key probe per id of the purged batches' ids (migration 0009)
     IF EXISTS (SELECT FROM jsonb_to_recordset(p_regs) AS r(batch_id text, essay_ids jsonb)
-                WHERE v_created ? r.batch_id
-                  AND EXISTS (SELECT FROM els.batch_tombstone AS b
-                               WHERE b.essay_ids && ARRAY(SELECT jsonb_array_elements_text(r.essay_ids))
-                                 AND b.batch_id <> r.batch_id)) THEN
+                CROSS JOIN LATERAL jsonb_array_elements_text(r.essay_ids) AS e(id)
+                JOIN els.retired_essay AS x ON x.essay_id = e.id
+               WHERE v_created ? r.batch_id AND x.batch_id <> r.batch_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'ELC02', MESSAGE = 'an essay id already belongs to another batch';
     END IF;
     -- behind the proxy: the claims on the other partitions (046_essay_claims.sql)

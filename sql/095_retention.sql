@@ -72,7 +72,11 @@ BEGIN
         -- WITH runs to completion whether or not the outer statement reads it).
         WITH slots AS (
             DELETE FROM els.essay_slot AS s WHERE s.batch_id = v_batch.batch_id
-            RETURNING s.status, s.failure_code
+            RETURNING s.essay_id, s.status, s.failure_code
+        ), retired AS (
+            -- its essay ids stay taken (migration 0009): registration probes these
+            INSERT INTO els.retired_essay (essay_id, batch_id)
+            SELECT s.essay_id, v_batch.batch_id FROM slots AS s
         ), contents AS (
             DELETE FROM els.essay_content AS c WHERE c.batch_id = v_batch.batch_id RETURNING 1
         ), failures AS (

@@ -25,7 +25,8 @@ from testkit.stack import ROOT
 # every migration of this release, in order (a new one must be added here on purpose)
 MIGRATIONS = ["0001_roles_and_schema", "0002_batch_registration_tables", "0003_outbox_set_aside",
               "0004_deadlines_and_retention", "0005_outbox_delivery_proof",
-              "0006_essay_ids_of_purged_batches", "0007_item_step_type", "0008_essay_claims"]
+              "0006_essay_ids_of_purged_batches", "0007_item_step_type", "0008_essay_claims",
+              "0009_retired_essay_ids"]
 
 
 def other_database(url: str, dbname: str) -> str:
@@ -170,7 +171,7 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        for later in ("0008_essay_claims", "0007_item_step_type",
+        for later in ("0009_retired_essay_ids", "0008_essay_claims", "0007_item_step_type",
                       "0006_essay_ids_of_purged_batches",
                       "0005_outbox_delivery_proof", "0004_deadlines_and_retention"):
             backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
@@ -185,7 +186,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
                                                     "0005_outbox_delivery_proof",
                                                     "0006_essay_ids_of_purged_batches",
                                                     "0007_item_step_type",
-                                                    "0008_essay_claims")]))
+                                                    "0008_essay_claims",
+                                                    "0009_retired_essay_ids")]))
     with psycopg.connect(other_empty_db_url, autocommit=True) as conn:
         conn.execute("SET ROLE els_owner")
         for path in sorted((els_migrate.MIGRATIONS_DIR / "0004_rollback").glob("*.sql")):
@@ -215,7 +217,8 @@ def test_rollback_of_deadlines_keeps_a_working_previous_release(empty_db_url: st
                                                           "0005_outbox_delivery_proof",
                                                           "0006_essay_ids_of_purged_batches",
                                                           "0007_item_step_type",
-                                                          "0008_essay_claims"]
+                                                          "0008_essay_claims",
+                                                          "0009_retired_essay_ids"]
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         reasons = conn.execute("SELECT batch_id, completion_reason FROM els.batch_tracker"
                                " ORDER BY batch_id").fetchall()
@@ -253,7 +256,7 @@ def test_rollback_of_delivery_proof_gives_the_previous_release(empty_db_url: str
     backend = get_backend(els_migrate.yoyo_url(empty_db_url))
     migrations = read_migrations(str(els_migrate.MIGRATIONS_DIR))
     with backend.lock():
-        for later in ("0008_essay_claims", "0007_item_step_type",
+        for later in ("0009_retired_essay_ids", "0008_essay_claims", "0007_item_step_type",
                       "0006_essay_ids_of_purged_batches",
                       "0005_outbox_delivery_proof"):
             backend.rollback_migrations(MigrationList([m for m in migrations if m.id == later]))
@@ -285,7 +288,7 @@ def test_rollback_to_the_previous_release_gives_its_schema(empty_db_url: str,
     old = _previous_release(tmp_path)
     newer = sorted((m for m in read_migrations(str(els_migrate.MIGRATIONS_DIR))
                     if m.id not in _migrations_of(old)), key=lambda m: m.id, reverse=True)
-    assert [m.id for m in newer] == ["0008_essay_claims"]
+    assert [m.id for m in newer] == ["0009_retired_essay_ids", "0008_essay_claims"]
     with backend.lock():
         for migration in newer:
             backend.rollback_migrations(MigrationList([migration]))
@@ -319,7 +322,7 @@ def test_migrations_run_as_a_non_superuser_migrator(db_url: str) -> None:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-# The last release before the current migrations (main before 0008): a database
+# The last release before the current migrations (main before 0008 and 0009): a database
 # built by its code must upgrade to exactly what a fresh migrate builds, and the newest
 # migration rolled back must give exactly its schema.
 PREVIOUS_RELEASE = "46cafdb"

@@ -350,7 +350,8 @@ def test_worker_migrate_builds_the_partitions_then_the_proxy(empty_databases: li
     for number, url in enumerate(parts):
         assert _rows(url, "SELECT partition_no, partition_count FROM els.partition_self") == [
             (number, 2)]
-        assert els_migrate.applied_migrations(url)[-1] == "0008_essay_claims"
+        assert els_migrate.applied_migrations(url)[-1] == max(
+            p.stem for p in els_migrate.MIGRATIONS_DIR.glob("0*.py"))
     with psycopg.connect(proxy, autocommit=True) as conn:
         done = events.apply(conn, "register", events.registration("mig-1", ["mig-e1"]))
     assert done["outcome"] == "registered"
