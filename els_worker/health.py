@@ -63,7 +63,10 @@ class Health:
         self.metrics.systemic.set(1 if reason else 0)
 
     def set_aside(self, db_partition: str, rows: int) -> None:
-        self.outbox_set_aside = {**self.outbox_set_aside, db_partition: rows}
+        # one relay per partition calls this: the copy-and-replace under the lock, so
+        # that two relays updating at once do not drop each other's count
+        with self._lock:
+            self.outbox_set_aside = {**self.outbox_set_aside, db_partition: rows}
 
     def partition_stalls(self, reasons: dict[str, str]) -> None:
         self.stalled_partitions = dict(reasons)
